@@ -1,0 +1,178 @@
+"""Block configurations: how the kernels tile the problem, and whether a tiling fits the device.
+
+A thread block owns ``block_m`` query rows (forward and dQ kernels) or ``block_n`` key rows
+(dK/dV kernel). ``num_threads`` threads share those rows equally, so each row is handled by
+``threads_per_row = num_threads // rows`` threads that split its keys and its head_dim columns.
+Partial row maxima and sums meet in shared memory (no warp shuffles), which keeps the same code
+runnable on Numba's CUDA simulator.
+
+All tiles are fp32 in *static* shared memory, each row padded by one word so that threads of
+one warp reading different rows hit different banks. Static shared memory is capped at 48 KiB
+per block on every CUDA GPU, which is what bounds the tile sizes here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+# Static shared memory per block, the same on every CUDA device (larger needs dynamic shared
+# memory and a per-kernel attribute, which these portable kernels do not use).
+STATIC_SHARED_LIMIT = 48 * 1024
+MAX_THREADS_PER_BLOCK = 1024
+HEAD_DIMS = tuple(range(8, 257, 8))
+_FLOAT32_BYTES = 4
+PASSES = ("forward", "backward")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """Tile sizes and thread count of the attention kernels.
+
+    ``block_m``: query rows per tile; ``block_n``: key/value rows per tile; ``num_threads``: threads
+    per block. ``num_threads`` must be ``block_m`` (forward, dQ) and ``block_n`` (dK/dV, backward
+    only) times 1, 2, 4 or 8 threads per row, and those threads split the other block evenly.
+    """
+
+    block_m: int = 32
+    block_n: int = 32
+    num_threads: int = 128
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "num_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"BlockConfig.{name}: expected a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.num_threads > MAX_THREADS_PER_BLOCK:
+            raise ValueError(
+                f"BlockConfig.num_threads={self.num_threads}: at most {MAX_THREADS_PER_BLOCK} threads per block"
+            )
+        self._check_rows("block_m", self.block_m, "block_n", self.block_n)
+
+    @property
+    def BLOCK_M(self) -> int:  # noqa: N802 - the paper's name
+        return self.block_m
+
+    @property
+    def BLOCK_N(self) -> int:  # noqa: N802 - the paper's name
+        return self.block_n
+
+    def threads_per_row(self, rows: int) -> int:
+        return self.num_threads // rows
+
+    def _check_rows(self, rows_name, rows, other_name, other):
+        tpr, rem = divmod(self.num_threads, rows)
+        if rem or tpr not in (1, 2, 4, 8):
+            raise ValueError(
+                f"BlockConfig(num_threads={self.num_threads}, {rows_name}={rows}): num_threads must be "
+                f"{rows_name} times 1, 2, 4 or 8 (threads per row); try num_threads={rows * min(8, max(1, tpr))}"
+            )
+        if other % tpr:
+            raise ValueError(
+                f"BlockConfig({rows_name}={rows}, {other_name}={other}, num_threads={self.num_threads}): "
+                f"the {tpr} threads of a row split the {other_name} keys/queries evenly, so {other_name} "
+                f"must be a multiple of {tpr}"
+            )
+
+    def shared_memory_bytes(self, head_dim: int, kernel: str) -> int:
+        """Static shared memory one block of ``kernel`` ('forward', 'dq' or 'dkdv') needs."""
+        bm, bn, d = self.block_m, self.block_n, head_dim
+        if kernel == "forward":  # Q, K, V tiles, P tile, partial row max and sum
+            words = bm * (d + 1) + 2 * bn * (d + 1) + bm * (bn + 1) + 2 * bm * self.threads_per_row(bm)
+        elif kernel == "dq":  # Q, dO, K, V tiles, dS tile, lse and delta of the rows
+            words = 2 * bm * (d + 1) + 2 * bn * (d + 1) + bm * (bn + 1) + 2 * bm
+        elif kernel == "dkdv":  # K, V, Q, dO tiles, P^T and dS^T tiles, lse and delta
+            words = 2 * bn * (d + 1) + 2 * bm * (d + 1) + 2 * bn * (bm + 1) + 2 * bm
+        else:
+            raise ValueError(f"kernel: expected 'forward', 'dq' or 'dkdv', got {kernel!r}")
+        return words * _FLOAT32_BYTES
+
+    def problems(self, head_dim: int, pass_: str = "forward", shared_limit: int = STATIC_SHARED_LIMIT) -> list[str]:
+        """What stops this config from running ``pass_`` at ``head_dim`` (empty when it can)."""
+        out = []
+        tpr = self.threads_per_row(self.block_m)
+        if head_dim % tpr:
+            out.append(f"its {tpr} threads per query row split head_dim={head_dim} evenly only if it is a multiple of {tpr}")
+        kernels = ("forward",) if pass_ == "forward" else ("dq", "dkdv")
+        if pass_ == "backward":
+            try:
+                self._check_rows("block_n", self.block_n, "block_m", self.block_m)
+            except ValueError as e:
+                out.append(f"for the backward pass, {e}")
+            else:
+                tpr_n = self.threads_per_row(self.block_n)
+                if head_dim % tpr_n:
+                    out.append(f"its {tpr_n} threads per key row split head_dim={head_dim} evenly only if it is a multiple of {tpr_n}")
+        for kernel in kernels:
+            need = self.shared_memory_bytes(head_dim, kernel)
+            if need > shared_limit:
+                out.append(
+                    f"it needs {need} bytes of shared memory for the {kernel} kernel at head_dim={head_dim}, "
+                    f"but a block may use {shared_limit}: reduce block_m or block_n"
+                )
+        return out
+
+    def validate(self, head_dim: int, pass_: str = "forward", shared_limit: int = STATIC_SHARED_LIMIT) -> "BlockConfig":
+        """Raise ValueError, saying what to change, unless this config can run ``pass_`` at ``head_dim``."""
+        check_head_dim(head_dim)
+        if pass_ not in PASSES:
+            raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
+        found = self.problems(head_dim, pass_, shared_limit)
+        if found:
+            hint = _first_fitting(head_dim, pass_, _GPU_CANDIDATES, shared_limit)
+            raise ValueError(
+                f"config={self} cannot run the {pass_} pass: " + "; ".join(found)
+                + (f" (for example {hint} fits)" if hint else "")
+            )
+        return self
+
+
+def _first_fitting(head_dim, pass_, candidates, shared_limit=STATIC_SHARED_LIMIT):
+    for cfg in candidates:
+        if not cfg.problems(head_dim, pass_, shared_limit):
+            return cfg
+    return None
+
+
+def check_head_dim(head_dim: int) -> None:
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(
+            f"head_dim: expected a multiple of 8 from {HEAD_DIMS[0]} to {HEAD_DIMS[-1]}, got {head_dim}"
+        )
+
+
+# Tried in order; the first that fits the pass is the default. Larger tiles reuse each loaded
+# K/V (forward) or Q/dO (backward) row across more rows, so they come first.
+_GPU_CANDIDATES = (
+    BlockConfig(64, 64, 256),
+    BlockConfig(64, 32, 256),
+    BlockConfig(32, 32, 128),
+    BlockConfig(32, 16, 128),
+    BlockConfig(16, 16, 64),
+    BlockConfig(16, 8, 64),
+    BlockConfig(8, 8, 32),
+)
+# The simulator runs one Python thread per CUDA thread and tests use sequences of a few dozen
+# tokens, so small tiles waste less work on masked padding.
+_SIMULATOR_CANDIDATES = (BlockConfig(8, 8, 16), BlockConfig(8, 8, 32))
+
+
+@functools.lru_cache(maxsize=None)
+def default_config(head_dim: int, dtype=np.float32, pass_: str = "forward", simulator: bool | None = None) -> BlockConfig:
+    """The config used when ``config=None``: the largest candidate whose tiles fit in shared memory.
+
+    ``dtype`` is part of the key because the tiles are fp32 for every input dtype today; faster
+    kernels that keep fp16 tiles will choose differently.
+    """
+    check_head_dim(head_dim)
+    if simulator is None:
+        from .backend import BACKEND, SIMULATOR
+
+        simulator = BACKEND == SIMULATOR
+    cfg = _first_fitting(head_dim, pass_, _SIMULATOR_CANDIDATES if simulator else _GPU_CANDIDATES)
+    if cfg is not None:
+        return cfg
+    raise ValueError(f"no block configuration fits head_dim={head_dim} for the {pass_} pass")  # pragma: no cover
