@@ -42,7 +42,8 @@ def _as_array(name: str, x):
             )
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray on the simulator backend, got {type(x).__name__}")
-        return x
+        # The simulator only transfers contiguous buffers; the GPU kernels index strided arrays directly.
+        return np.ascontiguousarray(x)
     cupy = backend.array_module()
     if isinstance(x, cupy.ndarray):
         return x

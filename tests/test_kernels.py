@@ -1,0 +1,199 @@
+"""Forward and backward kernels against the float64 oracle, and properties that need no oracle.
+
+Every kernel output is poisoned with NaN before the launch (conftest), and every example draws
+fresh random inputs. Error bounds come from ``helpers.error_bound``: at most 2x the error of a naive
+same-precision implementation plus a precision-derived floor.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, note, strategies as st
+
+import numba_flash as nf
+from numba_flash import BlockConfig, reference as ref
+from numba_flash.config import HEAD_DIMS
+
+from helpers import ON_GPU, error_bound, max_err, naive_attention, random_qkv, scale_of, to_device, to_host
+
+# Work per example (B*H*Nq*Nk*D) is capped so that the simulator (~us per thread instruction)
+# finishes an example in seconds; the GPU profile goes to sequences of 2048.
+WORK_CAP = 2**34 if ON_GPU else 6000
+MAX_SEQ = 2048 if ON_GPU else 97
+SPECIAL_SEQ = [1, 2, 17, 97, 127, 128, 129, 1025] if ON_GPU else [1, 2, 7, 8, 9, 17, 97]
+GPU_HEAD_DIMS = [16, 24, 32, 40, 64, 72, 96, 128]
+CONFIGS = [None, BlockConfig(8, 8, 16), BlockConfig(8, 16, 32), BlockConfig(16, 8, 32)]
+if ON_GPU:
+    CONFIGS += [BlockConfig(32, 32, 128), BlockConfig(32, 16, 128), BlockConfig(64, 32, 256), BlockConfig(16, 16, 64)]
+
+
+@st.composite
+def problems(draw, max_work=WORK_CAP):
+    """(B, H, Nq, Nk, D, dtype, causal, softmax_scale, config, seed) within the work cap."""
+    D = draw(st.sampled_from(GPU_HEAD_DIMS if ON_GPU else [8, 16, 24, 40]))
+    seq = st.one_of(st.sampled_from(SPECIAL_SEQ), st.integers(1, MAX_SEQ))
+    n_q, n_k = draw(seq), draw(seq)
+    budget = max(1, max_work // (n_q * n_k * D))
+    B = draw(st.integers(1, max(1, min(3, budget))))
+    H = draw(st.integers(1, max(1, min(3, budget // B))))
+    if B * H * n_q * n_k * D > max_work:  # shrink the longer sequence until the example fits
+        limit = max(1, max_work // (B * H * D * min(n_q, n_k)))
+        n_q, n_k = (min(n_q, limit), n_k) if n_q >= n_k else (n_q, min(n_k, limit))
+    dtype = draw(st.sampled_from([np.float32, np.float16]))
+    causal = draw(st.booleans())
+    scale = draw(st.one_of(st.none(), st.floats(0.05, 2.0)))
+    config = draw(st.sampled_from(CONFIGS))
+    if config is not None and config.problems(D, "backward"):
+        config = None
+    seed = draw(st.integers(0, 2**32 - 1))
+    return B, H, n_q, n_k, D, dtype, causal, scale, config, seed
+
+
+def run_forward(q, k, v, **kw):
+    out, lse = nf.flash_attention(to_device(q), to_device(k), to_device(v), return_lse=True, **kw)
+    return to_host(out), to_host(lse)
+
+
+def run_backward(do, q, k, v, out, lse, **kw):
+    grads = nf.flash_attention_backward(*(to_device(a) for a in (do, q, k, v, out, lse)), **kw)
+    return tuple(to_host(g) for g in grads)
+
+
+def check_lse(lse, want_lse, n_terms):
+    """lse: -inf exactly for rows that see no key; elsewhere within the fp32 accumulation bound.
+
+    lse = m + log(sum of n_k exponentials of D-term dot products), all in fp32: the error is a few
+    roundoffs per term, growing like sqrt(n_terms) u_fp32 (with factor 8 headroom), relative to
+    1 + |lse| (|lse| >= |max score| bounds the scores' own rounding).
+    """
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(want_lse))
+    fin = np.isfinite(want_lse)
+    assert np.isfinite(lse[fin]).all()
+    tol = 8 * math.sqrt(n_terms) * 2.0**-24 * (1 + np.abs(want_lse[fin]))
+    assert np.all(np.abs(lse[fin] - want_lse[fin]) <= tol)
+
+
+@given(problems())
+def test_forward_matches_oracle(p):
+    B, H, n_q, n_k, D, dtype, causal, scale, config, seed = p
+    rng = np.random.default_rng(seed)
+    q, k, v, do = random_qkv(rng, B, H, n_q, n_k, D, dtype)
+    out, lse = run_forward(q, k, v, causal=causal, softmax_scale=scale, config=config)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == (B, H, n_q) and lse.dtype == np.float32
+    want_out, want_lse = ref.attention_forward(q, k, v, causal=causal, softmax_scale=scale)
+    naive_out = naive_attention(q, k, v, do, causal, scale_of(scale, D), dtype)[0]
+    err, bound = max_err(out, want_out), error_bound(max_err(naive_out, want_out), want_out, dtype, n_k + D)
+    note(f"out error {err:.3e} bound {bound:.3e}")
+    assert err <= bound
+    check_lse(lse, want_lse, n_k + D)
+
+
+@given(problems(max_work=WORK_CAP // 2))
+def test_backward_matches_oracle(p):
+    B, H, n_q, n_k, D, dtype, causal, scale, config, seed = p
+    rng = np.random.default_rng(seed)
+    q, k, v, do = random_qkv(rng, B, H, n_q, n_k, D, dtype)
+    out, lse = run_forward(q, k, v, causal=causal, softmax_scale=scale)
+    grads = run_backward(do, q, k, v, out, lse, causal=causal, softmax_scale=scale, config=config)
+    want = ref.attention_backward(do, q, k, v, causal=causal, softmax_scale=scale)
+    naive = naive_attention(q, k, v, do, causal, scale_of(scale, D), dtype)[1:]
+    for name, g, w, nv, src in zip(("dq", "dk", "dv"), grads, want, naive, (q, k, v)):
+        assert g.shape == src.shape and g.dtype == src.dtype, name
+        err = max_err(g, w)
+        bound = error_bound(max_err(nv, w), w, dtype, n_q + n_k + D)
+        note(f"{name} error {err:.3e} bound {bound:.3e}")
+        assert err <= bound, name
+
+
+ODD_SHAPES = [  # (B, H, Nq, Nk, D): single rows, ragged tiles, head_dim 40, cross-attention
+    (1, 1, 1, 1, 16), (1, 2, 17, 1, 16), (2, 1, 1, 17, 8), (1, 1, 97, 3, 8), (1, 1, 3, 97, 8), (1, 1, 17, 17, 40),
+]
+if ON_GPU:
+    ODD_SHAPES += [(2, 3, 97, 1025, 40), (1, 2, 1025, 97, 128), (2, 2, 2048, 2048, 64), (1, 2, 333, 333, 256),
+                   (1, 1, 513, 257, 248)]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+def test_odd_shapes_forward_backward(rng, shape, dtype, causal):
+    B, H, n_q, n_k, D = shape
+    q, k, v, do = random_qkv(rng, B, H, n_q, n_k, D, dtype)
+    out, lse = run_forward(q, k, v, causal=causal)
+    want_out, want_lse = ref.attention_forward(q, k, v, causal=causal)
+    naive = naive_attention(q, k, v, do, causal, scale_of(None, D), dtype)
+    assert max_err(out, want_out) <= error_bound(max_err(naive[0], want_out), want_out, dtype, n_k + D)
+    check_lse(lse, want_lse, n_k + D)
+    grads = run_backward(do, q, k, v, out, lse, causal=causal)
+    for g, w, nv in zip(grads, ref.attention_backward(do, q, k, v, causal=causal), naive[1:]):
+        assert max_err(g, w) <= error_bound(max_err(nv, w), w, dtype, n_q + n_k + D)
+
+
+def test_rows_that_see_no_key(rng):
+    # causal with Nq > Nk: query i sees key j only when j <= i - (Nq - Nk)
+    q, k, v, do = random_qkv(rng, 1, 2, 11, 4, 16, np.float32)
+    out, lse = run_forward(q, k, v, causal=True)
+    assert np.all(out[:, :, :7] == 0) and np.all(np.isneginf(lse[:, :, :7]))
+    assert np.all(np.isfinite(lse[:, :, 7:]))
+    dq, dk, dv = run_backward(do, q, k, v, out, lse, causal=True)
+    assert np.all(dq[:, :, :7] == 0)
+    assert np.isfinite(dq).all() and np.isfinite(dk).all() and np.isfinite(dv).all()
+
+
+@given(problems())
+def test_properties_without_oracle(p):
+    B, H, n_q, n_k, D, dtype, causal, scale, config, seed = p
+    rng = np.random.default_rng(seed)
+    q, k, v, _ = random_qkv(rng, B, H, n_q, n_k, D, dtype)
+    out, lse = run_forward(q, k, v, causal=causal, softmax_scale=scale, config=config)
+    out64 = out.astype(np.float64)
+    u = 2.0**-24 if dtype == np.float32 else 2.0**-11
+    # Each output row is a convex combination of v's rows: inside [min_j v_j, max_j v_j] per column
+    # (up to rounding of the output and of fp32 accumulation over n_k terms).
+    vmin, vmax = v.min(axis=2, keepdims=True).astype(np.float64), v.max(axis=2, keepdims=True).astype(np.float64)
+    slack = (u + 4 * math.sqrt(n_k) * 2.0**-24) * np.maximum(np.abs(vmin), np.abs(vmax))
+    seen = np.isfinite(lse)[..., None]
+    assert np.all(~seen | ((out64 >= vmin - slack) & (out64 <= vmax + slack)))
+    # lse >= max_j score_ij (the log of a sum of positives that includes exp(max))
+    s = scale_of(scale, D) * (q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2))
+    if causal:
+        s = np.where(ref.causal_mask(n_q, n_k), s, -np.inf)
+    smax = s.max(-1)
+    fin = np.isfinite(smax)
+    assert np.all(lse[fin] >= smax[fin] - 16 * 2.0**-24 * (1 + np.abs(smax[fin])))
+    if not causal:
+        # Attention is a function of the *set* of (key, value) pairs: permuting them together
+        # changes only the summation order, so only rounding.
+        perm = rng.permutation(n_k)
+        out_p, _ = run_forward(q, k[:, :, perm], v[:, :, perm], softmax_scale=scale, config=config)
+        want = ref.attention_forward(q, k, v, softmax_scale=scale)[0]
+        naive = naive_attention(q, k, v, q, False, scale_of(scale, D), dtype)[0]
+        assert max_err(out_p, out64) <= 2 * error_bound(max_err(naive, want), want, dtype, n_k + D)
+
+
+def test_every_head_dim_runs(rng):
+    """Every supported head_dim (multiples of 8, 8..256) runs forward and backward correctly."""
+    dims = HEAD_DIMS if ON_GPU else (8, 16, 40, 128, 256)
+    for D in dims:
+        q, k, v, do = random_qkv(rng, 1, 1, 9, 10, D, np.float32)
+        out, lse = run_forward(q, k, v)
+        want = ref.attention_forward(q, k, v)[0]
+        naive = naive_attention(q, k, v, do, False, scale_of(None, D), np.float32)
+        assert max_err(out, want) <= error_bound(max_err(naive[0], want), want, np.float32, 10 + D), D
+        grads = run_backward(do, q, k, v, out, lse)
+        for g, w, nv in zip(grads, ref.attention_backward(do, q, k, v), naive[1:]):
+            assert max_err(g, w) <= error_bound(max_err(nv, w), w, np.float32, 19 + D), D
+
+
+def test_backward_is_deterministic(rng):
+    B, H, n_q, n_k, D = (2, 4, 1000, 1200, 64) if ON_GPU else (1, 2, 13, 11, 16)
+    q, k, v, do = random_qkv(rng, B, H, n_q, n_k, D, np.float16)
+    args = [to_device(a) for a in (q, k, v)]
+    out, lse = nf.flash_attention(*args, return_lse=True, causal=True)
+    first = [to_host(g) for g in nf.flash_attention_backward(to_device(do), *args, out, lse, causal=True)]
+    for _ in range(3):
+        again = [to_host(g) for g in nf.flash_attention_backward(to_device(do), *args, out, lse, causal=True)]
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
