@@ -1,0 +1,108 @@
+"""Compile the kernels for a GPU architecture without a GPU, and report what each one uses.
+
+NVVM turns a kernel into PTX and nvJitLink assembles that for ``sm_90`` (the CUDA 13 toolkit
+wheels from ``numba-cuda[cu13]`` bring both), so registers, stack frame, spills and shared memory
+can be checked on a machine that has no GPU. This needs ``numba.cuda`` in GPU mode; from a
+simulator process, run it as a subprocess::
+
+    NUMBA_FLASH_BACKEND=gpu python -m numba_flash.resources --head-dims 64 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import numpy as np
+
+_REPORT = re.compile(
+    r"used (?P<registers>\d+) registers, used (?P<barriers>\d+) barriers, (?P<stack>\d+) stack, "
+    r"(?P<smem>\d+) bytes smem, .*?(?P<lmem>\d+) bytes lmem"
+)
+_SPILLS = re.compile(r"(?P<spill_stores>\d+) bytes spill stores, (?P<spill_loads>\d+) bytes spill loads")
+KERNELS = ("forward", "dq", "dkdv", "delta")
+
+
+def _signature(kernel: str, dtype):
+    from numba.cuda import types
+
+    elem = types.float16 if np.dtype(dtype) == np.float16 else types.float32
+    a4 = types.Array(elem, 4, "A")
+    f3 = types.Array(types.float32, 3, "A")
+    f32 = types.float32
+    return {
+        "forward": (a4, a4, a4, a4, f3, f32),
+        "dq": (a4, a4, a4, a4, f3, f3, a4, f32),
+        "dkdv": (a4, a4, a4, a4, f3, f3, a4, a4, f32),
+        "delta": (a4, a4, f3),
+    }[kernel]
+
+
+def _factory(kernel: str, config, head_dim: int, causal: bool):
+    from .backward import delta_kernel, dkdv_kernel, dq_kernel
+    from .forward import forward_kernel
+
+    if kernel == "delta":
+        return delta_kernel(head_dim)
+    return {"forward": forward_kernel, "dq": dq_kernel, "dkdv": dkdv_kernel}[kernel](config, head_dim, causal)
+
+
+def compile_report(kernel: str, config, head_dim: int, causal: bool, dtype, cc=(9, 0)) -> dict:
+    """PTX-compile one kernel for ``cc`` and assemble it with nvJitLink; return its resource usage."""
+    from cuda.bindings import nvjitlink
+    from numba import cuda
+
+    dispatcher = _factory(kernel, config, head_dim, causal)
+    ptx, _ = cuda.compile_ptx(dispatcher.py_func, _signature(kernel, dtype), cc=cc)
+    handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose"])
+    try:
+        data = ptx.encode()
+        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), kernel)
+        nvjitlink.complete(handle)
+        size = nvjitlink.get_info_log_size(handle)
+        log = bytearray(size)
+        nvjitlink.get_info_log(handle, log)
+    finally:
+        nvjitlink.destroy(handle)
+    text = log.decode(errors="replace")
+    report, spills = _REPORT.search(text), _SPILLS.search(text)
+    if report is None or spills is None:
+        raise RuntimeError(f"could not read the resource report of {kernel}:\n{text}")
+    out = {k: int(v) for k, v in {**report.groupdict(), **spills.groupdict()}.items()}
+    out.update(kernel=kernel, head_dim=head_dim, causal=causal, dtype=np.dtype(dtype).name, arch=f"sm_{cc[0]}{cc[1]}",
+               config=None if kernel == "delta" else [config.block_m, config.block_n, config.num_threads],
+               ptx_lines=ptx.count("\n"))
+    return out
+
+
+def main(argv=None) -> int:
+    from . import backend
+    from .config import default_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[16, 40, 64, 128, 256])
+    parser.add_argument("--dtypes", nargs="+", default=["float16", "float32"])
+    parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
+    parser.add_argument("--cc", default="9.0")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    if backend.BACKEND != backend.GPU:
+        parser.error("needs numba.cuda in GPU mode: run with NUMBA_FLASH_BACKEND=gpu")
+    cc = tuple(int(x) for x in args.cc.split("."))
+    for dtype in args.dtypes:
+        for d in args.head_dims:
+            for kernel in args.kernels:
+                pass_ = "forward" if kernel == "forward" else "backward"
+                cfg = default_config(d, np.dtype(dtype), pass_, simulator=False)
+                rep = compile_report(kernel, cfg, d, True, dtype, cc)
+                if kernel != "delta":
+                    rep["expected_smem"] = cfg.shared_memory_bytes(d, kernel)
+                print(json.dumps(rep) if args.json else
+                      f"{kernel:8s} D={d:3d} {dtype:8s} cfg={rep['config']} regs={rep['registers']:3d} "
+                      f"stack={rep['stack']:4d} spills={rep['spill_stores']}/{rep['spill_loads']} smem={rep['smem']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
