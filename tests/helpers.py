@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from numba_flash import backend
-from numba_flash.reference import causal_mask, default_scale
+from numba_flash.reference import _probabilities as ref_probabilities, causal_mask, default_scale
 
 ON_GPU = backend.BACKEND == backend.GPU
 # Unit roundoff u = 2^-p of each storage precision: |fl(x) - x| <= u |x| for one rounding.
@@ -69,19 +69,54 @@ def max_err(got, want):
     return float(np.max(np.abs(got[finite] - want[finite]), initial=0.0))
 
 
-def error_bound(naive_err, ref, dtype, n_terms):
+def score_magnitude(q, k, scale):
+    """Per query row, max_j scale * sum_d |q_id k_jd|: what the rounding error of a score scales with.
+
+    A score is an fp32 dot product; its rounding error is a few u_fp32 times this sum of absolute
+    terms (not times |score|, which cancellation can make far smaller). P = exp(score - lse) then
+    carries that absolute error as a *relative* error, so it enters every bound below.
+    """
+    a = np.abs(np.asarray(q, dtype=np.float64))
+    b = np.abs(np.asarray(k, dtype=np.float64))
+    return scale * (a @ b.swapaxes(-1, -2)).max(-1)
+
+
+def absolute_magnitudes(q, k, v, dout, causal, scale):
+    """Sums of absolute values behind each output, max over elements, in float64: (out, dq, dk, dv).
+
+    A computed sum is accurate relative to the sum of the absolute values of its terms, not to
+    the sum itself (|fl(sum a) - sum a| <= gamma_n sum |a|, Higham 4.3); attention's outputs can
+    cancel heavily (out = sum_j P_ij v_j; dS = P (dP - delta) with delta ~ dP when P is one-hot).
+    """
+    q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
+    p, _, _ = ref_probabilities(q, k, causal, scale)
+    out = p @ v
+    dp = dout @ v.swapaxes(-1, -2)
+    delta = (dout * out).sum(-1, keepdims=True)
+    ds_abs = p * (np.abs(dp) + np.abs(delta))
+    return (float((p @ np.abs(v)).max()), float(scale * (ds_abs @ np.abs(k)).max()),
+            float(scale * (ds_abs.swapaxes(-1, -2) @ np.abs(q)).max()),
+            float((p.swapaxes(-1, -2) @ np.abs(dout)).max()))
+
+
+def error_bound(naive_err, ref, dtype, n_terms, score_mag=0.0, abs_mag=0.0):
     """The kernels' error budget against the float64 reference.
 
     Criterion from flash-attn's tests: at most 2x the error of the naive same-precision
-    implementation, plus a floor for when that error happens to be tiny. The floor is one
-    rounding of the output to ``dtype`` (u_dtype |ref|) plus the fp32 accumulation inside the
-    kernel: sums of ``n_terms`` products have a rounding error that grows like sqrt(n) u_fp32 for
-    random data (Higham, ch. 3, probabilistic bound), taken with a factor 4 of headroom.
+    implementation, plus a floor for when that error happens to be tiny (it can be 0 when the
+    true value is representable). The floor, relative to max |ref|, is
+      * one ulp of the output dtype (2 u_dtype): the final rounding, which fp32 noise can push to
+        the far side of a rounding midpoint;
+      * fp32 accumulation in the kernel: sums of ``n_terms`` products, error growing like
+        sqrt(n) u_fp32 for random data (Higham, ch. 3, probabilistic bound), factor 4 headroom;
+      * the score rounding ``score_mag`` u_fp32 (see ``score_magnitude``), factor 4 headroom;
+    the last two relative to the sum of absolute terms ``abs_mag`` when that is larger than
+    max |ref| (see ``absolute_magnitudes``).
     """
     mag = float(np.max(np.abs(ref[np.isfinite(ref)]), initial=0.0))
     u_out = UNIT_ROUNDOFF[np.dtype(dtype)]
     u32 = UNIT_ROUNDOFF[np.dtype(np.float32)]
-    floor = (u_out + 4.0 * math.sqrt(n_terms) * u32) * max(mag, 1e-30)
+    floor = 2.0 * u_out * mag + 4.0 * u32 * (math.sqrt(n_terms) + float(score_mag)) * max(mag, abs_mag, 1e-30)
     return 2.0 * naive_err + floor
 
 
