@@ -62,6 +62,28 @@ def _timer(fn, repeat: int) -> float:
     return float(np.median(times))
 
 
+def _time_sdpa(q, k, v, do, causal, repeat):
+    """Median ms of PyTorch's scaled_dot_product_attention on the same CuPy arrays (via DLPack), or None."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    tq, tk, tv, tdo = (torch.from_dlpack(a) for a in (q, k, v, do))
+    tq, tk, tv = (t.detach().requires_grad_(True) for t in (tq, tk, tv))
+
+    def fwd():
+        with torch.no_grad():
+            F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+
+    def fwd_bwd():
+        out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+        out.backward(tdo)
+
+    torch.cuda.synchronize()
+    return _timer(fwd, repeat), _timer(fwd_bwd, repeat)
+
+
 def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.3f} GiB" if n_bytes >= 2**26 else f"{n_bytes / 2**10:.1f} KiB"
 
@@ -130,8 +152,16 @@ def demo(args) -> int:
     timing = Table(title="time (median of %d%s)" % (repeat, ", CUDA events" if on_gpu else ", simulator wall clock"))
     for col in ("pass", "ms", "TFLOP/s"):
         timing.add_column(col, justify="right")
-    timing.add_row("forward", f"{t_fwd:.3f}", f"{flops / t_fwd / 1e9:.2f}")
-    timing.add_row("backward", f"{t_bwd:.3f}", f"{2.5 * flops / t_bwd / 1e9:.2f}")
+    timing.add_row("numba_flash forward", f"{t_fwd:.3f}", f"{flops / t_fwd / 1e9:.2f}")
+    timing.add_row("numba_flash backward", f"{t_bwd:.3f}", f"{2.5 * flops / t_bwd / 1e9:.2f}")
+    timing.add_row("numba_flash forward+backward", f"{t_fwd + t_bwd:.3f}", f"{3.5 * flops / (t_fwd + t_bwd) / 1e9:.2f}")
+    sdpa = _time_sdpa(q, k, v, do, args.causal, repeat) if on_gpu and not args.no_baseline else None
+    if sdpa is not None:
+        s_fwd, s_all = sdpa
+        timing.add_row("torch SDPA forward (default backend)", f"{s_fwd:.3f}", f"{flops / s_fwd / 1e9:.2f}")
+        timing.add_row("torch SDPA forward+backward", f"{s_all:.3f}", f"{3.5 * flops / s_all / 1e9:.2f}")
+        timing.caption = (f"numba_flash / SDPA speed: forward {s_fwd / t_fwd:.3f}x, "
+                          f"forward+backward {s_all / (t_fwd + t_bwd):.3f}x (same process, same GPU, same inputs)")
     console.print(timing)
 
     nn = B * H * N * N
@@ -163,6 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--repeat", type=int, help="timed repetitions (default: 20 on a GPU, 1 on the simulator)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baseline", action="store_true", help="skip timing torch SDPA (timed only when torch is installed)")
     p.set_defaults(func=demo)
     sub.add_parser("info", help="print the backend, device and versions").set_defaults(
         func=lambda a: print("\n".join(f"{k}: {v}" for k, v in _versions().items())) or 0)
