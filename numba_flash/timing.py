@@ -1,0 +1,57 @@
+"""Timing that means something: CUDA events around the work, after warm-up, median of repeats.
+
+On the simulator there are no events; the wall clock is used and the numbers only say that the
+code ran (the simulator is not a performance model).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import backend
+
+
+def time_ms(fn: Callable[..., object], inputs: Sequence[tuple] | None = None, *, warmup: int = 3,
+            repeat: int = 20) -> dict:
+    """Median (and min, max) milliseconds of ``fn(*inputs[i])``, cycling through ``inputs``.
+
+    Give several input sets when one fits in L2 (50 MB on an H100), so that repeated calls do not
+    just measure the cache. Returns ``{"median_ms", "min_ms", "max_ms", "repeat"}``.
+    """
+    inputs = list(inputs) if inputs else [()]
+    if backend.BACKEND == backend.SIMULATOR:
+        times = []
+        for i in range(max(1, repeat)):
+            t0 = time.perf_counter()
+            fn(*inputs[i % len(inputs)])
+            times.append((time.perf_counter() - t0) * 1e3)
+        return _summary(times)
+    import cupy
+
+    for i in range(warmup):  # compiles, loads modules, creates handles
+        fn(*inputs[i % len(inputs)])
+    stream = cupy.cuda.get_current_stream()
+    stream.synchronize()
+    events = [(cupy.cuda.Event(), cupy.cuda.Event()) for _ in range(repeat)]
+    for i, (start, stop) in enumerate(events):
+        start.record(stream)
+        fn(*inputs[i % len(inputs)])
+        stop.record(stream)
+    events[-1][1].synchronize()
+    return _summary([cupy.cuda.get_elapsed_time(a, b) for a, b in events])
+
+
+def _summary(times) -> dict:
+    t = np.asarray(times, dtype=np.float64)
+    return {"median_ms": float(np.median(t)), "min_ms": float(t.min()), "max_ms": float(t.max()), "repeat": int(t.size)}
+
+
+def attention_flops(batch: int, heads: int, seqlen_q: int, seqlen_k: int, head_dim: int, causal: bool,
+                    pass_: str = "forward") -> float:
+    """FLOPs as FlashAttention's benchmarks count them: 4·B·H·Nq·Nk·D for the forward (two matmuls),
+    halved when causal; the backward is 2.5× the forward, forward+backward 3.5×."""
+    f = 4.0 * batch * heads * seqlen_q * seqlen_k * head_dim * (0.5 if causal else 1.0)
+    return f * {"forward": 1.0, "backward": 2.5, "forward_backward": 3.5}[pass_]
