@@ -8,58 +8,16 @@ have needed for the N x N matrices that FlashAttention never stores.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
 
 import numpy as np
 
 
-def _versions() -> dict:
-    import numba
-
-    from . import __version__, backend
-
-    out = {"numba_flash": __version__, "numba": numba.__version__, "numpy": np.__version__,
-           "python": platform.python_version(), "backend": backend.BACKEND, "device": backend.device_name()}
-    try:
-        from importlib.metadata import version
-
-        out["numba-cuda"] = version("numba-cuda")
-    except Exception:  # pragma: no cover
-        pass
-    if backend.BACKEND == backend.GPU:
-        import cupy
-
-        out["cupy"] = cupy.__version__
-        out["driver"] = cupy.cuda.runtime.driverGetVersion()
-    return out
-
-
 def _timer(fn, repeat: int) -> float:
     """Median milliseconds of ``fn()``: CUDA events on the GPU, the wall clock on the simulator."""
-    from . import backend
+    from .timing import time_ms
 
-    if backend.BACKEND == backend.SIMULATOR:
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(times))
-    import cupy
-
-    fn()  # warm-up: compiles and loads the kernels
-    cupy.cuda.get_current_stream().synchronize()
-    times = []
-    for _ in range(repeat):
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
-    return float(np.median(times))
+    return time_ms(fn, warmup=1, repeat=repeat)["median_ms"]
 
 
 def _time_sdpa(q, k, v, do, causal, repeat):
@@ -86,6 +44,13 @@ def _time_sdpa(q, k, v, do, causal, repeat):
 
 def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.3f} GiB" if n_bytes >= 2**26 else f"{n_bytes / 2**10:.1f} KiB"
+
+
+def _versions() -> dict:
+    from .results import environment
+
+    env = environment()
+    return {k: v for k, v in env.items() if k not in ("date", "command")}
 
 
 def demo(args) -> int:
