@@ -114,9 +114,14 @@ def _check_causal(causal):
     return bool(causal)
 
 
-def _check_config(config, head_dim: int, dtype, pass_: str) -> BlockConfig:
+def _check_config(config, head_dim: int, dtype, pass_: str, causal: bool = False, seqlen: int | None = None) -> BlockConfig:
     if config is None:
-        return default_config(head_dim, np.dtype(dtype), pass_)
+        # A config stored by numba_flash.tune for this device and problem wins; without a tuning
+        # cache (or an entry for this device) this is default_config, as before.
+        from .tune import lookup
+
+        tuned = lookup(head_dim, dtype, causal, seqlen, pass_) if seqlen is not None else None
+        return tuned if tuned is not None else default_config(head_dim, np.dtype(dtype), pass_)
     if not isinstance(config, BlockConfig):
         raise TypeError(f"config: expected a numba_flash.BlockConfig or None, got {type(config).__name__}")
     return config.validate(head_dim, pass_)
@@ -157,7 +162,7 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, config=None, r
     B, H, n_q, n_k, D = _check_qkv(q, k, v)
     causal = _check_causal(causal)
     scale = _check_scale(softmax_scale, D)
-    cfg = _check_config(config, D, q.dtype, "forward")
+    cfg = _check_config(config, D, q.dtype, "forward", causal, max(n_q, n_k))
 
     out = _empty(q.shape, q.dtype)
     lse = _empty((B, H, n_q), np.float32)
@@ -187,7 +192,7 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_s
         raise TypeError(f"lse: expected float32 (as flash_attention returns it), got {lse.dtype}")
     causal = _check_causal(causal)
     scale = _check_scale(softmax_scale, D)
-    cfg = _check_config(config, D, q.dtype, "backward")
+    cfg = _check_config(config, D, q.dtype, "backward", causal, max(n_q, n_k))
 
     delta = _empty((B, H, n_q), np.float32)
     _launch(delta_kernel(D), (_cdiv(n_q, _DELTA_THREADS), H, B), _DELTA_THREADS, dout, out, delta)

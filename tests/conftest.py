@@ -10,6 +10,8 @@
 import os
 
 os.environ.setdefault("NUMBA_FLASH_POISON", "1")
+# A tuning cache in the home folder must not change which config the tests run with.
+os.environ.setdefault("NUMBA_FLASH_TUNING_CACHE", "off")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
