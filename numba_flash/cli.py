@@ -160,13 +160,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip timing torch SDPA (timed only when torch is installed)")
     p.set_defaults(func=demo)
-    for name, module, text in (("bench", "bench", "time forward and forward+backward against the baselines"),
-                               ("tune", "tune", "find the fastest block configuration for a problem and cache it")):
-        p = sub.add_parser(name, help=f"{text} (numba-flash {name} --help)", add_help=False)
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, module=module: __import__(f"numba_flash.{module}", fromlist=["main"]).main(a.args))
+    delegated = {"bench": "time forward and forward+backward against the baselines",
+                 "tune": "find the fastest block configuration for a problem and cache it"}
+    for name, text in delegated.items():
+        sub.add_parser(name, help=f"{text} (numba-flash {name} --help)", add_help=False)
     sub.add_parser("info", help="print the backend, device and versions").set_defaults(
         func=lambda a: print("\n".join(f"{k}: {v}" for k, v in _versions().items())) or 0)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in delegated:  # these parse their own options (and --help)
+        module = __import__(f"numba_flash.{argv[0]}", fromlist=["main"])
+        return module.main(argv[1:])
     args = parser.parse_args(argv)
     return args.func(args)
 

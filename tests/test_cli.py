@@ -23,3 +23,13 @@ def test_demo_causal_fp16():
 def test_console_script_info():
     proc = subprocess.run([sys.executable, "-m", "numba_flash.cli", "info"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "backend:" in proc.stdout
+
+
+def test_bench_and_tune_subcommands_are_wired(capsys):
+    import pytest
+
+    for name in ("bench", "tune"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert f"numba-flash {name}" in capsys.readouterr().out
