@@ -99,7 +99,22 @@ def absolute_magnitudes(q, k, v, dout, causal, scale):
             float((p.swapaxes(-1, -2) @ np.abs(dout)).max()))
 
 
-def error_bound(naive_err, ref, dtype, n_terms, score_mag=0.0, abs_mag=0.0):
+def delta_sensitivity(q, k, v, dout, causal, scale):
+    """How far dq and dk move per unit of relative error in ``out``: (0, dq, dk, 0), max over elements.
+
+    The backward receives ``out`` rounded to the input dtype (as FlashAttention's does), so
+    delta_i = sum_d dO_id O_id is off by up to u_dtype * sum_d |dO_id O_id|; that error enters
+    dS_ij = P_ij (dP_ij - delta_i) and so dq_i by scale * sum_j P_ij |delta err| |k_j| (dk alike).
+    It does not shrink when dq cancels, so it is its own term of the bound.
+    """
+    q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
+    p, _, _ = ref_probabilities(q, k, causal, scale)
+    delta_abs = (np.abs(dout) * np.abs(p @ v)).sum(-1, keepdims=True)
+    pd = p * delta_abs
+    return (0.0, float(scale * (pd @ np.abs(k)).max()), float(scale * (pd.swapaxes(-1, -2) @ np.abs(q)).max()), 0.0)
+
+
+def error_bound(naive_err, ref, dtype, n_terms, score_mag=0.0, abs_mag=0.0, delta_sens=0.0):
     """The kernels' error budget against the float64 reference.
 
     Criterion from flash-attn's tests: at most 2x the error of the naive same-precision
@@ -111,12 +126,15 @@ def error_bound(naive_err, ref, dtype, n_terms, score_mag=0.0, abs_mag=0.0):
         sqrt(n) u_fp32 for random data (Higham, ch. 3, probabilistic bound), factor 4 headroom;
       * the score rounding ``score_mag`` u_fp32 (see ``score_magnitude``), factor 4 headroom;
     the last two relative to the sum of absolute terms ``abs_mag`` when that is larger than
-    max |ref| (see ``absolute_magnitudes``).
+    max |ref| (see ``absolute_magnitudes``);
+      * for dq and dk, the rounding of ``out`` to the input dtype before the backward reads it:
+        2 u_dtype times ``delta_sens`` (see ``delta_sensitivity``; factor 2 headroom).
     """
     mag = float(np.max(np.abs(ref[np.isfinite(ref)]), initial=0.0))
     u_out = UNIT_ROUNDOFF[np.dtype(dtype)]
     u32 = UNIT_ROUNDOFF[np.dtype(np.float32)]
     floor = 2.0 * u_out * mag + 4.0 * u32 * (math.sqrt(n_terms) + float(score_mag)) * max(mag, abs_mag, 1e-30)
+    floor += 2.0 * u_out * float(delta_sens)
     return 2.0 * naive_err + floor
 
 

@@ -16,7 +16,8 @@ import numba_flash as nf
 from numba_flash import BlockConfig, reference as ref
 from numba_flash.config import HEAD_DIMS
 
-from helpers import (ON_GPU, absolute_magnitudes, error_bound, max_err, naive_attention, random_qkv, scale_of, score_magnitude, to_device,
+from helpers import (ON_GPU, absolute_magnitudes, delta_sensitivity, error_bound, max_err, naive_attention,
+                     random_qkv, scale_of, score_magnitude, to_device,
                      to_host)
 
 # Work per example (B*H*Nq*Nk*D) is capped so that the simulator (~us per thread instruction)
@@ -132,10 +133,11 @@ def backward_case(p):
     naive = naive_attention(q, k, v, do, causal, scale_of(scale, D), dtype)[1:]
     smag = score_magnitude(q, k, scale_of(scale, D)).max()
     amag = absolute_magnitudes(q, k, v, do, causal, scale_of(scale, D))[1:]
-    for name, g, w, nv, src, am in zip(("dq", "dk", "dv"), grads, want, naive, (q, k, v), amag):
+    dsens = delta_sensitivity(q, k, v, do, causal, scale_of(scale, D))[1:]
+    for name, g, w, nv, src, am, ds in zip(("dq", "dk", "dv"), grads, want, naive, (q, k, v), amag, dsens):
         assert g.shape == src.shape and g.dtype == src.dtype, name
         err = max_err(g, w)
-        bound = error_bound(max_err(nv, w), w, dtype, n_q + n_k + D, smag, am)
+        bound = error_bound(max_err(nv, w), w, dtype, n_q + n_k + D, smag, am, ds)
         note(f"{name} error {err:.3e} bound {bound:.3e}")
         assert err <= bound, name
 
@@ -163,8 +165,9 @@ def test_odd_shapes_forward_backward(rng, shape, dtype, causal):
                                                  amag[0])
     check_lse(lse, want_lse, n_k + D, smag)
     grads = run_backward(do, q, k, v, out, lse, causal=causal)
-    for g, w, nv, am in zip(grads, ref.attention_backward(do, q, k, v, causal=causal), naive[1:], amag[1:]):
-        assert max_err(g, w) <= error_bound(max_err(nv, w), w, dtype, n_q + n_k + D, smag.max(), am)
+    dsens = delta_sensitivity(q, k, v, do, causal, scale_of(None, D))[1:]
+    for g, w, nv, am, ds in zip(grads, ref.attention_backward(do, q, k, v, causal=causal), naive[1:], amag[1:], dsens):
+        assert max_err(g, w) <= error_bound(max_err(nv, w), w, dtype, n_q + n_k + D, smag.max(), am, ds)
 
 
 def test_rows_that_see_no_key(rng):
@@ -243,7 +246,7 @@ def test_backward_is_deterministic(rng):
             np.testing.assert_array_equal(a, b)
 
 
-# Examples the GPU profile once found (2026-11-24): bounds that ignored cancellation in the scores
+# Examples the GPU profile found (2026-11-24): bounds that ignored cancellation in the scores
 # (lse vs max score; dq with two keys, where sum_j dS_j = 0). Kept as fixed regression cases.
 REGRESSIONS = [
     (forward_case, (1, 1, 128, 1, 16, np.float32, False, 1.99609375, None, 27084)),
@@ -253,6 +256,10 @@ REGRESSIONS = [
     (backward_case, (1, 2, 1, 2, 24, np.float32, True, 2.0, None, 0)),
     (backward_case, (1, 1, 1, 2, 64, np.float32, False, None, None, 0)),
     (backward_case, (1, 1, 1, 2, 16, np.float16, True, 2.0, None, 0)),
+    # fp16 dq off by more than the old bound, from out's rounding to fp16 feeding delta (found
+    # after the default BLOCK_N changed; the error is the same for every config)
+    (backward_case, (1, 1, 1, 2, 40, np.float16, False, None, None, 1500)),
+    (backward_case, (1, 1, 1, 845, 24, np.float16, True, 1.0, None, 256)),
 ]
 
 
@@ -273,4 +280,6 @@ def test_bounds_catch_a_dropped_key(rng):
         assert max_err(wrong, want) > error_bound(max_err(naive[0], want), want, dtype, 9 + 16, smag, amag[0])
         wrong_dq = ref.attention_backward(do, q, k[:, :, :-1], v[:, :, :-1])[0].astype(dtype)
         want_dq = ref.attention_backward(do, q, k, v)[0]
-        assert max_err(wrong_dq, want_dq) > error_bound(max_err(naive[1], want_dq), want_dq, dtype, 41, smag, amag[1])
+        dsens = delta_sensitivity(q, k, v, do, False, scale_of(None, 16))[1]
+        assert max_err(wrong_dq, want_dq) > error_bound(max_err(naive[1], want_dq), want_dq, dtype, 41, smag, amag[1],
+                                                        dsens)
