@@ -27,6 +27,7 @@ from numba.cuda import float32
 
 from .config import BlockConfig
 from .forward import NEG_INF
+from .tiles import tile_loaders
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,6 +66,8 @@ def dkdv_kernel(config: BlockConfig, head_dim: int, causal: bool):
     QPT = BLOCK_M // TPR  # queries of a Q tile each thread scores
     CPT = D // TPR  # dK, dV columns each thread accumulates
     CAUSAL = causal
+    load_kv, _ = tile_loaders(BLOCK_N, D, NUM_THREADS)
+    load_qdo, load_rows = tile_loaders(BLOCK_M, D, NUM_THREADS)
     # Shared-memory shapes must be literal constants, so the +1-word row padding is computed here.
     D_PAD, BLOCK_M_PAD, BLOCK_N_PAD = D + 1, BLOCK_M + 1, BLOCK_N + 1
 
@@ -93,15 +96,7 @@ def dkdv_kernel(config: BlockConfig, head_dim: int, causal: bool):
         diag = n_k - n_q
 
         # K_j and V_j stay in shared memory for the whole pass over the queries.
-        for e in range(tid, BLOCK_N * D, NUM_THREADS):
-            j = e // D
-            d = e % D
-            if n0 + j < n_k:
-                sK[j, d] = float32(k[b, h, n0 + j, d])
-                sV[j, d] = float32(v[b, h, n0 + j, d])
-            else:
-                sK[j, d] = float32(0.0)
-                sV[j, d] = float32(0.0)
+        load_kv(sK, sV, k, v, b, h, n0, tid)
         for t in range(CPT):
             acc_dk[t] = float32(0.0)
             acc_dv[t] = float32(0.0)
@@ -111,22 +106,8 @@ def dkdv_kernel(config: BlockConfig, head_dim: int, causal: bool):
             m_start = (max(0, n0 - diag) // BLOCK_M) * BLOCK_M
 
         for m0 in range(m_start, n_q, BLOCK_M):
-            for e in range(tid, BLOCK_M * D, NUM_THREADS):
-                i = e // D
-                d = e % D
-                if m0 + i < n_q:
-                    sQ[i, d] = float32(q[b, h, m0 + i, d])
-                    sdO[i, d] = float32(dout[b, h, m0 + i, d])
-                else:
-                    sQ[i, d] = float32(0.0)
-                    sdO[i, d] = float32(0.0)
-            for i in range(tid, BLOCK_M, NUM_THREADS):
-                if m0 + i < n_q:
-                    sL[i] = lse[b, h, m0 + i]
-                    sDelta[i] = delta[b, h, m0 + i]
-                else:
-                    sL[i] = NEG_INF
-                    sDelta[i] = float32(0.0)
+            load_qdo(sQ, sdO, q, dout, b, h, m0, tid)
+            load_rows(sL, sDelta, lse, delta, b, h, m0, tid, NEG_INF)
             cuda.syncthreads()
 
             # Recompute P^T and dS^T for this thread's (key, query) pairs.
@@ -184,6 +165,8 @@ def dq_kernel(config: BlockConfig, head_dim: int, causal: bool):
     KPT = BLOCK_N // TPR
     CPT = D // TPR
     CAUSAL = causal
+    load_qdo, load_rows = tile_loaders(BLOCK_M, D, NUM_THREADS)
+    load_kv, _ = tile_loaders(BLOCK_N, D, NUM_THREADS)
     # Shared-memory shapes must be literal constants, so the +1-word row padding is computed here.
     D_PAD, BLOCK_M_PAD, BLOCK_N_PAD = D + 1, BLOCK_M + 1, BLOCK_N + 1
 
@@ -209,22 +192,8 @@ def dq_kernel(config: BlockConfig, head_dim: int, causal: bool):
         row = m0 + r
         diag = n_k - n_q
 
-        for e in range(tid, BLOCK_M * D, NUM_THREADS):
-            i = e // D
-            d = e % D
-            if m0 + i < n_q:
-                sQ[i, d] = float32(q[b, h, m0 + i, d])
-                sdO[i, d] = float32(dout[b, h, m0 + i, d])
-            else:
-                sQ[i, d] = float32(0.0)
-                sdO[i, d] = float32(0.0)
-        for i in range(tid, BLOCK_M, NUM_THREADS):
-            if m0 + i < n_q:
-                sL[i] = lse[b, h, m0 + i]
-                sDelta[i] = delta[b, h, m0 + i]
-            else:
-                sL[i] = NEG_INF
-                sDelta[i] = float32(0.0)
+        load_qdo(sQ, sdO, q, dout, b, h, m0, tid)
+        load_rows(sL, sDelta, lse, delta, b, h, m0, tid, NEG_INF)
         for t in range(CPT):
             acc[t] = float32(0.0)
 
@@ -233,15 +202,7 @@ def dq_kernel(config: BlockConfig, head_dim: int, causal: bool):
             n_end = min(n_k, max(0, m0 + BLOCK_M + diag))
 
         for n0 in range(0, n_end, BLOCK_N):
-            for e in range(tid, BLOCK_N * D, NUM_THREADS):
-                j = e // D
-                d = e % D
-                if n0 + j < n_k:
-                    sK[j, d] = float32(k[b, h, n0 + j, d])
-                    sV[j, d] = float32(v[b, h, n0 + j, d])
-                else:
-                    sK[j, d] = float32(0.0)
-                    sV[j, d] = float32(0.0)
+            load_kv(sK, sV, k, v, b, h, n0, tid)
             cuda.syncthreads()
 
             l_row = sL[r]

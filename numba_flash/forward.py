@@ -28,6 +28,7 @@ from numba import cuda
 from numba.cuda import float32
 
 from .config import BlockConfig
+from .tiles import tile_loaders
 
 NEG_INF = float32(-math.inf)
 
@@ -45,6 +46,7 @@ def forward_kernel(config: BlockConfig, head_dim: int, causal: bool):
     KPT = BLOCK_N // TPR  # keys of a tile each thread scores
     CPT = D // TPR  # output columns each thread accumulates
     CAUSAL = causal
+    load_kv, _ = tile_loaders(BLOCK_N, D, NUM_THREADS)
     # Shared-memory shapes must be literal constants, so the +1-word row padding is computed here.
     D_PAD, BLOCK_M_PAD, BLOCK_N_PAD = D + 1, BLOCK_M + 1, BLOCK_N + 1
 
@@ -91,15 +93,7 @@ def forward_kernel(config: BlockConfig, head_dim: int, causal: bool):
 
         for n0 in range(0, n_end, BLOCK_N):
             # Stream the next K, V tile into shared memory (ragged last tile padded with zeros).
-            for e in range(tid, BLOCK_N * D, NUM_THREADS):
-                j = e // D
-                d = e % D
-                if n0 + j < n_k:
-                    sK[j, d] = float32(k[b, h, n0 + j, d])
-                    sV[j, d] = float32(v[b, h, n0 + j, d])
-                else:
-                    sK[j, d] = float32(0.0)
-                    sV[j, d] = float32(0.0)
+            load_kv(sK, sV, k, v, b, h, n0, tid)
             cuda.syncthreads()
 
             # S = scale Q K^T for this thread's keys; masked keys score -inf.

@@ -48,13 +48,27 @@ def _factory(kernel: str, config, head_dim: int, causal: bool):
     return {"forward": forward_kernel, "dq": dq_kernel, "dkdv": dkdv_kernel}[kernel](config, head_dim, causal)
 
 
+class _Device:
+    def __init__(self, cc):
+        self.compute_capability = cc
+
+
 def compile_report(kernel: str, config, head_dim: int, causal: bool, dtype, cc=(9, 0)) -> dict:
     """PTX-compile one kernel for ``cc`` and assemble it with nvJitLink; return its resource usage."""
     from cuda.bindings import nvjitlink
     from numba import cuda
 
-    dispatcher = _factory(kernel, config, head_dim, causal)
-    ptx, _ = cuda.compile_ptx(dispatcher.py_func, _signature(kernel, dtype), cc=cc)
+    from numba.cuda import dispatcher as numba_dispatcher
+
+    kernel_fn = _factory(kernel, config, head_dim, causal)
+    # Device functions called by a kernel (numba_flash.tiles) are compiled for the *current*
+    # device's compute capability, which needs a driver; stand in a device of capability ``cc``.
+    real_device = numba_dispatcher.get_current_device
+    numba_dispatcher.get_current_device = lambda: _Device(cc)
+    try:
+        ptx, _ = cuda.compile_ptx(kernel_fn.py_func, _signature(kernel, dtype), cc=cc)
+    finally:
+        numba_dispatcher.get_current_device = real_device
     handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose"])
     try:
         data = ptx.encode()
