@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from numba_flash import backend  # noqa: E402  (chooses GPU or simulator first)
 from numba_flash.config import BlockConfig  # noqa: E402
-from numba_flash.tune import BLOCK_SIZES, THREADS_PER_ROW, tune  # noqa: E402
+from numba_flash.results import pyplot  # noqa: E402
+from numba_flash.tune import BLOCK_SIZES, enumerate_configs, tune  # noqa: E402
 
 # Forward, fp16, not causal. D=64 at N=2048 is the bench sweep's 16k-token shape; D=128 at
 # N=4096 has half the configs (shared memory) and twice the per-call time.
@@ -64,16 +65,10 @@ def hbm_model(batch, heads, n_q, n_k, head_dim, dtype, causal, config) -> tuple[
 def ordered_configs(head_dim: int, block_sizes, target_threads: int, rounds: int):
     """Candidate configs, round 1 (one per cell) first, and the cells that cannot run at all."""
     first, rest, blank = [], [], []
+    legal = enumerate_configs(head_dim, "forward", block_sizes=block_sizes)
     for bm in block_sizes:
         for bn in block_sizes:
-            fits = []
-            for tpr in THREADS_PER_ROW:
-                try:
-                    cfg = BlockConfig(bm, bn, bm * tpr)
-                except ValueError:
-                    continue
-                if not cfg.problems(head_dim, "forward"):
-                    fits.append(cfg)
+            fits = [c for c in legal if (c.block_m, c.block_n) == (bm, bn)]
             if not fits:
                 blank.append((bm, bn))
                 continue
@@ -179,12 +174,8 @@ def print_grid(console, rec: dict) -> None:
 
 
 def plot(rec: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("matplotlib is not installed: no heat map PNG (pip install matplotlib)")
         return False
     bs = rec["block_sizes"]

@@ -35,6 +35,8 @@ if str(ROOT) not in sys.path:  # run from a clean checkout without installing th
 
 from numba_flash import backend, io_model  # noqa: E402
 from numba_flash.config import BlockConfig, default_config  # noqa: E402
+from numba_flash.results import pyplot  # noqa: E402
+from numba_flash.tune import enumerate_configs  # noqa: E402
 
 NAME = "hbm_traffic"
 METRICS = "dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum"
@@ -321,17 +323,15 @@ def measure_with_ncu(cases: list[dict], timeout_s: float, console) -> dict:
 
 def sweep_configs(D, block_ms, block_ns, threads_per_row=(4, 2, 1, 8)):
     """Valid forward configs over (block_m, block_n); the first threads-per-row that fits is used."""
+    legal = enumerate_configs(D, "forward", block_sizes=sorted(set(block_ms) | set(block_ns)),
+                              threads_per_row=threads_per_row)
     out = []
     for bm in block_ms:
         for bn in block_ns:
-            for tpr in threads_per_row:
-                try:
-                    cfg = BlockConfig(bm, bn, bm * tpr)
-                except ValueError:
-                    continue
-                if not cfg.problems(D, "forward"):
-                    out.append(cfg)
-                    break
+            cell = {c.threads_per_row(bm): c for c in legal if (c.block_m, c.block_n) == (bm, bn)}
+            first = next((cell[t] for t in threads_per_row if t in cell), None)
+            if first is not None:
+                out.append(first)
     return out
 
 
@@ -529,12 +529,8 @@ def main(argv=None) -> int:
 
 
 def _plot(out: Path, rows, shape, console):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         console.print("matplotlib is not installed: plot skipped")
         return None
     out.mkdir(parents=True, exist_ok=True)

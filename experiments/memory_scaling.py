@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:  # run from a clean checkout without installing th
     sys.path.insert(0, str(ROOT))
 
 from numba_flash import api, backend, io_model, standard  # noqa: E402
+from numba_flash.results import pyplot  # noqa: E402
 from numba_flash.timing import attention_flops  # noqa: E402
 
 NAME = "memory_scaling"
@@ -338,12 +339,8 @@ def main(argv=None) -> int:
 
 
 def _plot(out: Path, rows, device_total, shape, console):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         console.print("matplotlib is not installed: plot skipped")
         return None
     out.mkdir(parents=True, exist_ok=True)

@@ -422,12 +422,8 @@ def summarize(rows, on_gpu: bool) -> list[str]:
 
 def plot(rows, path: Path) -> str | None:
     """Time, memory and modelled HBM traffic vs seqlen; None (and a note) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = results.pyplot()
+    if plt is None:
         return "matplotlib is not installed: plot skipped (pip install matplotlib)"
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for name, marker in zip(VARIANTS, "osd"):

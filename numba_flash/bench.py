@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from . import backend
+from .results import pyplot
 from .timing import attention_flops, time_ms
 
 PASSES = ("forward", "forward_backward")
@@ -687,14 +688,10 @@ def markdown_body(records, host, implementations, elapsed_s, settings) -> str:
 def plot(records: list[dict], path) -> bool:
     """TFLOP/s vs seqlen, a line per implementation, a subplot per (dtype, head_dim, causal) x pass.
     Returns False (and writes nothing) when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
+    import matplotlib.ticker
     ok = [r for r in records if r["status"] == "ok" and r["tflops"]]
     rows = sorted({(r["dtype"], r["head_dim"], r["causal"]) for r in ok})
     cols = [p for p in PASSES if any(r["pass"] == p for r in ok)]

@@ -79,6 +79,19 @@ def save(out_dir, name: str, data: dict, markdown_body: str, title: str | None =
     return json_path, md_path
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, or None when matplotlib is missing
+    (the experiments then skip their PNG and say so)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def _jsonable(x):
     if isinstance(x, (np.integer,)):
         return int(x)

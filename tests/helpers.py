@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +14,17 @@ from numba_flash.reference import _probabilities as ref_probabilities, causal_ma
 ON_GPU = backend.BACKEND == backend.GPU
 # Unit roundoff u = 2^-p of each storage precision: |fl(x) - x| <= u |x| for one rounding.
 UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0**-24, np.dtype(np.float16): 2.0**-11}
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load_experiment(name: str):
+    """Import ``experiments/<name>.py`` (a script folder, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def to_device(a):

@@ -1,9 +1,7 @@
 """The benchmark harness (numba_flash.bench, experiments/bench_speed.py): smoke run, FLOP formula,
 and the per-measurement budget logic (repeats capped, slow runs skipped, failures recorded)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +9,7 @@ import pytest
 from numba_flash import bench
 from numba_flash.timing import attention_flops
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bench_speed.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from helpers import load_experiment
 
 def test_attention_flops_follows_flashattention_convention():
     B, H, N, D = 2, 3, 128, 64
@@ -45,7 +35,7 @@ def test_standard_sweep_shapes():
 
 def test_smoke_writes_json_md_png(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert _load_script().main(["--smoke", "--out", str(out)]) == 0
+    assert load_experiment("bench_speed").main(["--smoke", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "numba_flash" in printed and "bench took" in printed
 

@@ -3,23 +3,13 @@ experiments/hbm_traffic.py and experiments/memory_scaling.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from numba_flash import BlockConfig, io_model
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", EXPERIMENTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+from helpers import load_experiment
 
 # ------------------------------------------------------------------ model of our kernels, by hand
 
@@ -146,7 +136,7 @@ def test_peak_memory_model():
 # ------------------------------------------------------------------ ncu CSV parsing
 
 def test_parse_ncu_csv_details_and_raw():
-    hbm = _load("hbm_traffic")
+    hbm = load_experiment("hbm_traffic")
     head = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",'
             '"Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
 
@@ -182,7 +172,7 @@ def test_parse_ncu_csv_details_and_raw():
 # ------------------------------------------------------------------ smoke runs of the scripts
 
 def test_hbm_traffic_smoke(tmp_path):
-    hbm = _load("hbm_traffic")
+    hbm = load_experiment("hbm_traffic")
     assert hbm.main(["--smoke", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "hbm_traffic.json").read_text())
     assert (tmp_path / "hbm_traffic.md").read_text().count("|") > 20
@@ -200,7 +190,7 @@ def test_hbm_traffic_smoke(tmp_path):
 
 def test_hbm_traffic_child_mode_runs_cases(tmp_path, capsys):
     # the mode ncu profiles; on the simulator it runs the same cases without the profiler calls
-    hbm = _load("hbm_traffic")
+    hbm = load_experiment("hbm_traffic")
     cases = [hbm.make_case("std", "standard", "forward_backward", 1, 1, 16, 16, "float32"),
              hbm.make_case("fl", "flash", "forward", 1, 1, 16, 16, "float32", fcfg=BlockConfig(8, 8, 16))]
     spec = tmp_path / "cases.json"
@@ -210,7 +200,7 @@ def test_hbm_traffic_child_mode_runs_cases(tmp_path, capsys):
 
 
 def test_memory_scaling_smoke(tmp_path):
-    mem = _load("memory_scaling")
+    mem = load_experiment("memory_scaling")
     assert mem.main(["--smoke", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "memory_scaling.json").read_text())
     assert (tmp_path / "memory_scaling.md").exists()

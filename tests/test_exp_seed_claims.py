@@ -4,33 +4,22 @@ gradients as the stored-P backward."""
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from numba_flash import reference, standard
 
-from helpers import ON_GPU, random_qkv, to_device, to_host
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from helpers import ON_GPU, load_experiment, random_qkv, to_device, to_host
 
 @pytest.fixture(scope="module")
 def recomputation():
-    return _load("recomputation")
+    return load_experiment("recomputation")
 
 
 @pytest.fixture(scope="module")
 def memory_hierarchy():
-    return _load("memory_hierarchy")
+    return load_experiment("memory_hierarchy")
 
 
 def _has_matplotlib():

@@ -4,7 +4,6 @@ import importlib
 import importlib.util
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +12,10 @@ import numba_flash as nf
 from numba_flash import BlockConfig, api, reference
 from numba_flash.config import MAX_THREADS_PER_BLOCK, default_config
 
-from helpers import to_device, to_host
+from helpers import load_experiment, to_device, to_host
 
 # importlib, not `import numba_flash.tune`: the package may export a function named `tune`.
 tune_mod = importlib.import_module("numba_flash.tune")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -212,9 +210,7 @@ def test_tune_smoke_without_cache_file_leaves_the_default_cache_alone(private_ca
 
 
 def test_block_size_sweep_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("block_size_sweep", ROOT / "experiments" / "block_size_sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_experiment("block_size_sweep")
     out = tmp_path / "sweep"
     assert mod.main(["--smoke", "--out", str(out), "--no-progress"]) == 0
     data = json.loads((out / "block_size_sweep.json").read_text())
