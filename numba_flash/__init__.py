@@ -6,7 +6,8 @@ in shared memory, run the online softmax there and never write the N x N score m
 
 from . import backend  # first: decides GPU or simulator before numba.cuda is imported
 from . import reference
-from .api import flash_attention, flash_attention_backward
+from .api import flash_attention, flash_attention_backward, flash_attention_varlen, flash_attention_varlen_backward
+from .philox import dropout_mask, new_seed
 from .config import BlockConfig, default_config
 
 __version__ = "0.1.0"
@@ -18,5 +19,9 @@ __all__ = [
     "default_config",
     "flash_attention",
     "flash_attention_backward",
+    "flash_attention_varlen",
+    "flash_attention_varlen_backward",
+    "dropout_mask",
+    "new_seed",
     "reference",
 ]

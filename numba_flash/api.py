@@ -17,6 +17,8 @@ from . import backend
 from .backward import delta_kernel, dkdv_kernel, dq_kernel
 from .config import BlockConfig, check_head_dim, default_config
 from .forward import forward_kernel
+from .masking import band
+from .philox import keep_threshold, validate_dropout_p, validate_seed
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 # Grid dimensions y and z (heads, batch) are limited to 65535 by CUDA.
@@ -42,8 +44,7 @@ def _as_array(name: str, x):
             )
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray on the simulator backend, got {type(x).__name__}")
-        # The simulator only transfers contiguous buffers; the GPU kernels index strided arrays directly.
-        return np.ascontiguousarray(x)
+        return x  # _launch hands the simulator views, so strided arrays work as on the GPU
     cupy = backend.array_module()
     if isinstance(x, cupy.ndarray):
         return x
@@ -73,28 +74,63 @@ def _check_dtype(name: str, a) -> None:
         raise TypeError(f"{name}: dtype {a.dtype} is not supported; expected float16 or float32")
 
 
-def _check_qkv(q, k, v):
+def _check_heads(q_heads: int, kv_heads: int, shape_k) -> int:
+    """The GQA group size: how many query heads share one K/V head."""
+    if kv_heads < 1 or q_heads % kv_heads != 0:
+        raise ValueError(
+            f"k, v: expected a number of heads that divides q's {q_heads} (GQA/MQA: each group of query heads "
+            f"shares one key/value head), got shape {shape_k}"
+        )
+    return q_heads // kv_heads
+
+
+def _check_qkv(q, k, v, ndim=4, what="(batch, heads, seqlen, head_dim)"):
+    """Shapes, dtypes and head counts of q, k, v; returns the GQA group size."""
     for name, a in (("q", q), ("k", k), ("v", v)):
-        if a.ndim != 4:
-            raise ValueError(f"{name}: expected 4 dimensions (batch, heads, seqlen, head_dim), got shape {a.shape}")
+        if a.ndim != ndim:
+            raise ValueError(f"{name}: expected {ndim} dimensions {what}, got shape {a.shape}")
         _check_dtype(name, a)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    B, H, n_q, D = q.shape
-    for name, a in (("k", k), ("v", v)):
-        if a.shape[0] != B or a.shape[1] != H or a.shape[3] != D:
-            raise ValueError(
-                f"{name}: expected batch, heads and head_dim ({B}, {H}, *, {D}) to match q, got shape {a.shape}"
-            )
-    if k.shape[2] != v.shape[2]:
-        raise ValueError(f"k, v: expected the same sequence length, got {k.shape[2]} and {v.shape[2]}")
+    if k.shape != v.shape:
+        raise ValueError(f"k, v: expected the same shape, got {k.shape} and {v.shape}")
     for name, a in (("q", q), ("k", k)):
         if 0 in a.shape:
             raise ValueError(f"{name}: every dimension must be at least 1, got shape {a.shape}")
+    D, h_axis = q.shape[-1], 1  # heads: axis 1 of (B, H, N, D) and of (total, H, D)
+    if k.shape[-1] != D or (ndim == 4 and k.shape[0] != q.shape[0]):
+        lead = "batch and head_dim" if ndim == 4 else "head_dim"
+        raise ValueError(f"k: expected {lead} to match q {q.shape}, got shape {k.shape}")
     check_head_dim(D)
-    if B > _MAX_GRID_YZ or H > _MAX_GRID_YZ:
+    group = _check_heads(q.shape[h_axis], k.shape[h_axis], k.shape)
+    if q.shape[0] > _MAX_GRID_YZ or q.shape[h_axis] > _MAX_GRID_YZ:
         raise ValueError(f"q: batch and heads must each be at most {_MAX_GRID_YZ}, got shape {q.shape}")
-    return B, H, n_q, k.shape[2], D
+    return group
+
+
+def _check_window(window_size) -> tuple[int, int]:
+    try:
+        left, right = window_size
+    except (TypeError, ValueError):
+        raise TypeError(f"window_size: expected a pair (left, right) of ints, got {window_size!r}") from None
+    for x in (left, right):
+        if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+            raise TypeError(f"window_size: expected a pair (left, right) of ints, got {window_size!r}")
+        if x < -1:
+            raise ValueError(f"window_size: expected each side >= 0, or -1 for unbounded, got {window_size!r}")
+    return int(left), int(right)
+
+
+def _check_dropout(dropout_p, seed):
+    """Validated ``(p, seed)``; p > 0 needs a seed, so the backward can regenerate the same mask."""
+    p = validate_dropout_p(dropout_p)
+    if p > 0.0 and seed is None:
+        raise ValueError(
+            "seed: dropout_p > 0 needs a seed (a Python int in [0, 2**64)) so that the backward pass can "
+            "regenerate the same mask; pass e.g. seed=numba_flash.new_seed() and give the same seed to "
+            "flash_attention_backward"
+        )
+    return p, (validate_seed(seed) if p > 0.0 else 0)
 
 
 def _check_scale(softmax_scale, head_dim: int):
@@ -143,65 +179,219 @@ def _launch(kernel, grid, threads, *args):
         stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
         kernel[grid, threads, stream](*args)
     else:
-        kernel[grid, threads](*args)
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        # Wrapped, the simulator indexes the NumPy memory itself (views included) instead of copying.
+        kernel[grid, threads](*(FakeCUDAArray(a) if isinstance(a, np.ndarray) else a for a in args))
 
 
-def flash_attention(q, k, v, *, causal=False, softmax_scale=None, config=None, return_lse=False):
+_NO_OFFSETS = {}
+
+
+def _no_offsets():
+    """A one-element int32 array for the kernels' unused ``cu_q``/``cu_k`` in the padded layout."""
+    key = backend.BACKEND
+    if key not in _NO_OFFSETS:
+        _NO_OFFSETS[key] = backend.array_module().zeros(1, dtype=np.int32)
+    return _NO_OFFSETS[key]
+
+
+def _options(causal, window_size, dropout_p, seed):
+    """Runtime kernel arguments shared by every pass: band, then the dropout words."""
+    left, right = band(_check_causal(causal), _check_window(window_size))
+    p, seed = _check_dropout(dropout_p, seed)
+    # int64 explicitly: the simulator's NumPy would keep int32 offsets + UNBOUNDED in int32 and overflow.
+    return p > 0.0, (np.int64(left), np.int64(right), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32),
+                     np.uint64(keep_threshold(p)), np.float32(1.0 / (1.0 - p)))
+
+
+def _run_forward(q, k, v, cu_q, cu_k, n_seq, max_q, varlen, group, scale, cfg, opts, out_shape, lse_shape, view):
+    """Launch the forward kernel on 4-D (batch, heads, seqlen, D) views; return out, lse."""
+    dropout, extra = opts
+    out = _empty(out_shape, q.dtype)
+    lse = _empty(lse_shape, np.float32)
+    H = view(q).shape[1]
+    grid = (_cdiv(max_q, cfg.block_m), H, n_seq)
+    _launch(forward_kernel(cfg, q.shape[-1], varlen, dropout), grid, cfg.num_threads,
+            view(q), view(k), view(v), view(out), view(lse), cu_q, cu_k, np.float32(scale), group, *extra)
+    return out, lse
+
+
+def _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
+                  view):
+    dropout, extra = opts
+    D = q.shape[-1]
+    qv, kv = view(q), view(k)
+    H, H_kv, B = qv.shape[1], kv.shape[1], qv.shape[0]
+    delta = _empty(lse.shape, np.float32)
+    _launch(delta_kernel(D), (_cdiv(qv.shape[2], _DELTA_THREADS), H, B), _DELTA_THREADS,
+            view(dout), view(out), view(delta))
+    dq, dk, dv = _empty(q.shape, q.dtype), _empty(k.shape, k.dtype), _empty(v.shape, v.dtype)
+    s = np.float32(scale)
+    common = (view(q), kv, view(v), view(dout), view(lse), view(delta))
+    _launch(dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_n), H_kv, n_seq), cfg.num_threads,
+            *common, view(dk), view(dv), cu_q, cu_k, s, group, *extra)
+    _launch(dq_kernel(cfg, D, varlen, dropout), (_cdiv(max_q, cfg.block_m), H, n_seq), cfg.num_threads,
+            *common, view(dq), cu_q, cu_k, s, group, *extra)
+    return dq, dk, dv
+
+
+def _same(x):
+    return x
+
+
+def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), dropout_p=0.0, seed=None,
+                    config=None, return_lse=False):
     """Exact attention ``softmax(scale * q k^T + mask) v`` without materialising the N x N matrix.
 
-    q: (B, H, Nq, D); k, v: (B, H, Nk, D); float16 or float32, all the same dtype; D a multiple of 8
-    from 8 to 256. ``causal`` masks key j for query i when ``j > i + Nk - Nq`` (bottom-right
-    aligned); a query that sees no key gets 0 and ``lse = -inf``. ``softmax_scale`` defaults to
-    ``1/sqrt(D)``. ``config`` is a :class:`BlockConfig` (default: :func:`default_config`).
+    q: (B, H, Nq, D); k, v: (B, H_kv, Nk, D) with H_kv dividing H (GQA/MQA: query head h reads
+    kv head h // (H / H_kv)); float16 or float32, all the same dtype; D a multiple of 8 from 8 to
+    256. Query i sees key j iff ``i + Nk - Nq - left <= j <= i + Nk - Nq + right`` for
+    ``window_size=(left, right)`` (-1: unbounded), and ``j <= i + Nk - Nq`` if ``causal``
+    (bottom-right aligned); a query that sees no key gets 0 and ``lse = -inf``. ``softmax_scale``
+    defaults to ``1/sqrt(D)``. ``dropout_p`` > 0 drops probabilities with the mask
+    :func:`numba_flash.dropout_mask` draws from ``seed`` (required then: the backward regenerates
+    the mask from it); ``lse`` stays that of the undropped probabilities. ``config`` is a
+    :class:`BlockConfig` (default: tuned or :func:`default_config`).
 
     Returns ``out`` (like q), or ``(out, lse)`` with ``lse`` float32 (B, H, Nq), the natural-log
     log-sum-exp of each row's scaled scores, when ``return_lse`` is true.
     """
     backend.warn_if_simulated()
     q, k, v = _as_array("q", q), _as_array("k", k), _as_array("v", v)
-    B, H, n_q, n_k, D = _check_qkv(q, k, v)
-    causal = _check_causal(causal)
+    group = _check_qkv(q, k, v)
+    B, H, n_q, D = q.shape
+    n_k = k.shape[2]
+    opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _check_config(config, D, q.dtype, "forward", causal, max(n_q, n_k))
-
-    out = _empty(q.shape, q.dtype)
-    lse = _empty((B, H, n_q), np.float32)
-    grid = (_cdiv(n_q, cfg.block_m), H, B)
-    _launch(forward_kernel(cfg, D, causal), grid, cfg.num_threads, q, k, v, out, lse, np.float32(scale))
+    cfg = _check_config(config, D, q.dtype, "forward", bool(causal), max(n_q, n_k))
+    none = _no_offsets()
+    out, lse = _run_forward(q, k, v, none, none, B, n_q, False, group, scale, cfg, opts, q.shape, (B, H, n_q), _same)
     return (out, lse) if return_lse else out
 
 
-def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=None, config=None):
-    """Gradients ``(dq, dk, dv)`` of ``sum(dout * out)``, recomputing P from ``lse`` tile by tile.
-
-    ``out`` and ``lse`` are what :func:`flash_attention` returned (``return_lse=True``) for the same
-    q, k, v, causal and softmax_scale. Deterministic: no atomics, so repeated calls are bit-identical.
-    """
-    backend.warn_if_simulated()
-    q, k, v = _as_array("q", q), _as_array("k", k), _as_array("v", v)
-    dout, out, lse = _as_array("dout", dout), _as_array("out", out), _as_array("lse", lse)
-    B, H, n_q, n_k, D = _check_qkv(q, k, v)
+def _check_saved(dout, out, lse, q, lse_shape, lse_what):
     for name, a in (("dout", dout), ("out", out)):
         if a.shape != q.shape:
             raise ValueError(f"{name}: expected the shape of q {q.shape}, got {a.shape}")
         if a.dtype != q.dtype:
             raise TypeError(f"{name}: expected the dtype of q ({q.dtype}), got {a.dtype}")
-    if lse.shape != (B, H, n_q):
-        raise ValueError(f"lse: expected shape (batch, heads, seqlen_q) = {(B, H, n_q)}, got {lse.shape}")
+    if lse.shape != lse_shape:
+        raise ValueError(f"lse: expected shape {lse_what} = {lse_shape}, got {lse.shape}")
     if lse.dtype != np.float32:
         raise TypeError(f"lse: expected float32 (as flash_attention returns it), got {lse.dtype}")
-    causal = _check_causal(causal)
-    scale = _check_scale(softmax_scale, D)
-    cfg = _check_config(config, D, q.dtype, "backward", causal, max(n_q, n_k))
 
-    delta = _empty((B, H, n_q), np.float32)
-    _launch(delta_kernel(D), (_cdiv(n_q, _DELTA_THREADS), H, B), _DELTA_THREADS, dout, out, delta)
-    dq = _empty(q.shape, q.dtype)
-    dk = _empty(k.shape, k.dtype)
-    dv = _empty(v.shape, v.dtype)
-    s = np.float32(scale)
-    _launch(dkdv_kernel(cfg, D, causal), (_cdiv(n_k, cfg.block_n), H, B), cfg.num_threads,
-            q, k, v, dout, lse, delta, dk, dv, s)
-    _launch(dq_kernel(cfg, D, causal), (_cdiv(n_q, cfg.block_m), H, B), cfg.num_threads,
-            q, k, v, dout, lse, delta, dq, s)
-    return dq, dk, dv
+
+def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=None, window_size=(-1, -1),
+                             dropout_p=0.0, seed=None, config=None):
+    """Gradients ``(dq, dk, dv)`` of ``sum(dout * out)``, recomputing P from ``lse`` tile by tile.
+
+    ``out`` and ``lse`` are what :func:`flash_attention` returned (``return_lse=True``) for the same
+    q, k, v and the same options (causal, softmax_scale, window_size, dropout_p, seed): the dropout
+    mask is regenerated from ``seed``, never stored. With GQA, dk and dv have k's H_kv heads, summed
+    over each group of query heads. Deterministic: no atomics, so repeated calls are bit-identical.
+    """
+    backend.warn_if_simulated()
+    q, k, v = _as_array("q", q), _as_array("k", k), _as_array("v", v)
+    dout, out, lse = _as_array("dout", dout), _as_array("out", out), _as_array("lse", lse)
+    group = _check_qkv(q, k, v)
+    B, H, n_q, D = q.shape
+    n_k = k.shape[2]
+    _check_saved(dout, out, lse, q, (B, H, n_q), "(batch, heads, seqlen_q)")
+    opts = _options(causal, window_size, dropout_p, seed)
+    scale = _check_scale(softmax_scale, D)
+    cfg = _check_config(config, D, q.dtype, "backward", bool(causal), max(n_q, n_k))
+    none = _no_offsets()
+    return _run_backward(dout, q, k, v, out, lse, none, none, B, n_q, n_k, False, group, scale, cfg, opts, _same)
+
+
+# ---- packed variable-length batches ------------------------------------------------------------
+
+
+def _packed(x):
+    """(total, H, D) -> the kernels' (1, H, total, D) view; (H, total) lse -> (1, H, total). No copy."""
+    return x[None].transpose(0, 2, 1, 3) if x.ndim == 3 else x[None]
+
+
+def _check_offsets(cu_q, cu_k, max_seqlen_q, max_seqlen_k, total_q, total_k):
+    """cu_seqlens must be int32, start at 0, never decrease and end at the packed totals."""
+    xp = backend.array_module()
+    host = {}
+    for name, cu, total in (("cu_seqlens_q", cu_q, total_q), ("cu_seqlens_k", cu_k, total_k)):
+        if not hasattr(cu, "dtype") or not hasattr(cu, "ndim"):
+            raise TypeError(f"{name}: expected an int32 array of batch + 1 offsets, got {type(cu).__name__}")
+        if cu.dtype != np.int32:
+            raise TypeError(f"{name}: expected dtype int32, got {cu.dtype}")
+        if cu.ndim != 1 or cu.shape[0] < 2:
+            raise ValueError(f"{name}: expected a 1-D array of batch + 1 >= 2 offsets, got shape {cu.shape}")
+        c = np.asarray(cu.get() if xp is not np and hasattr(cu, "get") else cu).astype(np.int64)
+        if c[0] != 0:
+            raise ValueError(f"{name}: expected the first offset to be 0, got {c[0]}")
+        if np.any(np.diff(c) < 0):
+            at = int(np.argmax(np.diff(c) < 0))
+            raise ValueError(f"{name}: offsets must not decrease, but {name}[{at + 1}] = {c[at + 1]} < {c[at]}")
+        if c[-1] != total:
+            raise ValueError(f"{name}: the last offset must equal the packed length {total}, got {c[-1]}")
+        host[name] = c
+    if host["cu_seqlens_q"].shape != host["cu_seqlens_k"].shape:
+        raise ValueError(f"cu_seqlens_q, cu_seqlens_k: expected the same number of sequences, got "
+                         f"{host['cu_seqlens_q'].shape[0] - 1} and {host['cu_seqlens_k'].shape[0] - 1}")
+    for name, given, cu in (("max_seqlen_q", max_seqlen_q, host["cu_seqlens_q"]),
+                            ("max_seqlen_k", max_seqlen_k, host["cu_seqlens_k"])):
+        longest = int(np.diff(cu).max())
+        if isinstance(given, bool) or not isinstance(given, numbers.Integral):
+            raise TypeError(f"{name}: expected an int, got {type(given).__name__}")
+        if given < max(longest, 1):
+            raise ValueError(f"{name}: got {given}, but the longest sequence has {longest} (and it must be >= 1)")
+    return host["cu_seqlens_q"].shape[0] - 1
+
+
+def _varlen_common(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    q, k, v = _as_array("q", q), _as_array("k", k), _as_array("v", v)
+    cu_q, cu_k = _as_array("cu_seqlens_q", cu_seqlens_q), _as_array("cu_seqlens_k", cu_seqlens_k)
+    group = _check_qkv(q, k, v, ndim=3, what="(total_seqlen, heads, head_dim)")
+    n_seq = _check_offsets(cu_q, cu_k, max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0])
+    if n_seq > _MAX_GRID_YZ:
+        raise ValueError(f"cu_seqlens_q: at most {_MAX_GRID_YZ} sequences, got {n_seq}")
+    return q, k, v, cu_q, cu_k, n_seq, group
+
+
+def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
+                           softmax_scale=None, window_size=(-1, -1), dropout_p=0.0, seed=None, config=None,
+                           return_lse=False):
+    """:func:`flash_attention` on a packed batch of sequences of different lengths, without padding.
+
+    q: (total_q, H, D); k, v: (total_k, H_kv, D); sequence b is rows ``cu_seqlens_q[b] :
+    cu_seqlens_q[b + 1]`` of q and ``cu_seqlens_k[b] : cu_seqlens_k[b + 1]`` of k and v (int32
+    offsets, starting at 0, ending at the totals; empty sequences allowed). ``max_seqlen_q/_k`` are
+    at least the longest lengths (they size the grid). Causal and window bands align each
+    sequence's own bottom-right corner; the dropout mask of sequence b is that of batch entry b.
+    Returns ``out`` (total_q, H, D), or ``(out, lse)`` with ``lse`` float32 (H, total_q).
+    """
+    backend.warn_if_simulated()
+    q, k, v, cu_q, cu_k, n_seq, group = _varlen_common(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                       max_seqlen_k)
+    T, H, D = q.shape
+    opts = _options(causal, window_size, dropout_p, seed)
+    scale = _check_scale(softmax_scale, D)
+    cfg = _check_config(config, D, q.dtype, "forward", bool(causal), max(max_seqlen_q, max_seqlen_k))
+    out, lse = _run_forward(q, k, v, cu_q, cu_k, n_seq, max_seqlen_q, True, group, scale, cfg, opts, q.shape, (H, T),
+                            _packed)
+    return (out, lse) if return_lse else out
+
+
+def flash_attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                    *, causal=False, softmax_scale=None, window_size=(-1, -1), dropout_p=0.0,
+                                    seed=None, config=None):
+    """Gradients ``(dq, dk, dv)`` for :func:`flash_attention_varlen`, in its packed layout."""
+    backend.warn_if_simulated()
+    q, k, v, cu_q, cu_k, n_seq, group = _varlen_common(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                       max_seqlen_k)
+    dout, out, lse = _as_array("dout", dout), _as_array("out", out), _as_array("lse", lse)
+    T, H, D = q.shape
+    _check_saved(dout, out, lse, q, (H, T), "(heads, total_q)")
+    opts = _options(causal, window_size, dropout_p, seed)
+    scale = _check_scale(softmax_scale, D)
+    cfg = _check_config(config, D, q.dtype, "backward", bool(causal), max(max_seqlen_q, max_seqlen_k))
+    return _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_seqlen_q, max_seqlen_k, True, group, scale,
+                         cfg, opts, _packed)

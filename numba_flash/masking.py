@@ -1,0 +1,51 @@
+"""Which keys a query sees: causal, sliding-window and sequence bounds, shared by every kernel.
+
+Query ``i`` sees key ``j`` iff ``-left <= j - i - diag <= right`` with ``diag = Nk - Nq`` (bottom-right
+aligned, as flash-attn): ``causal`` is ``right = 0``, a window ``(left, right)`` bounds both sides, and
+``-1`` (unbounded) becomes :data:`UNBOUNDED`. The kernels get ``left`` and ``right`` as two runtime
+integers, so causal, windowed and full attention share one compiled kernel, and whole tiles outside
+the band are skipped by :func:`key_span` / :func:`query_span` rather than masked element by element.
+"""
+
+from __future__ import annotations
+
+from numba import cuda
+
+from . import backend
+
+_INLINE = {} if backend.BACKEND == backend.SIMULATOR else {"forceinline": True}
+
+# Larger than any sequence length, small enough that i + diag +/- UNBOUNDED never overflows int64.
+UNBOUNDED = 1 << 40
+
+
+def band(causal: bool, window_size) -> tuple[int, int]:
+    """``(left, right)`` as the kernels take them: -1 -> UNBOUNDED, causal caps ``right`` at 0."""
+    left, right = window_size
+    left = UNBOUNDED if left < 0 else left
+    right = UNBOUNDED if right < 0 else right
+    if causal:
+        right = min(right, 0)
+    return left, right
+
+
+@cuda.jit(device=True, **_INLINE)
+def visible(row, col, diag, left, right):
+    rel = col - row - diag
+    return rel >= -left and rel <= right
+
+
+@cuda.jit(device=True, **_INLINE)
+def key_span(q_first, q_last, diag, left, right, n_k, block):
+    """Keys ``[start, end)`` any of the queries ``q_first..q_last`` can see, ``start`` tile-aligned."""
+    start = max(0, q_first + diag - left)
+    end = min(n_k, max(0, q_last + diag + right + 1))
+    return (start // block) * block, end
+
+
+@cuda.jit(device=True, **_INLINE)
+def query_span(k_first, k_last, diag, left, right, n_q, block):
+    """Queries ``[start, end)`` that can see any of the keys ``k_first..k_last``, ``start`` tile-aligned."""
+    start = max(0, k_first - diag - right)
+    end = min(n_q, max(0, k_last - diag + left + 1))
+    return (start // block) * block, end
