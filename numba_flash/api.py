@@ -92,8 +92,6 @@ def _check_qkv(q, k, v, ndim=4, what="(batch, heads, seqlen, head_dim)"):
         _check_dtype(name, a)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.shape != v.shape:
-        raise ValueError(f"k, v: expected the same shape, got {k.shape} and {v.shape}")
     for name, a in (("q", q), ("k", k)):
         if 0 in a.shape:
             raise ValueError(f"{name}: every dimension must be at least 1, got shape {a.shape}")
@@ -101,6 +99,8 @@ def _check_qkv(q, k, v, ndim=4, what="(batch, heads, seqlen, head_dim)"):
     if k.shape[-1] != D or (ndim == 4 and k.shape[0] != q.shape[0]):
         lead = "batch and head_dim" if ndim == 4 else "head_dim"
         raise ValueError(f"k: expected {lead} to match q {q.shape}, got shape {k.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"k, v: expected the same shape, got {k.shape} and {v.shape}")
     check_head_dim(D)
     group = _check_heads(q.shape[h_axis], k.shape[h_axis], k.shape)
     if q.shape[0] > _MAX_GRID_YZ or q.shape[h_axis] > _MAX_GRID_YZ:

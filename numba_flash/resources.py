@@ -30,22 +30,26 @@ def _signature(kernel: str, dtype):
     elem = types.float16 if np.dtype(dtype) == np.float16 else types.float32
     a4 = types.Array(elem, 4, "A")
     f3 = types.Array(types.float32, 3, "A")
-    f32 = types.float32
+    f32, i64, u64 = types.float32, types.int64, types.uint64
+    cu = types.Array(types.int32, 1, "C")
+    # cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi, threshold, drop_scale
+    options = (cu, cu, f32, i64, i64, i64, u64, u64, u64, f32)
     return {
-        "forward": (a4, a4, a4, a4, f3, f32),
-        "dq": (a4, a4, a4, a4, f3, f3, a4, f32),
-        "dkdv": (a4, a4, a4, a4, f3, f3, a4, a4, f32),
+        "forward": (a4, a4, a4, a4, f3) + options,
+        "dq": (a4, a4, a4, a4, f3, f3, a4) + options,
+        "dkdv": (a4, a4, a4, a4, f3, f3, a4, a4) + options,
         "delta": (a4, a4, f3),
     }[kernel]
 
 
-def _factory(kernel: str, config, head_dim: int, causal: bool):
+def _factory(kernel: str, config, head_dim: int, varlen: bool, dropout: bool):
     from .backward import delta_kernel, dkdv_kernel, dq_kernel
     from .forward import forward_kernel
 
     if kernel == "delta":
         return delta_kernel(head_dim)
-    return {"forward": forward_kernel, "dq": dq_kernel, "dkdv": dkdv_kernel}[kernel](config, head_dim, causal)
+    factory = {"forward": forward_kernel, "dq": dq_kernel, "dkdv": dkdv_kernel}[kernel]
+    return factory(config, head_dim, varlen, dropout)
 
 
 class _Device:
@@ -53,14 +57,14 @@ class _Device:
         self.compute_capability = cc
 
 
-def compile_report(kernel: str, config, head_dim: int, causal: bool, dtype, cc=(9, 0)) -> dict:
+def compile_report(kernel: str, config, head_dim: int, dtype, cc=(9, 0), varlen=False, dropout=False) -> dict:
     """PTX-compile one kernel for ``cc`` and assemble it with nvJitLink; return its resource usage."""
     from cuda.bindings import nvjitlink
     from numba import cuda
 
     from numba.cuda import dispatcher as numba_dispatcher
 
-    kernel_fn = _factory(kernel, config, head_dim, causal)
+    kernel_fn = _factory(kernel, config, head_dim, varlen, dropout)
     # Device functions called by a kernel (numba_flash.tiles) are compiled for the *current*
     # device's compute capability, which needs a driver; stand in a device of capability ``cc``.
     real_device = numba_dispatcher.get_current_device
@@ -84,7 +88,7 @@ def compile_report(kernel: str, config, head_dim: int, causal: bool, dtype, cc=(
     if report is None or spills is None:
         raise RuntimeError(f"could not read the resource report of {kernel}:\n{text}")
     out = {k: int(v) for k, v in {**report.groupdict(), **spills.groupdict()}.items()}
-    out.update(kernel=kernel, head_dim=head_dim, causal=causal, dtype=np.dtype(dtype).name, arch=f"sm_{cc[0]}{cc[1]}",
+    out.update(kernel=kernel, head_dim=head_dim, varlen=varlen, dropout=dropout, dtype=np.dtype(dtype).name, arch=f"sm_{cc[0]}{cc[1]}",
                config=None if kernel == "delta" else [config.block_m, config.block_n, config.num_threads],
                ptx_lines=ptx.count("\n"))
     return out
@@ -99,6 +103,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float16", "float32"])
     parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
     parser.add_argument("--cc", default="9.0")
+    parser.add_argument("--variants", nargs="+", default=["plain", "varlen+dropout"],
+                        choices=["plain", "varlen", "dropout", "varlen+dropout"],
+                        help="compile-time variants (causal, windows and GQA are runtime arguments)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     if backend.BACKEND != backend.GPU:
@@ -109,12 +116,14 @@ def main(argv=None) -> int:
             for kernel in args.kernels:
                 pass_ = "forward" if kernel == "forward" else "backward"
                 cfg = default_config(d, np.dtype(dtype), pass_, simulator=False)
-                rep = compile_report(kernel, cfg, d, True, dtype, cc)
-                if kernel != "delta":
-                    rep["expected_smem"] = cfg.shared_memory_bytes(d, kernel)
-                print(json.dumps(rep) if args.json else
-                      f"{kernel:8s} D={d:3d} {dtype:8s} cfg={rep['config']} regs={rep['registers']:3d} "
-                      f"stack={rep['stack']:4d} spills={rep['spill_stores']}/{rep['spill_loads']} smem={rep['smem']}")
+                for variant in (["plain"] if kernel == "delta" else args.variants):
+                    rep = compile_report(kernel, cfg, d, dtype, cc, "varlen" in variant, "dropout" in variant)
+                    if kernel != "delta":
+                        rep["expected_smem"] = cfg.shared_memory_bytes(d, kernel)
+                    print(json.dumps(rep) if args.json else
+                          f"{kernel:8s} {variant:14s} D={d:3d} {dtype:8s} cfg={rep['config']} "
+                          f"regs={rep['registers']:3d} stack={rep['stack']:4d} "
+                          f"spills={rep['spill_stores']}/{rep['spill_loads']} smem={rep['smem']}")
     return 0
 
 

@@ -402,9 +402,10 @@ def _kernels_of(config, head_dim, causal, pass_):
     from .backward import dkdv_kernel, dq_kernel
     from .forward import forward_kernel
 
+    # causal is a runtime argument of the kernels now (their band): one compiled kernel serves both.
     if pass_ == "forward":
-        return [forward_kernel(config, head_dim, causal)]
-    return [dkdv_kernel(config, head_dim, causal), dq_kernel(config, head_dim, causal)]
+        return [forward_kernel(config, head_dim)]
+    return [dkdv_kernel(config, head_dim), dq_kernel(config, head_dim)]
 
 
 def _resources(config, head_dim, causal, pass_):

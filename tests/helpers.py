@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from numba_flash import backend
-from numba_flash.reference import _probabilities as ref_probabilities, causal_mask, default_scale
+from numba_flash.reference import _probabilities as ref_probabilities, default_scale, visibility_mask
 
 ON_GPU = backend.BACKEND == backend.GPU
 # Unit roundoff u = 2^-p of each storage precision: |fl(x) - x| <= u |x| for one rounding.
@@ -46,30 +46,42 @@ def _round(x, dtype):
     return x.astype(dtype).astype(np.float32)
 
 
-def naive_attention(q, k, v, dout, causal, scale, dtype):
+def _group_sum(dx, group):
+    """dK, dV of a GQA kv head: the sum over its group of query heads."""
+    B, H, N, D = dx.shape
+    return dx.reshape(B, H // group, group, N, D).sum(axis=2)
+
+
+def naive_attention(q, k, v, dout, causal, scale, dtype, window_size=(-1, -1), z=None):
     """Standard attention in the input precision, as a framework would run it.
 
     Every matrix product accumulates in fp32 and rounds its result to ``dtype`` (what an fp16 GEMM
-    does), and so does the softmax. Returns (out, dq, dk, dv) as float64 for comparison.
+    does), and so does the softmax. GQA by repeating k, v (dk, dv summed over the group in fp32
+    and rounded); ``z`` = dropout keep mask / (1 - p), applied to the rounded probabilities as a
+    framework's dropout layer would. Returns (out, dq, dk, dv) as float64 for comparison.
     """
     dtype = np.dtype(dtype)
+    group = q.shape[1] // k.shape[1]
     f = lambda a: a.astype(np.float32)  # noqa: E731
-    q, k, v, dout = f(q), f(k), f(v), f(dout)
+    q, dout = f(q), f(dout)
+    k, v = f(np.repeat(k, group, axis=1)), f(np.repeat(v, group, axis=1))
     s = _round(np.float32(scale) * (q @ k.swapaxes(-1, -2)), dtype)
-    if causal:
-        s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf).astype(np.float32)
+    visible = visibility_mask(q.shape[2], k.shape[2], causal, window_size)
+    s = np.where(visible, s, -np.inf).astype(np.float32)
     m = s.max(-1, keepdims=True)
     m = np.where(np.isneginf(m), 0, m)
     e = np.exp(s - m)
     tot = e.sum(-1, keepdims=True)
     p = _round(np.where(tot > 0, e / np.where(tot > 0, tot, 1), 0), dtype)
-    out = _round(p @ v, dtype)
-    dv = _round(p.swapaxes(-1, -2) @ dout, dtype)
-    dp = _round(dout @ v.swapaxes(-1, -2), dtype)
+    zf = np.float32(1.0) if z is None else z.astype(np.float32)
+    pz = _round(p * zf, dtype)
+    out = _round(pz @ v, dtype)
+    dv = _round(_group_sum(pz.swapaxes(-1, -2) @ dout, group), dtype)
+    dp = _round(dout @ v.swapaxes(-1, -2), dtype) * zf
     delta = (dout * out).sum(-1, keepdims=True)
     ds = _round(p * (dp - delta), dtype)
     dq = _round(np.float32(scale) * (ds @ k), dtype)
-    dk = _round(np.float32(scale) * (ds.swapaxes(-1, -2) @ q), dtype)
+    dk = _round(_group_sum(np.float32(scale) * (ds.swapaxes(-1, -2) @ q), group), dtype)
     return tuple(a.astype(np.float64) for a in (out, dq, dk, dv))
 
 
@@ -94,25 +106,34 @@ def score_magnitude(q, k, scale):
     return scale * (a @ b.swapaxes(-1, -2)).max(-1)
 
 
-def absolute_magnitudes(q, k, v, dout, causal, scale):
+def _upcast_repeated(q, k, v, dout):
+    group = q.shape[1] // k.shape[1]
+    q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
+    return q, np.repeat(k, group, axis=1), np.repeat(v, group, axis=1), dout, group
+
+
+def absolute_magnitudes(q, k, v, dout, causal, scale, window_size=(-1, -1), z=None):
     """Sums of absolute values behind each output, max over elements, in float64: (out, dq, dk, dv).
 
     A computed sum is accurate relative to the sum of the absolute values of its terms, not to
     the sum itself (|fl(sum a) - sum a| <= gamma_n sum |a|, Higham 4.3); attention's outputs can
     cancel heavily (out = sum_j P_ij v_j; dS = P (dP - delta) with delta ~ dP when P is one-hot).
+    GQA: dk, dv sum their group's terms; dropout: P and dP carry z = keep / (1 - p).
     """
-    q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
-    p, _, _ = ref_probabilities(q, k, causal, scale)
-    out = p @ v
+    q, k, v, dout, group = _upcast_repeated(q, k, v, dout)
+    p, _, _ = ref_probabilities(q, k, causal, scale, window_size)
+    z = 1.0 if z is None else z
+    pz = p * z
+    out = pz @ v
     dp = dout @ v.swapaxes(-1, -2)
     delta = (dout * out).sum(-1, keepdims=True)
-    ds_abs = p * (np.abs(dp) + np.abs(delta))
-    return (float((p @ np.abs(v)).max()), float(scale * (ds_abs @ np.abs(k)).max()),
-            float(scale * (ds_abs.swapaxes(-1, -2) @ np.abs(q)).max()),
-            float((p.swapaxes(-1, -2) @ np.abs(dout)).max()))
+    ds_abs = p * (np.abs(dp) * z + np.abs(delta))
+    return (float((pz @ np.abs(v)).max()), float(scale * (ds_abs @ np.abs(k)).max()),
+            float(scale * _group_sum(ds_abs.swapaxes(-1, -2) @ np.abs(q), group).max()),
+            float(_group_sum(pz.swapaxes(-1, -2) @ np.abs(dout), group).max()))
 
 
-def delta_sensitivity(q, k, v, dout, causal, scale):
+def delta_sensitivity(q, k, v, dout, causal, scale, window_size=(-1, -1), z=None):
     """How far dq and dk move per unit of relative error in ``out``: (0, dq, dk, 0), max over elements.
 
     The backward receives ``out`` rounded to the input dtype (as FlashAttention's does), so
@@ -120,11 +141,13 @@ def delta_sensitivity(q, k, v, dout, causal, scale):
     dS_ij = P_ij (dP_ij - delta_i) and so dq_i by scale * sum_j P_ij |delta err| |k_j| (dk alike).
     It does not shrink when dq cancels, so it is its own term of the bound.
     """
-    q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
-    p, _, _ = ref_probabilities(q, k, causal, scale)
-    delta_abs = (np.abs(dout) * np.abs(p @ v)).sum(-1, keepdims=True)
+    q, k, v, dout, group = _upcast_repeated(q, k, v, dout)
+    p, _, _ = ref_probabilities(q, k, causal, scale, window_size)
+    z = 1.0 if z is None else z
+    delta_abs = (np.abs(dout) * np.abs((p * z) @ v)).sum(-1, keepdims=True)
     pd = p * delta_abs
-    return (0.0, float(scale * (pd @ np.abs(k)).max()), float(scale * (pd.swapaxes(-1, -2) @ np.abs(q)).max()), 0.0)
+    return (0.0, float(scale * (pd @ np.abs(k)).max()),
+            float(scale * _group_sum(pd.swapaxes(-1, -2) @ np.abs(q), group).max()), 0.0)
 
 
 def error_bound(naive_err, ref, dtype, n_terms, score_mag=0.0, abs_mag=0.0, delta_sens=0.0):

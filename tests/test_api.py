@@ -1,5 +1,7 @@
 """The API layer: every kind of bad input gets a clear error; inputs are never modified."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -29,10 +31,20 @@ def fwd_bwd_args(q, k, v, do):
 BAD_FORWARD = [
     # (what to change, exception, words the message must contain)
     ("q_ndim", ValueError, "q: expected 4 dimensions"),
-    ("k_batch", ValueError, "k: expected batch, heads and head_dim"),
-    ("v_heads", ValueError, "v: expected batch, heads and head_dim"),
-    ("k_head_dim", ValueError, "k: expected batch, heads and head_dim"),
-    ("kv_len", ValueError, "k, v: expected the same sequence length"),
+    ("k_batch", ValueError, "k: expected batch and head_dim to match q"),
+    ("v_heads", ValueError, "k, v: expected the same shape"),
+    ("k_head_dim", ValueError, "k: expected batch and head_dim to match q"),
+    ("kv_len", ValueError, "k, v: expected the same shape"),
+    ("gqa_heads", ValueError, "k, v: expected a number of heads that divides q's 2"),
+    ("window_int", TypeError, "window_size: expected a pair"),
+    ("window_float", TypeError, "window_size: expected a pair"),
+    ("window_below_minus_one", ValueError, "window_size: expected each side >= 0, or -1"),
+    ("dropout_one", ValueError, "dropout_p: expected a number in [0, 1)"),
+    ("dropout_str", TypeError, "dropout_p: expected a real number"),
+    ("dropout_no_seed", ValueError, "seed: dropout_p > 0 needs a seed"),
+    ("seed_negative", ValueError, "seed: expected an int in [0, 2**64)"),
+    ("seed_too_big", ValueError, "seed: expected an int in [0, 2**64)"),
+    ("seed_float", TypeError, "seed: expected an int"),
     ("mixed_dtype", TypeError, "q, k, v: expected one dtype"),
     ("float64", TypeError, "float64 is not supported; expected float16 or float32"),
     ("int32", TypeError, "int32 is not supported"),
@@ -83,6 +95,13 @@ def make_bad(case, rng):
                                "scale_inf": float("inf"), "scale_str": "0.5"}[case]
     elif case == "causal_str":
         kw["causal"] = "yes"
+    elif case == "gqa_heads":
+        k, v = (np.concatenate([a, a[:, :1]], axis=1) for a in (k, v))
+    elif case.startswith("window_"):
+        kw["window_size"] = {"window_int": 3, "window_float": (1.5, 0), "window_below_minus_one": (-2, 0)}[case]
+    elif case.startswith("dropout_") or case.startswith("seed_"):
+        kw["dropout_p"] = {"dropout_one": 1.0, "dropout_str": "0.1"}.get(case, 0.1)
+        kw["seed"] = {"seed_negative": -1, "seed_too_big": 2**64, "seed_float": 1.0, "dropout_no_seed": None}.get(case, 1)
     elif case == "config_tuple":
         kw["config"] = (32, 32, 128)
     elif case == "config_too_big":
@@ -106,7 +125,7 @@ class _FakeDeviceArray:
 @pytest.mark.parametrize("case,exc,words", BAD_FORWARD, ids=[c[0] for c in BAD_FORWARD])
 def test_forward_rejects_bad_input(rng, case, exc, words):
     args, kw = make_bad(case, rng)
-    with pytest.raises(exc, match=words.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(exc, match=re.escape(words)):
         nf.flash_attention(*args, **kw)
 
 
@@ -116,7 +135,8 @@ BAD_BACKWARD = [
     ("out_shape", ValueError, "out: expected the shape of q"),
     ("lse_shape", ValueError, "lse: expected shape"),
     ("lse_dtype", TypeError, "lse: expected float32"),
-    ("k_heads", ValueError, "k: expected batch, heads"),
+    ("k_heads", ValueError, "k, v: expected a number of heads that divides"),
+    ("dropout_no_seed", ValueError, "seed: dropout_p > 0 needs a seed"),
     ("config_bad_threads", ValueError, "num_threads"),
 ]
 
@@ -138,12 +158,78 @@ def test_backward_rejects_bad_input(rng, case, exc, words):
     elif case == "lse_dtype":
         lse = lse.astype(np.float16)
     elif case == "k_heads":
-        k = k[:, :1]
+        k, v = (np.concatenate([a, a[:, :1]], axis=1) for a in (k, v))
+    elif case == "dropout_no_seed":
+        kw["dropout_p"] = 0.5
     elif case == "config_bad_threads":
         # fine for the forward pass (16 threads = 8 rows x 2), but 16 is not block_n=32 x 1/2/4/8
         kw["config"] = BlockConfig(8, 32, 16)
     with pytest.raises(exc, match=words):
         nf.flash_attention_backward(*dev(do, q, k, v, out, lse), **kw)
+
+
+def _packed_problem(rng, lengths=(3, 0, 5)):
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    q, k, v = (rng.standard_normal((int(cu[-1]), 2, 8)).astype(np.float32) for _ in range(3))
+    return q, k, v, cu, max(lengths)
+
+
+BAD_VARLEN = [
+    ("q_4d", ValueError, "q: expected 3 dimensions (total_seqlen, heads, head_dim)"),
+    ("cu_int64", TypeError, "cu_seqlens_q: expected dtype int32"),
+    ("cu_list", TypeError, "cu_seqlens_k:"),
+    ("cu_2d", ValueError, "cu_seqlens_q: expected a 1-D array"),
+    ("cu_start", ValueError, "cu_seqlens_q: expected the first offset to be 0"),
+    ("cu_decreasing", ValueError, "cu_seqlens_k: offsets must not decrease"),
+    ("cu_total", ValueError, "cu_seqlens_q: the last offset must equal the packed length 8"),
+    ("cu_count", ValueError, "cu_seqlens_q, cu_seqlens_k: expected the same number of sequences"),
+    ("max_small", ValueError, "max_seqlen_q: got 4, but the longest sequence has 5"),
+    ("max_float", TypeError, "max_seqlen_k: expected an int"),
+    ("gqa_heads", ValueError, "k, v: expected a number of heads that divides"),
+]
+
+
+@pytest.mark.parametrize("case,exc,words", BAD_VARLEN, ids=[c[0] for c in BAD_VARLEN])
+def test_varlen_rejects_bad_input(rng, case, exc, words):
+    q, k, v, cu, longest = _packed_problem(rng)
+    cu_q, cu_k, max_q, max_k = cu, cu.copy(), longest, longest
+    if case == "q_4d":
+        q = q[None]
+    elif case == "cu_int64":
+        cu_q = cu_q.astype(np.int64)
+    elif case == "cu_list":
+        cu_k = [0, 3, 3, 8]
+    elif case == "cu_2d":
+        cu_q = cu_q[None]
+    elif case == "cu_start":
+        cu_q = cu_q + 1
+    elif case == "cu_decreasing":
+        cu_k = np.array([0, 6, 3, 8], np.int32)
+    elif case == "cu_total":
+        cu_q = np.array([0, 3, 3, 7], np.int32)
+    elif case == "cu_count":
+        cu_k = np.array([0, 8], np.int32)
+    elif case == "max_small":
+        max_q = 4
+    elif case == "max_float":
+        max_k = 5.0
+    elif case == "gqa_heads":
+        k, v = (np.concatenate([a, a[:, :1]], axis=1) for a in (k, v))
+    args = dev(q, k, v) + [to_device(c) if isinstance(c, np.ndarray) else c for c in (cu_q, cu_k)]
+    with pytest.raises(exc, match=re.escape(words)):
+        nf.flash_attention_varlen(*args, max_q, max_k)
+
+
+def test_varlen_backward_checks_lse_and_keeps_inputs(rng):
+    q, k, v, cu, longest = _packed_problem(rng)
+    args = dev(q, k, v, cu, cu)
+    before = [to_host(a).copy() for a in args]
+    out, lse = nf.flash_attention_varlen(*args, longest, longest, return_lse=True, causal=True)
+    with pytest.raises(ValueError, match=r"lse: expected shape \(heads, total_q\)"):
+        nf.flash_attention_varlen_backward(args[0], *args[:3], out, lse[:, :-1], *args[3:], longest, longest)
+    nf.flash_attention_varlen_backward(args[0], *args[:3], out, lse, *args[3:], longest, longest, causal=True)
+    for a, b in zip(args, before):
+        np.testing.assert_array_equal(to_host(a), b)
 
 
 def test_inputs_are_not_modified(rng):

@@ -111,9 +111,9 @@ def test_api_uses_the_cached_config(private_cache, monkeypatch, rng):
     used = []
     real = api.forward_kernel
 
-    def recording(config, head_dim, causal):
+    def recording(config, head_dim, *variant):
         used.append(config)
-        return real(config, head_dim, causal)
+        return real(config, head_dim, *variant)
 
     monkeypatch.setattr(api, "forward_kernel", recording)
     q, k, v, _ = (rng.standard_normal((1, 1, n, D)).astype(np.float32) for _ in range(4))
