@@ -40,6 +40,8 @@ def key_span(q_first, q_last, diag, left, right, n_k, block):
     """Keys ``[start, end)`` any of the queries ``q_first..q_last`` can see, ``start`` tile-aligned."""
     start = max(0, q_first + diag - left)
     end = min(n_k, max(0, q_last + diag + right + 1))
+    if start >= end:
+        return 0, 0  # nothing visible: an empty loop
     return (start // block) * block, end
 
 
@@ -48,4 +50,6 @@ def query_span(k_first, k_last, diag, left, right, n_q, block):
     """Queries ``[start, end)`` that can see any of the keys ``k_first..k_last``, ``start`` tile-aligned."""
     start = max(0, k_first - diag - right)
     end = min(n_q, max(0, k_last - diag + left + 1))
+    if start >= end:
+        return 0, 0
     return (start // block) * block, end

@@ -17,7 +17,8 @@ from helpers import (ON_GPU, absolute_magnitudes, delta_sensitivity, error_bound
                      score_magnitude, scale_of, to_device, to_host)
 from test_kernels import CONFIGS, GPU_HEAD_DIMS, SPECIAL_SEQ, by_dtype_and_causal, check_lse, note
 
-WORK_CAP = 2**27 if ON_GPU else 4000
+# (the float64 oracle and the bound helpers run on the CPU: ~1 s per example at the GPU cap)
+WORK_CAP = 2**26 if ON_GPU else 4000
 MAX_SEQ = 1024 if ON_GPU else 40
 GROUPS = [1, 2, 4, 8] if ON_GPU else [1, 2, 3]
 DROPOUT_PS = [0.0, 0.1, 0.5, 0.9]
