@@ -33,7 +33,7 @@ from numba.cuda import float32
 
 from .config import BlockConfig
 from .forward import NEG_INF
-from .masking import key_span, query_span, visible
+from .masking import key_span, query_span, sequence_bounds, visible
 from .philox import dropout_keep
 from .tiles import tile_loaders
 
@@ -74,7 +74,8 @@ def dkdv_kernel(config: BlockConfig, head_dim: int, varlen: bool = False, dropou
     TPR = config.threads_per_row(BLOCK_N)
     QPT = BLOCK_M // TPR  # queries of a Q tile each thread scores
     CPT = D // TPR  # dK, dV columns each thread accumulates
-    VARLEN, DROPOUT = varlen, dropout
+    DROPOUT = dropout
+    sequence = sequence_bounds(varlen)
     load_kv, _ = tile_loaders(BLOCK_N, D, NUM_THREADS)
     load_qdo, load_rows = tile_loaders(BLOCK_M, D, NUM_THREADS)
     # Shared-memory shapes must be literal constants, so the +1-word row padding is computed here.
@@ -100,12 +101,7 @@ def dkdv_kernel(config: BlockConfig, head_dim: int, varlen: bool = False, dropou
         n0 = cuda.blockIdx.x * BLOCK_N
         hk = cuda.blockIdx.y  # a K/V head: its dK, dV sum over the group of query heads reading it
         b = cuda.blockIdx.z
-        if VARLEN:
-            ab, q_off, k_off = 0, cu_q[b], cu_k[b]
-            n_q, n_k = cu_q[b + 1] - q_off, cu_k[b + 1] - k_off
-        else:
-            ab, q_off, k_off = b, 0, 0
-            n_q, n_k = q.shape[2], k.shape[2]
+        ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
         if n0 >= n_k:
             return  # the whole block: this sequence has fewer keys than the longest one
         key = n0 + r
@@ -189,7 +185,8 @@ def dq_kernel(config: BlockConfig, head_dim: int, varlen: bool = False, dropout:
     TPR = config.threads_per_row(BLOCK_M)
     KPT = BLOCK_N // TPR
     CPT = D // TPR
-    VARLEN, DROPOUT = varlen, dropout
+    DROPOUT = dropout
+    sequence = sequence_bounds(varlen)
     load_qdo, load_rows = tile_loaders(BLOCK_M, D, NUM_THREADS)
     load_kv, _ = tile_loaders(BLOCK_N, D, NUM_THREADS)
     # Shared-memory shapes must be literal constants, so the +1-word row padding is computed here.
@@ -214,12 +211,7 @@ def dq_kernel(config: BlockConfig, head_dim: int, varlen: bool = False, dropout:
         h = cuda.blockIdx.y
         b = cuda.blockIdx.z
         hk = h // group
-        if VARLEN:
-            ab, q_off, k_off = 0, cu_q[b], cu_k[b]
-            n_q, n_k = cu_q[b + 1] - q_off, cu_k[b + 1] - k_off
-        else:
-            ab, q_off, k_off = b, 0, 0
-            n_q, n_k = q.shape[2], k.shape[2]
+        ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
         if m0 >= n_q:
             return
         row = m0 + r

@@ -4,7 +4,7 @@ NumPy spec of what one thread block computes, for query rows ``m0 : m0 + BLOCK_M
 (batch, head); ``S`` never leaves shared memory and no N x N array exists anywhere::
 
     m_i = full(BLOCK_M, -inf); l_i = zeros(BLOCK_M); acc = zeros((BLOCK_M, D))
-    for n0 in range(0, n_end, BLOCK_N):                      # n_end < Nk when causal
+    for n0 in range(n_start, n_end, BLOCK_N):   # only key tiles inside the causal/window band
         S = scale * Q[m0:m0+BLOCK_M] @ K[n0:n0+BLOCK_N].T     # masked entries = -inf
         m_new = maximum(m_i, S.max(1))
         P = exp(S - m_new[:, None])
@@ -16,7 +16,7 @@ NumPy spec of what one thread block computes, for query rows ``m0 : m0 + BLOCK_M
 
 Options, all in the same kernel: ``left``/``right`` bound the keys a query sees (causal and sliding
 windows, :mod:`numba_flash.masking`; tiles outside the band are never loaded); ``group`` query heads
-share one K/V head (GQA/MQA: kv head = h // group); ``VARLEN`` reads sequence ``b`` at offset
+share one K/V head (GQA/MQA: kv head = h // group); ``varlen`` reads sequence ``b`` at offset
 ``cu_q[b]`` of a packed (1, H, total, D) view; ``DROPOUT`` multiplies P by the keep mask / (1 - p)
 before P V (l_i and lse stay those of the undropped P), the mask regenerated from the seed by
 :func:`numba_flash.philox.dropout_keep`, a pure function of (seed, b, h, i, j).
@@ -35,7 +35,7 @@ from numba import cuda
 from numba.cuda import float32
 
 from .config import BlockConfig
-from .masking import key_span, visible
+from .masking import key_span, sequence_bounds, visible
 from .philox import dropout_keep
 from .tiles import tile_loaders
 
@@ -57,7 +57,8 @@ def forward_kernel(config: BlockConfig, head_dim: int, varlen: bool = False, dro
     TPR = config.threads_per_row(BLOCK_M)  # threads cooperating on one query row
     KPT = BLOCK_N // TPR  # keys of a tile each thread scores
     CPT = D // TPR  # output columns each thread accumulates
-    VARLEN, DROPOUT = varlen, dropout
+    DROPOUT = dropout
+    sequence = sequence_bounds(varlen)
     load_kv, _ = tile_loaders(BLOCK_N, D, NUM_THREADS)
     # Shared-memory shapes must be literal constants, so the +1-word row padding is computed here.
     D_PAD, BLOCK_M_PAD, BLOCK_N_PAD = D + 1, BLOCK_M + 1, BLOCK_N + 1
@@ -83,12 +84,7 @@ def forward_kernel(config: BlockConfig, head_dim: int, varlen: bool = False, dro
         b = cuda.blockIdx.z
         hk = h // group  # the K/V head this query head reads (GQA)
         # Where sequence b lives: its own batch entry, or a slice of the packed varlen arrays.
-        if VARLEN:
-            ab, q_off, k_off = 0, cu_q[b], cu_k[b]
-            n_q, n_k = cu_q[b + 1] - q_off, cu_k[b + 1] - k_off
-        else:
-            ab, q_off, k_off = b, 0, 0
-            n_q, n_k = q.shape[2], k.shape[2]
+        ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
         if m0 >= n_q:
             return  # the whole block: this sequence is shorter than the longest one
         row = m0 + r

@@ -30,6 +30,24 @@ def band(causal: bool, window_size) -> tuple[int, int]:
 
 
 @cuda.jit(device=True, **_INLINE)
+def padded_sequence(q, k, cu_q, cu_k, b):
+    """Sequence ``b`` of a padded (B, H, N, D) batch: (array batch index, q offset, k offset, Nq, Nk)."""
+    return b, 0, 0, q.shape[2], k.shape[2]
+
+
+@cuda.jit(device=True, **_INLINE)
+def packed_sequence(q, k, cu_q, cu_k, b):
+    """Sequence ``b`` of a packed varlen batch, seen as (1, H, total, D): rows cu[b] .. cu[b+1]."""
+    q_off, k_off = cu_q[b], cu_k[b]
+    return 0, q_off, k_off, cu_q[b + 1] - q_off, cu_k[b + 1] - k_off
+
+
+def sequence_bounds(varlen: bool):
+    """The device function a kernel compiled for ``varlen`` (or not) uses to find sequence ``b``."""
+    return packed_sequence if varlen else padded_sequence
+
+
+@cuda.jit(device=True, **_INLINE)
 def visible(row, col, diag, left, right):
     rel = col - row - diag
     return rel >= -left and rel <= right
