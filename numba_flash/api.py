@@ -7,9 +7,11 @@ only read, never written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
+import threading
 
 import numpy as np
 
@@ -163,7 +165,30 @@ def _check_config(config, head_dim: int, dtype, pass_: str, causal: bool = False
     return config.validate(head_dim, pass_)
 
 
+# Where outputs come from: None = this backend's array module (CuPy's memory pool on the GPU). An
+# adapter can route them to its own allocator (numba_flash.torch: PyTorch's caching allocator, so
+# outputs are torch memory and torch's memory statistics see them) with ``allocate_with``.
+_ALLOCATOR = threading.local()
+
+
+@contextlib.contextmanager
+def allocate_with(empty):
+    """Within the block, outputs are ``empty(shape, numpy_dtype)`` (a device array this backend takes)."""
+    previous = getattr(_ALLOCATOR, "empty", None)
+    _ALLOCATOR.empty = empty
+    try:
+        yield
+    finally:
+        _ALLOCATOR.empty = previous
+
+
 def _empty(shape, dtype):
+    custom = getattr(_ALLOCATOR, "empty", None)
+    if custom is not None:
+        a = custom(tuple(shape), np.dtype(dtype))
+        if POISON_OUTPUTS:
+            a.fill(np.nan)
+        return a
     xp = backend.array_module()
     if POISON_OUTPUTS:
         return xp.full(shape, np.nan, dtype=dtype)
