@@ -4,7 +4,8 @@ For each shape, forward and forward+backward, three ways on the same data:
   direct   numba_flash.flash_attention(_backward) on CuPy views of the tensors (no autograd)
   adapter  numba_flash.torch.scaled_dot_product_attention with torch autograd
   sdpa     torch's F.scaled_dot_product_attention (default backend), for scale
-Per call: wall-clock microseconds over a loop of calls with one synchronisation at the end (what
+Per call: wall-clock microseconds over a loop of calls with one synchronisation at the end, the
+median of 5 such loops (what
 a training loop sees: host time when the GPU work is tiny, GPU time when it is not).
 
     python experiments/torch_overhead.py --out experiments/results/torch_overhead        # GPU + torch
@@ -27,15 +28,19 @@ from numba_flash import backend, results  # noqa: E402
 SHAPES = [(1, 1, 128, 64), (1, 16, 256, 64), (4, 16, 1024, 64)]
 
 
-def _per_call_us(fn, n, sync):
+def _per_call_us(fn, n, sync, trials=5):
+    """Median over ``trials`` of the mean wall-clock time of ``n`` back-to-back calls."""
     fn()
     fn()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync()
-    return (time.perf_counter() - t0) / n * 1e6
+    means = []
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        means.append((time.perf_counter() - t0) / n * 1e6)
+    return sorted(means)[len(means) // 2]
 
 
 def measure(shape, n, torch, cupy):
@@ -85,7 +90,7 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for shape in SHAPES:
-        n = max(5, args.calls // (1 + shape[0] * shape[1] * shape[2] ** 2 // 2**22))
+        n = max(20, args.calls // (1 + shape[0] * shape[1] * shape[2] ** 2 // 2**22))
         rows += measure(shape, n, torch, cupy)
     cols = ["shape", "pass", "direct_us", "adapter_us", "sdpa_us", "adapter_minus_direct_us", "adapter_over_direct"]
     table = results.markdown_table(rows, cols)
