@@ -57,26 +57,26 @@ class _Device:
         self.compute_capability = cc
 
 
-def compile_report(kernel: str, config, head_dim: int, dtype, cc=(9, 0), varlen=False, dropout=False) -> dict:
-    """PTX-compile one kernel for ``cc`` and assemble it with nvJitLink; return its resource usage."""
+def compile_for(py_func, signature, cc=(9, 0), name="kernel") -> tuple[str, dict]:
+    """PTX of ``py_func`` for ``signature`` and ``cc`` (NVVM), assembled by nvJitLink; returns
+    ``(ptx, resources)`` with registers, barriers, stack, smem, lmem and spill bytes."""
     from cuda.bindings import nvjitlink
     from numba import cuda
 
     from numba.cuda import dispatcher as numba_dispatcher
 
-    kernel_fn = _factory(kernel, config, head_dim, varlen, dropout)
     # Device functions called by a kernel (numba_flash.tiles) are compiled for the *current*
     # device's compute capability, which needs a driver; stand in a device of capability ``cc``.
     real_device = numba_dispatcher.get_current_device
     numba_dispatcher.get_current_device = lambda: _Device(cc)
     try:
-        ptx, _ = cuda.compile_ptx(kernel_fn.py_func, _signature(kernel, dtype), cc=cc)
+        ptx, _ = cuda.compile_ptx(py_func, signature, cc=cc)
     finally:
         numba_dispatcher.get_current_device = real_device
     handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose"])
     try:
         data = ptx.encode()
-        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), kernel)
+        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), name)
         nvjitlink.complete(handle)
         size = nvjitlink.get_info_log_size(handle)
         log = bytearray(size)
@@ -86,8 +86,14 @@ def compile_report(kernel: str, config, head_dim: int, dtype, cc=(9, 0), varlen=
     text = log.decode(errors="replace")
     report, spills = _REPORT.search(text), _SPILLS.search(text)
     if report is None or spills is None:
-        raise RuntimeError(f"could not read the resource report of {kernel}:\n{text}")
-    out = {k: int(v) for k, v in {**report.groupdict(), **spills.groupdict()}.items()}
+        raise RuntimeError(f"could not read the resource report of {name}:\n{text}")
+    return ptx, {k: int(v) for k, v in {**report.groupdict(), **spills.groupdict()}.items()}
+
+
+def compile_report(kernel: str, config, head_dim: int, dtype, cc=(9, 0), varlen=False, dropout=False) -> dict:
+    """PTX-compile one kernel for ``cc`` and assemble it with nvJitLink; return its resource usage."""
+    kernel_fn = _factory(kernel, config, head_dim, varlen, dropout)
+    ptx, out = compile_for(kernel_fn.py_func, _signature(kernel, dtype), cc, kernel)
     out.update(kernel=kernel, head_dim=head_dim, varlen=varlen, dropout=dropout, dtype=np.dtype(dtype).name, arch=f"sm_{cc[0]}{cc[1]}",
                config=None if kernel == "delta" else [config.block_m, config.block_n, config.num_threads],
                ptx_lines=ptx.count("\n"))
