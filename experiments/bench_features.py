@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
 import numpy as np  # noqa: E402
 
 import numba_flash as nf  # noqa: E402  (chooses GPU or simulator before numba.cuda is imported)
-from numba_flash import backend, bench, reference, results  # noqa: E402
+from numba_flash import backend, bench, masking, reference, results  # noqa: E402
 from numba_flash.philox import reference_keep_mask  # noqa: E402
 from numba_flash.timing import time_ms  # noqa: E402
 
@@ -110,16 +110,11 @@ def _cdiv(a: int, b: int) -> int:
 
 def tile_fraction(n_q: int, n_k: int, block_m: int, block_n: int, causal: bool, window_size) -> float:
     """Fraction of (query tile, key tile) pairs the forward kernel visits: per query tile, the key
-    tiles from ``key_span`` (numba_flash.masking), the first one aligned down to a tile boundary."""
-    big = 1 << 40
-    left, right = (big if x < 0 else x for x in window_size)
-    if causal:
-        right = min(right, 0)
+    tiles of the kernels' own ``masking.key_span`` for the kernels' own ``masking.band``."""
+    left, right = masking.band(causal, window_size)
     diag, visited = n_k - n_q, 0
     for m0 in range(0, n_q, block_m):
-        last = min(m0 + block_m, n_q) - 1
-        start = max(0, m0 + diag - left) // block_n * block_n
-        end = min(n_k, max(0, last + diag + right + 1))
+        start, end = masking.key_span.py_func(m0, min(m0 + block_m, n_q) - 1, diag, left, right, n_k, block_n)
         visited += _cdiv(end - start, block_n) if end > start else 0
     return visited / (_cdiv(n_q, block_m) * _cdiv(n_k, block_n))
 

@@ -20,7 +20,7 @@ from .backward import delta_kernel, dkdv_kernel, dq_kernel
 from .config import BlockConfig, check_head_dim, default_config
 from .forward import forward_kernel
 from .masking import band
-from .philox import keep_threshold, validate_dropout_p, validate_seed
+from .philox import dropout_kernel_args, validate_dropout_p, validate_seed
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 # Grid dimensions y and z (heads, batch) are limited to 65535 by CUDA.
@@ -226,8 +226,7 @@ def _options(causal, window_size, dropout_p, seed):
     left, right = band(_check_causal(causal), _check_window(window_size))
     p, seed = _check_dropout(dropout_p, seed)
     # int64 explicitly: the simulator's NumPy would keep int32 offsets + UNBOUNDED in int32 and overflow.
-    return p > 0.0, (np.int64(left), np.int64(right), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32),
-                     np.uint64(keep_threshold(p)), np.float32(1.0 / (1.0 - p)))
+    return p > 0.0, (np.int64(left), np.int64(right), *dropout_kernel_args(seed, p), np.float32(1.0 / (1.0 - p)))
 
 
 def _run_forward(q, k, v, cu_q, cu_k, n_seq, max_q, varlen, group, scale, cfg, opts, out_shape, lse_shape, view):
