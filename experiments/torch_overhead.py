@@ -29,18 +29,25 @@ SHAPES = [(1, 1, 128, 64), (1, 16, 256, 64), (4, 16, 1024, 64)]
 
 
 def _per_call_us(fn, n, sync, trials=5):
-    """Median over ``trials`` of the mean wall-clock time of ``n`` back-to-back calls."""
+    """Medians over ``trials`` loops of ``n`` back-to-back calls: (wall us per call, host us per call).
+
+    Wall: the loop plus one synchronisation at the end. Host: the loop alone, the clock stopped
+    before the synchronisation (n is far below the launch queue's depth, so the host never waits
+    for the GPU): what the Python side costs per call.
+    """
     fn()
     fn()
     sync()
-    means = []
+    walls, hosts = [], []
     for _ in range(trials):
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
+        t1 = time.perf_counter()
         sync()
-        means.append((time.perf_counter() - t0) / n * 1e6)
-    return sorted(means)[len(means) // 2]
+        walls.append((time.perf_counter() - t0) / n * 1e6)
+        hosts.append((t1 - t0) / n * 1e6)
+    return sorted(walls)[len(walls) // 2], sorted(hosts)[len(hosts) // 2]
 
 
 def measure(shape, n, torch, cupy):
@@ -67,10 +74,14 @@ def measure(shape, n, torch, cupy):
                                     "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)}),
                        ("forward_backward", {"direct": direct_fb, "adapter": fb(nf_sdpa),
                                              "sdpa": fb(F.scaled_dot_product_attention)})):
-        us = {name: _per_call_us(fn, n, sync) for name, fn in fns.items()}
+        both = {name: _per_call_us(fn, n, sync) for name, fn in fns.items()}
+        us = {name: w for name, (w, _) in both.items()}
+        host = {name: h for name, (_, h) in both.items()}
         rows.append({"shape": f"{B},{H},{N},{D}", "pass": pass_, **{f"{k}_us": v for k, v in us.items()},
+                     **{f"{k}_host_us": v for k, v in host.items()},
                      "adapter_minus_direct_us": us["adapter"] - us["direct"],
-                     "adapter_over_direct": us["adapter"] / us["direct"]})
+                     "adapter_over_direct": us["adapter"] / us["direct"],
+                     "direct_host_minus_sdpa_host_us": host["direct"] - host["sdpa"]})
     return rows
 
 
@@ -92,12 +103,14 @@ def main(argv=None) -> int:
     for shape in SHAPES:
         n = max(20, args.calls // (1 + shape[0] * shape[1] * shape[2] ** 2 // 2**22))
         rows += measure(shape, n, torch, cupy)
-    cols = ["shape", "pass", "direct_us", "adapter_us", "sdpa_us", "adapter_minus_direct_us", "adapter_over_direct"]
+    cols = ["shape", "pass", "direct_us", "adapter_us", "sdpa_us", "adapter_minus_direct_us", "direct_host_us",
+            "adapter_host_us", "sdpa_host_us", "direct_host_minus_sdpa_host_us"]
     table = results.markdown_table(rows, cols)
     print(table)
     md = ("Microseconds per call (wall clock over a loop, one synchronisation at the end), fp16, causal. "
           "`direct`: numba_flash's CuPy API on the same memory; `adapter`: numba_flash.torch with autograd; "
-          "`sdpa`: torch's default SDPA backend.\n\n" + table + "\n")
+          "`sdpa`: torch's default SDPA backend. `*_host_us`: the same loop timed before the synchronisation "
+          "(host time per call).\n\n" + table + "\n")
     results.save(args.out, "torch_overhead", {"rows": rows}, md, title="numba_flash.torch: overhead of the adapter")
     return 0
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from . import backend
 from .backward import delta_kernel, dkdv_kernel, dq_kernel
-from .config import BlockConfig, check_head_dim, default_config
+from .config import BlockConfig, TensorCoreConfig, check_head_dim, default_config, default_tc_config
 from .forward import forward_kernel
+from .launch import launch
 from .masking import band
 from .philox import dropout_kernel_args, validate_dropout_p, validate_seed
 
@@ -152,7 +153,43 @@ def _check_causal(causal):
     return bool(causal)
 
 
+def _tc_problem(arrays) -> str | None:
+    """Why the tensor-core kernels cannot read these arrays (None when they can): they copy 16-byte
+    chunks of rows, so the last axis must be contiguous and rows 16-byte aligned."""
+    for name, a in arrays:
+        if a.strides[-1] != a.itemsize:
+            return f"{name}: the tensor-core kernels need a contiguous last axis, got strides {a.strides}"
+        if a.data.ptr % 16 or any(st % 16 for n, st in zip(a.shape[:-1], a.strides[:-1]) if n > 1):
+            return f"{name}: the tensor-core kernels need 16-byte aligned rows, got strides {a.strides}"
+    return None
+
+
+def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays):
+    """The forward config: a TensorCoreConfig (GPU, float16, layout fits) or a BlockConfig (portable).
+
+    ``config=None`` takes the tensor-core kernel wherever it can run; a TensorCoreConfig or a
+    BlockConfig forces that kernel (an error, saying why, if the tensor-core one cannot run).
+    """
+    if isinstance(config, TensorCoreConfig):
+        if backend.BACKEND != backend.GPU:
+            raise ValueError("config: a TensorCoreConfig needs the GPU backend (inline PTX: the CUDA simulator "
+                             "cannot run it); pass a BlockConfig or None")
+        if np.dtype(dtype) != np.float16:
+            raise ValueError(f"config: the tensor-core kernels take float16 inputs, got {np.dtype(dtype)}; pass a "
+                             "BlockConfig or None")
+        why = _tc_problem(arrays)
+        if why:
+            raise ValueError(f"config: {why}")
+        return config.validate(head_dim)
+    if (config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16
+            and not default_tc_config(head_dim).problems(head_dim) and _tc_problem(arrays) is None):
+        return default_tc_config(head_dim)
+    return _check_config(config, head_dim, dtype, "forward", causal, seqlen)
+
+
 def _check_config(config, head_dim: int, dtype, pass_: str, causal: bool = False, seqlen: int | None = None) -> BlockConfig:
+    if isinstance(config, TensorCoreConfig) and pass_ == "backward":
+        config.validate(head_dim, pass_)  # raises: says the backward needs a BlockConfig
     if config is None:
         # A config stored by numba_flash.tune for this device and problem wins; without a tuning
         # cache (or an entry for this device) this is default_config, as before.
@@ -161,7 +198,8 @@ def _check_config(config, head_dim: int, dtype, pass_: str, causal: bool = False
         tuned = lookup(head_dim, dtype, causal, seqlen, pass_) if seqlen is not None else None
         return tuned if tuned is not None else default_config(head_dim, np.dtype(dtype), pass_)
     if not isinstance(config, BlockConfig):
-        raise TypeError(f"config: expected a numba_flash.BlockConfig or None, got {type(config).__name__}")
+        raise TypeError(f"config: expected a numba_flash.BlockConfig, TensorCoreConfig or None, got "
+                        f"{type(config).__name__}")
     return config.validate(head_dim, pass_)
 
 
@@ -195,14 +233,11 @@ def _empty(shape, dtype):
     return xp.empty(shape, dtype=dtype)
 
 
-def _launch(kernel, grid, threads, *args):
+def _launch(kernel, grid, threads, *args, shared=0):
     if backend.BACKEND == backend.GPU:
-        from numba import cuda
-
-        cupy = backend.array_module()
-        # Run on CuPy's current stream, so work stays ordered with the caller's CuPy/torch work.
-        stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
-        kernel[grid, threads, stream](*args)
+        # On CuPy's current stream, so work stays ordered with the caller's CuPy/torch work; through a
+        # prepared launch (numba_flash.launch): numba's own costs ~30-60 us of host time per launch.
+        launch(kernel, grid, threads, backend.array_module().cuda.get_current_stream().ptr, *args, shared=shared)
     else:
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
@@ -234,10 +269,16 @@ def _run_forward(q, k, v, cu_q, cu_k, n_seq, max_q, varlen, group, scale, cfg, o
     dropout, extra = opts
     out = _empty(out_shape, q.dtype)
     lse = _empty(lse_shape, np.float32)
-    H = view(q).shape[1]
+    H, D = view(q).shape[1], q.shape[-1]
     grid = (_cdiv(max_q, cfg.block_m), H, n_seq)
-    _launch(forward_kernel(cfg, q.shape[-1], varlen, dropout), grid, cfg.num_threads,
-            view(q), view(k), view(v), view(out), view(lse), cu_q, cu_k, np.float32(scale), group, *extra)
+    if isinstance(cfg, TensorCoreConfig):
+        from .tc_forward import tc_forward_kernel  # GPU only: inline PTX
+
+        kernel, shared = tc_forward_kernel(cfg, D, varlen, dropout), cfg.shared_memory_bytes(D)
+    else:
+        kernel, shared = forward_kernel(cfg, D, varlen, dropout), 0
+    _launch(kernel, grid, cfg.num_threads, view(q), view(k), view(v), view(out), view(lse), cu_q, cu_k,
+            np.float32(scale), group, *extra, shared=shared)
     return out, lse
 
 
@@ -288,7 +329,7 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     n_k = k.shape[2]
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _check_config(config, D, q.dtype, "forward", bool(causal), max(n_q, n_k))
+    cfg = _pick_forward(config, D, q.dtype, bool(causal), max(n_q, n_k), (("q", q), ("k", k), ("v", v)))
     none = _no_offsets()
     out, lse = _run_forward(q, k, v, none, none, B, n_q, False, group, scale, cfg, opts, q.shape, (B, H, n_q), _same)
     return (out, lse) if return_lse else out
@@ -398,7 +439,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     T, H, D = q.shape
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _check_config(config, D, q.dtype, "forward", bool(causal), max(max_seqlen_q, max_seqlen_k))
+    cfg = _pick_forward(config, D, q.dtype, bool(causal), max(max_seqlen_q, max_seqlen_k),
+                        (("q", q), ("k", k), ("v", v)))
     out, lse = _run_forward(q, k, v, cu_q, cu_k, n_seq, max_seqlen_q, True, group, scale, cfg, opts, q.shape, (H, T),
                             _packed)
     return (out, lse) if return_lse else out

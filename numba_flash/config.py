@@ -176,3 +176,83 @@ def default_config(head_dim: int, dtype=np.float32, pass_: str = "forward", simu
     if cfg is not None:
         return cfg
     raise ValueError(f"no block configuration fits head_dim={head_dim} for the {pass_} pass")  # pragma: no cover
+
+
+# ---- the tensor-core kernels (numba_flash.tc_forward) ------------------------------------------
+
+MAX_DYNAMIC_SHARED = 227 * 1024  # per block on sm_90, after raising the kernel's limit above 48 KB
+TC_MAX_HEAD_DIM = 128
+
+
+def tc_row_halves(head_dim: int) -> int:
+    """16-bit words per shared-memory row: head_dim rounded up to 16 (whole mma k-steps), + 8 words
+    (16 bytes) of padding so that the 8 rows one ldmatrix reads fall in different banks."""
+    return -(-head_dim // 16) * 16 + 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorCoreConfig:
+    """Tiles of the tensor-core (GPU-only, float16) kernels, :mod:`numba_flash.tc_forward`: ``block_m`` query rows (16 per warp), ``block_n`` keys per
+    K/V tile (a multiple of 16), ``stages`` K/V buffers in shared memory (1 or 2)."""
+
+    block_m: int = 64
+    block_n: int = 64
+    stages: int = 2
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "stages"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"TensorCoreConfig.{name}: expected a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.block_m % 16 or not 16 <= self.block_m <= 256:
+            raise ValueError(f"TensorCoreConfig.block_m={self.block_m}: expected a multiple of 16 (one warp per 16 "
+                             "query rows) from 16 to 256")
+        if self.block_n % 16 or not 16 <= self.block_n <= 256:
+            raise ValueError(f"TensorCoreConfig.block_n={self.block_n}: expected a multiple of 16 from 16 to 256")
+        if self.stages not in (1, 2):
+            raise ValueError(f"TensorCoreConfig.stages={self.stages}: expected 1 or 2")
+
+    @property
+    def warps(self) -> int:
+        return self.block_m // 16
+
+    @property
+    def num_threads(self) -> int:
+        return 32 * self.warps
+
+    def shared_memory_bytes(self, head_dim: int) -> int:
+        row = tc_row_halves(head_dim)
+        return 2 * row * (self.block_m + 2 * self.stages * self.block_n)
+
+    def problems(self, head_dim: int) -> list[str]:
+        """What stops this config from running the tensor-core forward at ``head_dim`` (empty when it can)."""
+        out = []
+        if head_dim > TC_MAX_HEAD_DIM:
+            out.append(f"the tensor-core kernels keep a 16 x head_dim accumulator per warp in registers, so "
+                       f"head_dim must be at most {TC_MAX_HEAD_DIM}, got {head_dim}")
+        need = self.shared_memory_bytes(head_dim)
+        if need > MAX_DYNAMIC_SHARED:
+            out.append(f"it needs {need} bytes of shared memory at head_dim={head_dim}, but a block may use "
+                       f"{MAX_DYNAMIC_SHARED}: reduce block_m, block_n or stages")
+        return out
+
+    def validate(self, head_dim: int, pass_: str = "forward") -> "TensorCoreConfig":
+        check_head_dim(head_dim)
+        if pass_ != "forward":
+            raise ValueError(f"config={self}: the tensor-core kernels exist for the forward pass only so far; "
+                             "pass a BlockConfig (or None) for the backward")
+        found = self.problems(head_dim)
+        if found:
+            raise ValueError(f"config={self} cannot run the forward pass: " + "; ".join(found))
+        return self
+
+
+def _row_halves(head_dim: int) -> int:
+    """16-bit words per shared-memory row: head_dim rounded up to 16 (whole mma k-steps), + 8 pad."""
+    return -(-head_dim // 16) * 16 + 8
+
+
+def default_tc_config(head_dim: int) -> TensorCoreConfig:
+    """The tensor-core config used when ``config=None`` on the GPU."""
+    return TensorCoreConfig(64, 64, 2)

@@ -57,7 +57,191 @@ def mma_16816_f16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
     return sig, codegen
 
 
-__all__ = ["mma_16816_f16", "pack_half2", "warp_mma_kernel"]
+def _asm(ret, args, text, constraints, side_effect=False, actual=None):
+    """An intrinsic's (signature, codegen): one inline-PTX statement taking ``args`` (numba types:
+    uint32, uint64, float32) and returning ``ret`` (one of them, a UniTuple of them, or void).
+    ``actual``: the argument types the call site has (any integer for an integer slot, since
+    Numba widens address arithmetic to 64 bits); each is cast to the slot's type."""
+    llvm = {types.uint32: ir.IntType(32), types.uint64: ir.IntType(64), types.float32: ir.FloatType()}
+    outs = list(ret) if isinstance(ret, types.UniTuple) else ([] if ret == types.void else [ret])
+    if len(outs) > 1:
+        lret = ir.LiteralStructType([llvm[t] for t in outs])
+    else:
+        lret = llvm[outs[0]] if outs else ir.VoidType()
+    fnty = ir.FunctionType(lret, [llvm[a] for a in args])
+    actual = tuple(actual) if actual is not None else tuple(args)
+
+    def codegen(context, builder, signature, vals):
+        vals = [context.cast(builder, v, frm, to) for v, frm, to in zip(vals, actual, args)]
+        asm = ir.InlineAsm(fnty, text, constraints, side_effect=side_effect)
+        out = builder.call(asm, vals)
+        if len(outs) > 1:
+            return context.make_tuple(builder, ret, [builder.extract_value(out, i) for i in range(len(outs))])
+        return out if outs else context.get_dummy_value()
+
+    return ret(*actual), codegen
+
+
+_U32, _U64, _F32 = types.uint32, types.uint64, types.float32
+
+
+def _is(actual, expected):
+    """Integer slots take any integer type (cast in codegen); float32 slots only float32."""
+    return len(actual) == len(expected) and all(
+        (isinstance(a, types.Integer) if e in (_U32, _U64) else a == e) for a, e in zip(actual, expected))
+
+
+@intrinsic
+def mma_16816_bf16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    """As :func:`mma_16816_f16` with bfloat16 operands (the same fragment layout)."""
+    if not _is((a0, a1, a2, a3, b0, b1, c0, c1, c2, c3), [_U32] * 6 + [_F32] * 4):
+        return None
+    return _asm(types.UniTuple(_F32, 4), [_U32] * 6 + [_F32] * 4, _MMA_16816_F16.replace(".f16.f16", ".bf16.bf16"),
+                "=f,=f,=f,=f," + ",".join(["r"] * 6 + ["f"] * 4), actual=(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3,))
+
+
+@intrinsic
+def ldmatrix_x4(typingctx, addr):
+    """Four 8x8 b16 matrices from shared memory (``addr``: the shared-window address, uint32, of this
+    lane's row: lanes 8i..8i+7 give the rows of matrix i). Returns (r0, r1, r2, r3): r_i holds
+    matrix i's row ``lane // 4``, columns ``2 (lane % 4)`` and ``+1``, as an mma A/B fragment wants."""
+    if not _is((addr,), [_U32]):
+        return None
+    return _asm(types.UniTuple(_U32, 4), [_U32], "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {$0, $1, $2, $3}, [$4];",
+                "=r,=r,=r,=r,r", side_effect=True, actual=(addr,))
+
+
+@intrinsic
+def ldmatrix_x4_trans(typingctx, addr):
+    """:func:`ldmatrix_x4` of the transposed matrices: r_i holds matrix i's column ``lane // 4``,
+    rows ``2 (lane % 4)`` and ``+1`` (a row-major [k][n] tile read as an mma B fragment)."""
+    if not _is((addr,), [_U32]):
+        return None
+    return _asm(types.UniTuple(_U32, 4), [_U32],
+                "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,r",
+                side_effect=True, actual=(addr,))
+
+
+@intrinsic
+def cp_async16(typingctx, smem_addr, gmem_addr, src_bytes):
+    """Asynchronous copy of 16 bytes global -> shared (``cp.async.cg``, bypassing L1); only the first
+    ``src_bytes`` (0 or 16) are read, the rest of the 16 are zero-filled: ragged tiles need no branch."""
+    if not _is((smem_addr, gmem_addr, src_bytes), [_U32, _U64, _U32]):
+        return None
+    return _asm(types.void, [_U32, _U64, _U32], "cp.async.cg.shared.global [$0], [$1], 16, $2;", "r,l,r",
+                side_effect=True, actual=(smem_addr, gmem_addr, src_bytes,))
+
+
+@intrinsic
+def cp_async_commit(typingctx):
+    """Close the group of cp.async copies issued so far by this thread."""
+    return _asm(types.void, [], "cp.async.commit_group;", "", side_effect=True)
+
+
+@intrinsic
+def cp_async_wait_all(typingctx):
+    """Wait until all of this thread's cp.async groups have landed (then a barrier publishes them)."""
+    return _asm(types.void, [], "cp.async.wait_group 0;", "", side_effect=True)
+
+
+@intrinsic
+def cp_async_wait_one(typingctx):
+    """Wait until at most one (the newest) of this thread's cp.async groups is still in flight."""
+    return _asm(types.void, [], "cp.async.wait_group 1;", "", side_effect=True)
+
+
+@intrinsic
+def ex2(typingctx, x):
+    """2**x on the special-function unit (``ex2.approx.ftz.f32``: ~2 ulp; -inf -> 0)."""
+    if x != _F32:
+        return None
+    return _asm(_F32, [_F32], "ex2.approx.ftz.f32 $0, $1;", "=f,f", actual=(x,))
+
+
+@intrinsic
+def pack_f16x2(typingctx, lo, hi):
+    """Two float32 rounded to float16 (round to nearest even) in one register, ``lo`` in the low half."""
+    if not _is((lo, hi), [_F32, _F32]):
+        return None
+    return _asm(_U32, [_F32, _F32], "cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", actual=(lo, hi,))
+
+
+@intrinsic
+def pack_bf16x2(typingctx, lo, hi):
+    """As :func:`pack_f16x2`, rounding to bfloat16."""
+    if not _is((lo, hi), [_F32, _F32]):
+        return None
+    return _asm(_U32, [_F32, _F32], "cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", actual=(lo, hi,))
+
+
+@intrinsic
+def st_global_u32(typingctx, addr, value):
+    """Store one 32-bit word at global address ``addr`` (uint64)."""
+    if not _is((addr, value), [_U64, _U32]):
+        return None
+    return _asm(types.void, [_U64, _U32], "st.global.b32 [$0], $1;", "l,r", side_effect=True, actual=(addr, value,))
+
+
+@intrinsic
+def st_global_v4(typingctx, addr, a, b, c, d):
+    """Store 16 bytes (four 32-bit words) at global address ``addr`` (uint64, 16-byte aligned)."""
+    if not _is((addr, a, b, c, d), [_U64, _U32, _U32, _U32, _U32]):
+        return None
+    return _asm(types.void, [_U64, _U32, _U32, _U32, _U32], "st.global.v4.b32 [$0], {$1, $2, $3, $4};",
+                "l,r,r,r,r", side_effect=True, actual=(addr, a, b, c, d,))
+
+
+@intrinsic
+def ld_shared_v4(typingctx, addr):
+    """Load 16 bytes (four 32-bit words) from shared-window address ``addr`` (uint32)."""
+    if not _is((addr,), [_U32]):
+        return None
+    return _asm(types.UniTuple(_U32, 4), [_U32], "ld.shared.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,r",
+                side_effect=True, actual=(addr,))
+
+
+@intrinsic
+def st_shared_u32(typingctx, addr, value):
+    """Store one 32-bit word at shared-window address ``addr`` (uint32)."""
+    if not _is((addr, value), [_U32, _U32]):
+        return None
+    return _asm(types.void, [_U32, _U32], "st.shared.b32 [$0], $1;", "r,r", side_effect=True, actual=(addr, value,))
+
+
+def _data_pointer(context, builder, aryty, ary):
+    return context.make_array(aryty)(context, builder, ary).data
+
+
+@intrinsic
+def global_address(typingctx, ary):
+    """The address (uint64) of ``ary``'s first element; kernels add byte offsets from ``ary.strides``."""
+    if not isinstance(ary, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.ptrtoint(_data_pointer(context, builder, signature.args[0], args[0]), ir.IntType(64))
+
+    return _U64(ary), codegen
+
+
+@intrinsic
+def shared_address(typingctx, ary):
+    """The shared-window address (uint32, what ldmatrix/cp.async take) of a ``cuda.shared.array``."""
+    if not isinstance(ary, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _data_pointer(context, builder, signature.args[0], args[0])
+        shared = builder.addrspacecast(ptr, ptr.type.pointee.as_pointer(3))
+        return builder.ptrtoint(shared, ir.IntType(32))
+
+    return _U32(ary), codegen
+
+
+__all__ = ["cp_async16", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "global_address",
+           "ld_shared_v4", "ldmatrix_x4", "ldmatrix_x4_trans", "mma_16816_bf16", "mma_16816_f16", "pack_bf16x2",
+           "pack_f16x2", "pack_half2", "shared_address", "st_global_u32", "st_global_v4", "st_shared_u32",
+           "warp_mma_kernel"]
 
 
 def warp_mma_kernel():

@@ -100,6 +100,33 @@ def compile_report(kernel: str, config, head_dim: int, dtype, cc=(9, 0), varlen=
     return out
 
 
+def tc_signature(varlen: bool = False):
+    """Argument types of the tensor-core forward as :mod:`numba_flash.launch` compiles it (layout 'A')."""
+    from numba.cuda import types
+
+    a4 = types.Array(types.float16, 4, "A")
+    f3 = types.Array(types.float32, 3, "A")
+    cu = types.Array(types.int32, 1, "A")
+    f32, i64, u64 = types.float32, types.int64, types.uint64
+    return (a4, a4, a4, a4, f3, cu, cu, f32, i64, i64, i64, u64, u64, u64, f32)
+
+
+def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="f16", cc=(9, 0)) -> dict:
+    """Compile the tensor-core forward for ``cc``: resources plus counts of the instructions that
+    make it fast (mma.sync, ldmatrix, cp.async, ex2) and of local-memory accesses (should be 0)."""
+    from .tc_forward import tc_forward_kernel
+
+    kernel = tc_forward_kernel(config, head_dim, varlen, dropout, elem)
+    ptx, out = compile_for(kernel.py_func, tc_signature(varlen), cc, "tc_forward")
+    out.update(kernel="tc_forward", head_dim=head_dim, varlen=varlen, dropout=dropout, elem=elem,
+               arch=f"sm_{cc[0]}{cc[1]}", config=[config.block_m, config.block_n, config.stages],
+               mma=len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16", ptx)),
+               ldmatrix=len(re.findall(r"\bldmatrix\.sync", ptx)), cp_async=len(re.findall(r"\bcp\.async\.cg", ptx)),
+               ex2=len(re.findall(r"\bex2\.approx", ptx)), local_accesses=len(re.findall(r"\b(?:ld|st)\.local", ptx)),
+               expected_dynamic_smem=config.shared_memory_bytes(head_dim))
+    return out
+
+
 def main(argv=None) -> int:
     from . import backend
     from .config import default_config

@@ -176,3 +176,22 @@ def error_bound(naive_err, ref, dtype, n_terms, score_mag=0.0, abs_mag=0.0, delt
 
 def scale_of(softmax_scale, D):
     return default_scale(D) if softmax_scale is None else softmax_scale
+
+
+def fit_config(config, D, dtype):
+    """``config`` if it can run both passes' kernels it names at head_dim ``D`` and ``dtype``, else None
+    (the default). A TensorCoreConfig is a forward-only, float16-only choice: see :func:`backward_config`."""
+    from numba_flash.config import BlockConfig, TensorCoreConfig
+
+    if isinstance(config, TensorCoreConfig):
+        return config if np.dtype(dtype) == np.float16 and not config.problems(D) else None
+    if isinstance(config, BlockConfig) and config.problems(D, "backward"):
+        return None
+    return config
+
+
+def backward_config(config):
+    """The backward pass's config for a test's drawn config: the tensor-core kernels are forward-only."""
+    from numba_flash.config import TensorCoreConfig
+
+    return None if isinstance(config, TensorCoreConfig) else config

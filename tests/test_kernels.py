@@ -14,11 +14,10 @@ from hypothesis.control import current_build_context
 
 import numba_flash as nf
 from numba_flash import BlockConfig, reference as ref
-from numba_flash.config import HEAD_DIMS
+from numba_flash.config import HEAD_DIMS, TensorCoreConfig
 
-from helpers import (ON_GPU, absolute_magnitudes, delta_sensitivity, error_bound, max_err, naive_attention,
-                     random_qkv, scale_of, score_magnitude, to_device,
-                     to_host)
+from helpers import (ON_GPU, absolute_magnitudes, backward_config, delta_sensitivity, error_bound, fit_config,
+                     max_err, naive_attention, random_qkv, scale_of, score_magnitude, to_device, to_host)
 
 # Work per example (B*H*Nq*Nk*D) is capped so that the simulator (~us per thread instruction)
 # finishes an example in seconds; the GPU profile goes to sequences of 2048.
@@ -30,6 +29,9 @@ CONFIGS = [None, BlockConfig(8, 8, 16), BlockConfig(8, 16, 32), BlockConfig(16, 
 if ON_GPU:
     # (every distinct config x head_dim x dtype x causal is one more compile, ~1 s each)
     CONFIGS = [None, BlockConfig(8, 16, 32), BlockConfig(32, 16, 128), BlockConfig(64, 32, 256), BlockConfig(16, 16, 64)]
+    # The tensor-core forward (float16 only; fit_config turns them into None elsewhere), forced.
+    CONFIGS += [TensorCoreConfig(64, 64, 2), TensorCoreConfig(128, 64, 2), TensorCoreConfig(16, 16, 1),
+                TensorCoreConfig(64, 32, 1)]
 DTYPES = [np.float32, np.float16]
 # dtype and causal are pytest parameters rather than drawn, so that each profile's max_examples
 # applies to every (dtype, causal) pair and pytest-xdist can spread the pairs over processes.
@@ -50,9 +52,7 @@ def problems(draw, dtype, causal, max_work=WORK_CAP):
         limit = max(1, max_work // (B * H * D * min(n_q, n_k)))
         n_q, n_k = (min(n_q, limit), n_k) if n_q >= n_k else (n_q, min(n_k, limit))
     scale = draw(st.one_of(st.none(), st.floats(0.05, 2.0)))
-    config = draw(st.sampled_from(CONFIGS))
-    if config is not None and config.problems(D, "backward"):
-        config = None
+    config = fit_config(draw(st.sampled_from(CONFIGS)), D, dtype)
     seed = draw(st.integers(0, 2**32 - 1))
     return B, H, n_q, n_k, D, dtype, causal, scale, config, seed
 
@@ -128,7 +128,7 @@ def backward_case(p):
     rng = np.random.default_rng(seed)
     q, k, v, do = random_qkv(rng, B, H, n_q, n_k, D, dtype)
     out, lse = run_forward(q, k, v, causal=causal, softmax_scale=scale)
-    grads = run_backward(do, q, k, v, out, lse, causal=causal, softmax_scale=scale, config=config)
+    grads = run_backward(do, q, k, v, out, lse, causal=causal, softmax_scale=scale, config=backward_config(config))
     want = ref.attention_backward(do, q, k, v, causal=causal, softmax_scale=scale)
     naive = naive_attention(q, k, v, do, causal, scale_of(scale, D), dtype)[1:]
     smag = score_magnitude(q, k, scale_of(scale, D)).max()

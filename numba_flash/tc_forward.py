@@ -1,0 +1,281 @@
+"""Tensor-core forward kernel (GPU only): FlashAttention-2's forward on ``mma.sync`` from Numba.
+
+The same algorithm as :mod:`numba_flash.forward` (its NumPy spec holds line for line), laid out the
+way FlashAttention-2 lays it out on the tensor cores:
+
+* A block of ``WARPS`` warps owns ``BLOCK_M = 16 * WARPS`` query rows; each warp owns 16 of them and
+  keeps everything about them in registers: its Q fragments (loaded once), the S = Q K^T tile
+  (``BLOCK_N`` keys), the running ``m_i`` / ``l_i`` of its two rows per lane, and the O
+  accumulator. Warps never exchange data; only K and V tiles are shared.
+* K and V tiles stream through shared memory with ``cp.async`` (16 bytes per copy, ragged rows
+  zero-filled), ``STAGES`` = 2 buffers deep: the copy of tile j+1 overlaps the math on tile j.
+* ``ldmatrix`` reads the fragments (``.trans`` for V, whose rows are keys), rows padded by 16 bytes
+  against bank conflicts; ``mma.sync.m16n8k16`` multiplies with fp32 accumulation.
+* The C fragment of S (rows g, g+8; columns 2t, 2t+1 of each 8-key tile) is exactly the A fragment
+  P needs for P V once rounded to 16 bits: P never leaves registers.
+* The softmax runs in base 2 (``ex2.approx``) on scores pre-multiplied by ``scale * log2(e)``;
+  masks (sequence end, causal/window band) are applied only to tiles that cross them.
+* Row max and sum are reduced across the 4 lanes of a quad with ``shfl.xor``; ``l_i`` is summed
+  per lane and reduced once at the end.
+
+``ELEM`` is ``"f16"`` or ``"bf16"``: arrays are read as raw 16-bit words, so bfloat16 data arrives
+as uint16 arrays (CuPy has no bfloat16). Requirements (the API checks them and otherwise uses the
+portable kernel): the last axis contiguous, 16-byte aligned rows, ``head_dim % 8 == 0``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from numba import cuda
+from numba.cuda import float32, int32, uint8, uint32, uint64
+
+from .config import TensorCoreConfig, tc_row_halves
+from .masking import key_span, sequence_bounds
+from .philox import dropout_keep
+from .unroll import static_range, unrolled
+from .ptx import (cp_async16, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, global_address,
+                  ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
+                  shared_address, st_global_u32)
+
+NEG_INF = float32(-math.inf)
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@functools.lru_cache(maxsize=None)
+def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
+                      elem: str = "f16"):
+    """The tensor-core forward kernel; launch with grid (cdiv(max Nq, BLOCK_M), H, B),
+    ``config.num_threads`` threads and ``config.shared_memory_bytes(head_dim)`` dynamic shared memory.
+
+    Same signature and outputs as :func:`numba_flash.forward.forward_kernel` (q/k/v/out 16-bit,
+    ``elem`` saying which kind).
+    """
+    if elem not in ("f16", "bf16"):
+        raise ValueError(f"elem: expected 'f16' or 'bf16', got {elem!r}")
+    BLOCK_M, BLOCK_N, STAGES, WARPS = config.block_m, config.block_n, config.stages, config.warps
+    NUM_THREADS = config.num_threads
+    D = head_dim
+    ROW = tc_row_halves(D)  # shared row pitch in 16-bit words
+    KSTEPS = (ROW - 8) // 16  # k-steps of Q K^T over head_dim
+    CHUNKS = (ROW - 8) // 8  # 16-byte chunks per shared row (those past D are zero-filled)
+    D_CHUNKS = D // 8  # 16-byte chunks per global row
+    NT = BLOCK_N // 8  # 8-key n-tiles of S per warp
+    DT = (ROW - 8) // 8  # 8-column n-tiles of O per warp
+    Q_REGS, S_REGS, O_REGS = KSTEPS * 4, NT * 4, DT * 4  # fragment registers per lane (literal sizes)
+    Q_BYTES = BLOCK_M * ROW * 2
+    KV_BYTES = BLOCK_N * ROW * 2
+    DROPOUT = dropout
+    mma = mma_16816_f16 if elem == "f16" else mma_16816_bf16
+    pack = pack_f16x2 if elem == "f16" else pack_bf16x2
+    sequence = sequence_bounds(varlen)
+
+    @cuda.jit(device=True, inline=True)
+    def load_tile(smem, src, row_stride, rows_left, rows, tid):
+        """cp.async ``rows`` rows (row_stride bytes apart, ``rows_left`` of them real) into smem."""
+        for e in range(tid, rows * CHUNKS, NUM_THREADS):
+            r = e // CHUNKS
+            c = e % CHUNKS
+            ok = r < rows_left and c < D_CHUNKS
+            addr = src + uint64(r) * uint64(row_stride) + uint64(c * 16) if ok else src
+            cp_async16(smem + uint32((r * ROW + c * 8) * 2), addr, uint32(16 if ok else 0))
+
+    def kernel(q, k, v, out, lse, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi, threshold,
+               drop_scale):
+        smem = cuda.shared.array(0, uint8)
+        s_base = shared_address(smem)
+        sQ = s_base
+        qf = cuda.local.array(Q_REGS, uint32)  # Q fragments of this warp's 16 rows
+        sacc = cuda.local.array(S_REGS, float32)  # S (then P) of this warp: 16 x BLOCK_N
+        oacc = cuda.local.array(O_REGS, float32)  # O accumulator: 16 x D
+
+        tid = cuda.threadIdx.x
+        warp = tid // 32
+        lane = tid % 32
+        g = lane // 4
+        t = lane % 4
+        m0 = cuda.blockIdx.x * BLOCK_M
+        h = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        hk = h // group
+        ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
+        if m0 >= n_q:
+            return
+        diag = n_k - n_q
+        n_start, n_end = key_span(m0, min(m0 + BLOCK_M, n_q) - 1, diag, left, right, n_k, BLOCK_N)
+
+        q_src = global_address(q) + uint64(ab * q.strides[0] + h * q.strides[1] + (q_off + m0) * q.strides[2])
+        k_src = global_address(k) + uint64(ab * k.strides[0] + hk * k.strides[1] + k_off * k.strides[2])
+        v_src = global_address(v) + uint64(ab * v.strides[0] + hk * v.strides[1] + k_off * v.strides[2])
+        ks, vs = k.strides[2], v.strides[2]
+
+        # Prologue: Q and the first K/V tile in flight together.
+        load_tile(sQ, q_src, q.strides[2], n_q - m0, BLOCK_M, tid)
+        if n_start < n_end:
+            sK0 = s_base + uint32(Q_BYTES)
+            load_tile(sK0, k_src + uint64(n_start * ks), ks, n_k - n_start, BLOCK_N, tid)
+            load_tile(sK0 + uint32(STAGES * KV_BYTES), v_src + uint64(n_start * vs), vs, n_k - n_start, BLOCK_N,
+                      tid)
+        cp_async_commit()
+
+        # Row of this lane (and row + 8) within the sequence; scores pre-scaled for exp2.
+        row0 = m0 + warp * 16 + g
+        row1 = row0 + 8
+        qk_scale = scale * float32(LOG2E)
+        m_0 = NEG_INF
+        m_1 = NEG_INF
+        l_0 = float32(0.0)
+        l_1 = float32(0.0)
+        for i in static_range(DT * 4):
+            oacc[i] = float32(0.0)
+
+        it = 0
+        for n0 in range(n_start, n_end, BLOCK_N):
+            stage = it % STAGES if STAGES > 1 else 0
+            sK = s_base + uint32(Q_BYTES + stage * KV_BYTES)
+            sV = sK + uint32(STAGES * KV_BYTES)
+            # Next tile's copies go out before this tile's math (into the other buffer).
+            if STAGES > 1:
+                nxt = n0 + BLOCK_N
+                if nxt < n_end:
+                    nK = s_base + uint32(Q_BYTES + (1 - stage) * KV_BYTES)
+                    load_tile(nK, k_src + uint64(nxt * ks), ks, n_k - nxt, BLOCK_N, tid)
+                    load_tile(nK + uint32(STAGES * KV_BYTES), v_src + uint64(nxt * vs), vs, n_k - nxt, BLOCK_N, tid)
+                cp_async_commit()
+                cp_async_wait_one()  # all but the newest group: this tile (and Q) have landed
+            else:
+                cp_async_wait_all()
+            cuda.syncthreads()
+
+            if it == 0:  # Q fragments, once: rows warp*16 .. +15, 16 columns per k-step
+                q_row = warp * 16 + (lane % 8) + 8 * ((lane // 8) % 2)
+                for kk in static_range(KSTEPS):
+                    a0, a1, a2, a3 = ldmatrix_x4(sQ + uint32((q_row * ROW + kk * 16 + 8 * (lane // 16)) * 2))
+                    qf[kk * 4] = a0
+                    qf[kk * 4 + 1] = a1
+                    qf[kk * 4 + 2] = a2
+                    qf[kk * 4 + 3] = a3
+
+            # S = Q K^T (16 x BLOCK_N per warp), two 8-key n-tiles per ldmatrix.
+            for i in static_range(NT * 4):
+                sacc[i] = float32(0.0)
+            k_row = (lane % 8) + 8 * (lane // 16)
+            k_col = 8 * ((lane // 8) % 2)
+            for kk in static_range(KSTEPS):
+                for jp in static_range(NT // 2):
+                    b0, b1, b2, b3 = ldmatrix_x4(sK + uint32(((jp * 16 + k_row) * ROW + kk * 16 + k_col) * 2))
+                    j = 2 * jp
+                    sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3] = mma(
+                        qf[kk * 4], qf[kk * 4 + 1], qf[kk * 4 + 2], qf[kk * 4 + 3], b0, b1,
+                        sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3])
+                    j = 2 * jp + 1
+                    sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3] = mma(
+                        qf[kk * 4], qf[kk * 4 + 1], qf[kk * 4 + 2], qf[kk * 4 + 3], b2, b3,
+                        sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3])
+
+            # Scale into base 2; mask only tiles that cross the sequence end or the band's edges.
+            rel_lo = n0 - (m0 + BLOCK_M - 1) - diag
+            rel_hi = n0 + BLOCK_N - 1 - m0 - diag
+            partial = n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right
+            mx0 = NEG_INF
+            mx1 = NEG_INF
+            for j in static_range(NT):
+                for e in static_range(4):
+                    x = sacc[4 * j + e] * qk_scale
+                    if partial:
+                        col = n0 + 8 * j + 2 * t + (e % 2)
+                        rel = col - (row0 if e < 2 else row1) - diag
+                        if col >= n_k or rel < -left or rel > right:
+                            x = NEG_INF
+                    sacc[4 * j + e] = x
+                mx0 = max(mx0, max(sacc[4 * j], sacc[4 * j + 1]))
+                mx1 = max(mx1, max(sacc[4 * j + 2], sacc[4 * j + 3]))
+            # Row max across the quad (the 4 lanes sharing rows g and g + 8).
+            mx0 = max(mx0, cuda.shfl_xor_sync(0xFFFFFFFF, mx0, 1))
+            mx0 = max(mx0, cuda.shfl_xor_sync(0xFFFFFFFF, mx0, 2))
+            mx1 = max(mx1, cuda.shfl_xor_sync(0xFFFFFFFF, mx1, 1))
+            mx1 = max(mx1, cuda.shfl_xor_sync(0xFFFFFFFF, mx1, 2))
+            mn0 = max(m_0, mx0)
+            mn1 = max(m_1, mx1)
+            # A row with no visible key yet exponentiates against 0: P = 2^-inf = 0, not NaN.
+            ref0 = mn0 if mn0 != NEG_INF else float32(0.0)
+            ref1 = mn1 if mn1 != NEG_INF else float32(0.0)
+            alpha0 = ex2(m_0 - ref0)
+            alpha1 = ex2(m_1 - ref1)
+            m_0 = mn0
+            m_1 = mn1
+            sum0 = float32(0.0)
+            sum1 = float32(0.0)
+            for j in static_range(NT):
+                p0 = ex2(sacc[4 * j] - ref0)
+                p1 = ex2(sacc[4 * j + 1] - ref0)
+                p2 = ex2(sacc[4 * j + 2] - ref1)
+                p3 = ex2(sacc[4 * j + 3] - ref1)
+                sum0 += p0 + p1
+                sum1 += p2 + p3
+                if DROPOUT:  # l_i sums the undropped P; P V sees the dropped, rescaled one
+                    col = n0 + 8 * j + 2 * t
+                    p0 = p0 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row0, col, threshold) else float32(0)
+                    p1 = p1 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row0, col + 1, threshold) else float32(0)
+                    p2 = p2 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row1, col, threshold) else float32(0)
+                    p3 = p3 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row1, col + 1, threshold) else float32(0)
+                sacc[4 * j] = p0
+                sacc[4 * j + 1] = p1
+                sacc[4 * j + 2] = p2
+                sacc[4 * j + 3] = p3
+            l_0 = l_0 * alpha0 + sum0
+            l_1 = l_1 * alpha1 + sum1
+            for j in static_range(DT):
+                oacc[4 * j] *= alpha0
+                oacc[4 * j + 1] *= alpha0
+                oacc[4 * j + 2] *= alpha1
+                oacc[4 * j + 3] *= alpha1
+
+            # O += P V: P's C fragments, rounded to 16 bits, are the A fragments of this product.
+            v_row = (lane % 8) + 8 * ((lane // 8) % 2)
+            v_col = 8 * (lane // 16)
+            for kk in static_range(NT // 2):
+                a0 = pack(sacc[8 * kk], sacc[8 * kk + 1])
+                a1 = pack(sacc[8 * kk + 2], sacc[8 * kk + 3])
+                a2 = pack(sacc[8 * kk + 4], sacc[8 * kk + 5])
+                a3 = pack(sacc[8 * kk + 6], sacc[8 * kk + 7])
+                for dp in static_range(DT // 2):
+                    b0, b1, b2, b3 = ldmatrix_x4_trans(sV + uint32(((kk * 16 + v_row) * ROW + dp * 16 + v_col) * 2))
+                    j = 2 * dp
+                    oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3] = mma(
+                        a0, a1, a2, a3, b0, b1, oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3])
+                    j = 2 * dp + 1
+                    oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3] = mma(
+                        a0, a1, a2, a3, b2, b3, oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3])
+            it += 1
+            cuda.syncthreads()  # every warp is done with this buffer before a copy overwrites it
+
+        cp_async_wait_all()  # nothing left in flight when the block exits (e.g. no key tile at all)
+
+        # Epilogue: row sums across the quad, normalise, store 2 x 16 bits per word, lse in natural log.
+        l_0 += cuda.shfl_xor_sync(0xFFFFFFFF, l_0, 1)
+        l_0 += cuda.shfl_xor_sync(0xFFFFFFFF, l_0, 2)
+        l_1 += cuda.shfl_xor_sync(0xFFFFFFFF, l_1, 1)
+        l_1 += cuda.shfl_xor_sync(0xFFFFFFFF, l_1, 2)
+        inv0 = float32(1.0) / l_0 if l_0 > float32(0.0) else float32(0.0)
+        inv1 = float32(1.0) / l_1 if l_1 > float32(0.0) else float32(0.0)
+        o_base = global_address(out) + uint64(ab * out.strides[0] + h * out.strides[1] + q_off * out.strides[2])
+        os = out.strides[2]
+        for j in static_range(DT):
+            col = 8 * j + 2 * t
+            if col < D:
+                if row0 < n_q:
+                    st_global_u32(o_base + uint64(row0 * os + col * 2), pack(oacc[4 * j] * inv0, oacc[4 * j + 1] * inv0))
+                if row1 < n_q:
+                    st_global_u32(o_base + uint64(row1 * os + col * 2),
+                                  pack(oacc[4 * j + 2] * inv1, oacc[4 * j + 3] * inv1))
+        if t == 0:
+            if row0 < n_q:
+                lse[ab, h, q_off + row0] = m_0 * float32(LN2) + math.log(l_0) if l_0 > float32(0.0) else NEG_INF
+            if row1 < n_q:
+                lse[ab, h, q_off + row1] = m_1 * float32(LN2) + math.log(l_1) if l_1 > float32(0.0) else NEG_INF
+
+    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, Q_REGS=Q_REGS, S_REGS=S_REGS, O_REGS=O_REGS)
+    return cuda.jit(fastmath=False)(unrolled(kernel, constants))

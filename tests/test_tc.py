@@ -1,0 +1,147 @@
+"""The tensor-core forward (numba_flash.tc_forward): compiled for sm_90 in CI (tensor-core
+instructions present, nothing in local memory, no spills), checked against the float64 oracle on
+the GPU. The numerics of the default path are also covered by the Hypothesis suites
+(test_kernels, test_features), which draw TensorCoreConfigs on the GPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numba_flash as nf
+from numba_flash.config import BlockConfig, TensorCoreConfig
+
+from helpers import ON_GPU, to_device, to_host
+from test_compile import _have_toolchain
+from test_features import check_against_oracle
+from numba_flash.philox import reference_keep_mask
+
+_CASES = [(TensorCoreConfig(64, 64, 2), 64, False, False), (TensorCoreConfig(64, 64, 2), 128, False, False),
+          (TensorCoreConfig(128, 64, 2), 64, False, False), (TensorCoreConfig(64, 64, 2), 40, True, True),
+          (TensorCoreConfig(16, 16, 1), 128, True, True)]
+_SCRIPT = r"""
+import json, sys
+from numba_flash.config import TensorCoreConfig
+from numba_flash.resources import tc_compile_report
+for (bm, bn, st), d, varlen, dropout in json.loads(sys.argv[1]):
+    print(json.dumps(tc_compile_report(TensorCoreConfig(bm, bn, st), d, varlen, dropout)))
+"""
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_tensor_core_forward_compiles_to_mma_without_spills():
+    env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    cases = [[[c.block_m, c.block_n, c.stages], d, vl, dr] for c, d, vl, dr in _CASES]
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(cases)], env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reports = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert len(reports) == len(_CASES)
+    for (cfg, d, _, _), r in zip(_CASES, reports):
+        ksteps, dt, nt = -(-d // 16), -(-d // 16) * 2, cfg.block_n // 8
+        # Q K^T: ksteps x nt mma per tile; P V: (block_n / 16) x dt; unrolled, each appears once.
+        assert r["mma"] == ksteps * nt + (cfg.block_n // 16) * dt, r
+        assert r["ldmatrix"] > 0 and r["cp_async"] > 0 and r["ex2"] > 0, r
+        assert r["local_accesses"] == r["lmem"] == r["stack"] == 0, r
+        assert r["spill_stores"] == r["spill_loads"] == 0, r
+        assert r["registers"] <= 255, r
+
+
+def test_tensor_core_config_is_checked():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        TensorCoreConfig(48 + 8, 64)
+    with pytest.raises(ValueError, match="stages"):
+        TensorCoreConfig(64, 64, 3)
+    with pytest.raises(ValueError, match="head_dim must be at most 128"):
+        TensorCoreConfig().validate(256)
+    with pytest.raises(ValueError, match="forward pass only"):
+        TensorCoreConfig().validate(64, "backward")
+    assert TensorCoreConfig(128, 64, 2).shared_memory_bytes(64) == 2 * 72 * (128 + 4 * 64)
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the simulator's refusal; on the GPU the tensor-core path runs")
+def test_tensor_core_config_needs_the_gpu(rng):
+    q = rng.standard_normal((1, 1, 8, 16)).astype(np.float16)
+    with pytest.raises(ValueError, match="config: a TensorCoreConfig needs the GPU backend"):
+        nf.flash_attention(q, q, q, config=TensorCoreConfig())
+
+
+def test_backward_refuses_a_tensor_core_config(rng):
+    q = rng.standard_normal((1, 1, 8, 16)).astype(np.float16)
+    out, lse = nf.flash_attention(to_device(q), to_device(q), to_device(q), return_lse=True)
+    with pytest.raises(ValueError, match="forward pass only"):
+        nf.flash_attention_backward(to_device(q), to_device(q), to_device(q), to_device(q), out, lse,
+                                    config=TensorCoreConfig())
+
+
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="the tensor-core kernels use inline PTX, which only a GPU runs")
+
+
+@gpu_only
+def test_tensor_core_errors(rng):
+    import cupy
+
+    q = cupy.asarray(rng.standard_normal((1, 2, 64, 64)).astype(np.float16))
+    with pytest.raises(ValueError, match="config: the tensor-core kernels take float16"):
+        nf.flash_attention(q.astype(np.float32), q.astype(np.float32), q.astype(np.float32), config=TensorCoreConfig())
+    strided = cupy.asarray(rng.standard_normal((1, 2, 64, 128)).astype(np.float16))[..., ::2]
+    with pytest.raises(ValueError, match="contiguous last axis"):
+        nf.flash_attention(strided, q, q, config=TensorCoreConfig())
+    # config=None falls back to the portable kernel for the same input, and agrees with the oracle.
+    out = nf.flash_attention(strided, q, q)
+    want = nf.reference.attention_forward(to_host(strided), to_host(q), to_host(q))[0]
+    assert np.abs(to_host(out).astype(np.float64) - want).max() < 2e-2
+
+
+@gpu_only
+@pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 3, 1025, 1000, 64), (1, 4, 129, 513, 128),
+                                   (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("config", [TensorCoreConfig(64, 64, 2), TensorCoreConfig(128, 64, 2),
+                                    TensorCoreConfig(16, 16, 1)], ids=str)
+def test_tensor_core_forward_matches_oracle_at_odd_sizes(rng, shape, causal, config):
+    B, H, n_q, n_k, D = shape
+    q, k, v, do = (rng.standard_normal((B, H, n, D)).astype(np.float16) for n in (n_q, n_k, n_k, n_q))
+    dev = [to_device(a) for a in (q, k, v)]
+    out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True, config=config)
+    grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal)
+    check_against_oracle(q, k, v, do, to_host(out), to_host(lse), [to_host(g) for g in grads], causal, (-1, -1),
+                         0.0, None)
+
+
+@gpu_only
+def test_tensor_core_forward_drops_exactly_the_reference_mask(rng):
+    """As test_features' mask read-back, in float16 through the tensor-core forward: q = 0 makes every
+    probability 1/Nk, v = I reads Z_ij / (Nk (1 - p)) back out of the output."""
+    B, H, n, D, p = 2, 3, 64, 64, 0.4
+    seed = int(rng.integers(0, 2**63)) * 2 + 1
+    q = np.zeros((B, H, n, D), np.float16)
+    k = rng.standard_normal((B, H, n, D)).astype(np.float16)
+    eye = np.broadcast_to(np.eye(n, D, dtype=np.float16), (B, H, n, D)).copy()
+    want = reference_keep_mask(seed, p, B, H, n, n)
+    for config in (TensorCoreConfig(64, 64, 2), TensorCoreConfig(16, 16, 1)):
+        out = to_host(nf.flash_attention(to_device(q), to_device(k), to_device(eye), dropout_p=p, seed=seed,
+                                         config=config))
+        np.testing.assert_array_equal(out != 0, want)
+        # 1 / (n (1 - p)) = 0.0260416..., P rounded to float16 once: relative error <= 2^-11
+        np.testing.assert_allclose(out[want], 1.0 / (n * (1 - p)), rtol=2e-3)
+
+
+@gpu_only
+def test_default_forward_is_the_tensor_core_one_and_agrees_with_the_portable_one(rng):
+    from numba_flash import api
+
+    q, k, v = (rng.standard_normal((2, 4, 512, 64)).astype(np.float16) for _ in range(3))
+    dev = [to_device(a) for a in (q, k, v)]
+    assert isinstance(api._pick_forward(None, 64, np.float16, False, 512, (("q", dev[0]), ("k", dev[1]),
+                                                                        ("v", dev[2]))), TensorCoreConfig)
+    fast = to_host(nf.flash_attention(*dev, causal=True)).astype(np.float64)
+    portable = to_host(nf.flash_attention(*dev, causal=True, config=BlockConfig(64, 16, 256))).astype(np.float64)
+    want = nf.reference.attention_forward(q, k, v, causal=True)[0]
+    e_fast, e_port = np.abs(fast - want).max(), np.abs(portable - want).max()
+    # Both round the output to float16 (|out| < ~4: half an ulp <= 2^-9); the tensor-core one also rounds P.
+    assert e_fast < 4e-3 and e_port < 4e-3, (e_fast, e_port)
