@@ -1,0 +1,75 @@
+"""Where the host time of a tiny call goes: cProfile of numba_flash's forward (main thread) and of
+the adapter's backward inside PyTorch's autograd thread (cProfile follows one thread, so the
+backward is profiled from within). Prints the top functions by own time.
+
+    python experiments/host_profile.py > experiments/results/torch_adapter/host_profile.txt
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def top(prof, n=25):
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(n)
+    return s.getvalue()
+
+
+def main() -> int:
+    import cupy
+    import torch
+
+    import numba_flash as nf
+    from numba_flash import torch as nft
+
+    q = cupy.random.standard_normal((1, 1, 128, 64)).astype(cupy.float16)
+    for _ in range(20):
+        nf.flash_attention(q, q, q)
+    cupy.cuda.get_current_stream().synchronize()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(500):
+        nf.flash_attention(q, q, q)
+    prof.disable()
+    print(f"direct forward: {(time.perf_counter() - t0) / 500 * 1e6:.1f} us per call under the profiler")
+    print(top(prof))
+
+    tq = [torch.randn(1, 1, 128, 64, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3)]
+    do = torch.randn(1, 1, 128, 64, device="cuda", dtype=torch.float16)
+    bprof = cProfile.Profile()
+    original = nft.FlashAttentionFunction.backward
+
+    def profiled(ctx, *grads):
+        bprof.enable()
+        try:
+            return original(ctx, *grads)
+        finally:
+            bprof.disable()
+
+    for phase in ("warm", "measure"):
+        nft.FlashAttentionFunction.backward = staticmethod(profiled) if phase == "measure" else staticmethod(original)
+        t0 = time.perf_counter()
+        for _ in range(100):
+            out = nft.scaled_dot_product_attention(*tq)
+            torch.autograd.grad(out, tq, do)
+        torch.cuda.synchronize()
+        print(f"adapter fwd+bwd ({phase}): {(time.perf_counter() - t0) / 100 * 1e6:.1f} us per step")
+    nft.FlashAttentionFunction.backward = staticmethod(original)
+    print("adapter backward, inside the autograd thread:")
+    print(top(bprof))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
