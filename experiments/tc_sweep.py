@@ -23,7 +23,10 @@ from numba_flash import backend, results  # noqa: E402
 from numba_flash.config import TensorCoreConfig  # noqa: E402
 from numba_flash.timing import attention_flops, time_ms  # noqa: E402
 
-CONFIGS = [(64, 64, 2), (128, 64, 2), (128, 32, 2), (64, 32, 2), (128, 128, 2), (64, 64, 1), (128, 64, 1)]
+# (block_m, block_n, stages, rows_per_warp), per head_dim
+CONFIGS = {64: [(64, 64, 2, 16), (128, 64, 2, 16), (128, 32, 2, 32), (64, 32, 2, 32), (256, 32, 2, 32),
+                (128, 128, 2, 16), (64, 64, 1, 16)],
+           128: [(64, 64, 2, 16), (128, 64, 2, 16), (64, 32, 2, 16), (128, 32, 2, 16), (64, 64, 1, 16)]}
 
 
 def main(argv=None) -> int:
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="experiments/results/tc_sweep")
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--seqlen", type=int, default=4096)
-    parser.add_argument("--configs", nargs="*", default=None, help="bm,bn,stages ...")
+    parser.add_argument("--configs", nargs="*", default=None, help="block_m,block_n,stages,rows_per_warp ...")
     args = parser.parse_args(argv)
     if backend.BACKEND != backend.GPU:
         print("skipped: needs a CUDA GPU")
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    configs = [tuple(int(x) for x in c.split(",")) for c in args.configs] if args.configs else CONFIGS
+    given = [tuple(int(x) for x in c.split(",")) for c in args.configs] if args.configs else None
     rows = []
     for D in args.head_dims:
         H = 2048 // D
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
                         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
                 base[name] = time_ms(run, warmup=5, repeat=30)["median_ms"]
                 base[name + "_err"] = float((run().float() - want).abs().max())
-            for c in configs:
+            for c in given or CONFIGS.get(D, CONFIGS[64]):
                 cfg = TensorCoreConfig(*c)
                 row = {"D": D, "causal": causal, "B": B, "H": H, "N": N, "config": str(c)}
                 try:

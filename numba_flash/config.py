@@ -192,15 +192,21 @@ def tc_row_halves(head_dim: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TensorCoreConfig:
-    """Tiles of the tensor-core (GPU-only, float16) kernels, :mod:`numba_flash.tc_forward`: ``block_m`` query rows (16 per warp), ``block_n`` keys per
-    K/V tile (a multiple of 16), ``stages`` K/V buffers in shared memory (1 or 2)."""
+    """Tiles of the tensor-core (GPU-only, float16) forward, :mod:`numba_flash.tc_forward`.
+
+    ``block_m`` query rows per block, ``rows_per_warp`` (16 or 32) of them per warp, so
+    ``block_m / rows_per_warp`` warps; ``block_n`` keys per K/V tile (a multiple of 16); ``stages``
+    K/V buffers in shared memory (2: the next tile's copy overlaps this tile's math). With 32 rows
+    per warp every K/V fragment read from shared memory feeds two mma instead of one (half the
+    shared-memory traffic per flop) at the price of twice the accumulator registers."""
 
     block_m: int = 64
     block_n: int = 64
     stages: int = 2
+    rows_per_warp: int = 16
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "stages"):
+        for name in ("block_m", "block_n", "stages", "rows_per_warp"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"TensorCoreConfig.{name}: expected a positive int, got {value!r}")
@@ -212,10 +218,13 @@ class TensorCoreConfig:
             raise ValueError(f"TensorCoreConfig.block_n={self.block_n}: expected a multiple of 16 from 16 to 256")
         if self.stages not in (1, 2):
             raise ValueError(f"TensorCoreConfig.stages={self.stages}: expected 1 or 2")
+        if self.rows_per_warp not in (16, 32) or self.block_m % self.rows_per_warp:
+            raise ValueError(f"TensorCoreConfig.rows_per_warp={self.rows_per_warp}: expected 16 or 32, dividing "
+                             f"block_m={self.block_m}")
 
     @property
     def warps(self) -> int:
-        return self.block_m // 16
+        return self.block_m // self.rows_per_warp
 
     @property
     def num_threads(self) -> int:

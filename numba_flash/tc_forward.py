@@ -55,7 +55,7 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     """
     if elem not in ("f16", "bf16"):
         raise ValueError(f"elem: expected 'f16' or 'bf16', got {elem!r}")
-    BLOCK_M, BLOCK_N, STAGES, WARPS = config.block_m, config.block_n, config.stages, config.warps
+    BLOCK_M, BLOCK_N, STAGES = config.block_m, config.block_n, config.stages
     NUM_THREADS = config.num_threads
     D = head_dim
     ROW = tc_row_halves(D)  # shared row pitch in 16-bit words
@@ -64,7 +64,10 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     D_CHUNKS = D // 8  # 16-byte chunks per global row
     NT = BLOCK_N // 8  # 8-key n-tiles of S per warp
     DT = (ROW - 8) // 8  # 8-column n-tiles of O per warp
-    Q_REGS, S_REGS, O_REGS = KSTEPS * 4, NT * 4, DT * 4  # fragment registers per lane (literal sizes)
+    WM = config.rows_per_warp // 16  # m-tiles of 16 rows per warp: each K/V fragment feeds WM mma
+    S_TILE, O_TILE = NT * 4, DT * 4  # registers per lane of one m-tile's S and O
+    # fragment registers per lane (literal sizes for cuda.local.array)
+    Q_REGS, S_REGS, O_REGS, ROWS2, P_REGS = WM * KSTEPS * 4, WM * S_TILE, WM * O_TILE, 2 * WM, 4 * WM
     Q_BYTES = BLOCK_M * ROW * 2
     KV_BYTES = BLOCK_N * ROW * 2
     DROPOUT = dropout
@@ -100,9 +103,12 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
         smem = cuda.shared.array(0, uint8)
         s_base = shared_address(smem)
         sQ = s_base
-        qf = cuda.local.array(Q_REGS, uint32)  # Q fragments of this warp's 16 rows
-        sacc = cuda.local.array(S_REGS, float32)  # S (then P) of this warp: 16 x BLOCK_N
-        oacc = cuda.local.array(O_REGS, float32)  # O accumulator: 16 x D
+        # Registers of this warp's WM m-tiles of 16 rows (index mt * size + i everywhere).
+        qf = cuda.local.array(Q_REGS, uint32)  # Q fragments: 16 x D per m-tile
+        sacc = cuda.local.array(S_REGS, float32)  # S, then P: 16 x BLOCK_N per m-tile
+        oacc = cuda.local.array(O_REGS, float32)  # O accumulator: 16 x D per m-tile
+        m_i = cuda.local.array(ROWS2, float32)  # running max (base 2) of rows g and g + 8 of each m-tile
+        l_i = cuda.local.array(ROWS2, float32)  # running sum, per lane (reduced across the quad at the end)
 
         tid = cuda.threadIdx.x
         warp = tid // 32
@@ -133,15 +139,13 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                       KV_ITERS, tid)
         cp_async_commit()
 
-        # Row of this lane (and row + 8) within the sequence; scores pre-scaled for exp2.
-        row0 = m0 + warp * 16 + g
-        row1 = row0 + 8
+        # First row of this warp; lane rows are wrow + 16 mt + g (+ 8). Scores pre-scaled for exp2.
+        wrow = m0 + warp * 16 * WM
         qk_scale = scale * float32(LOG2E)
-        m_0 = NEG_INF
-        m_1 = NEG_INF
-        l_0 = float32(0.0)
-        l_1 = float32(0.0)
-        for i in static_range(DT * 4):
+        for i in static_range(ROWS2):
+            m_i[i] = NEG_INF
+            l_i[i] = float32(0.0)
+        for i in static_range(O_REGS):
             oacc[i] = float32(0.0)
 
         it = 0
@@ -155,140 +159,163 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                 if nxt < n_end:
                     nK = s_base + uint32(Q_BYTES + (1 - stage) * KV_BYTES)
                     load_tile(nK, k_src + uint64(nxt * ks), ks, n_k - nxt, BLOCK_N, KV_ITERS, tid)
-                    load_tile(nK + uint32(STAGES * KV_BYTES), v_src + uint64(nxt * vs), vs, n_k - nxt, BLOCK_N, KV_ITERS, tid)
+                    load_tile(nK + uint32(STAGES * KV_BYTES), v_src + uint64(nxt * vs), vs, n_k - nxt, BLOCK_N,
+                              KV_ITERS, tid)
                 cp_async_commit()
                 cp_async_wait_one()  # all but the newest group: this tile (and Q) have landed
             else:
                 cp_async_wait_all()
             cuda.syncthreads()
 
-            if it == 0:  # Q fragments, once: rows warp*16 .. +15, 16 columns per k-step
-                q_row = warp * 16 + (lane % 8) + 8 * ((lane // 8) % 2)
-                for kk in static_range(KSTEPS):
-                    a0, a1, a2, a3 = ldmatrix_x4(sQ + uint32((q_row * ROW + kk * 16 + 8 * (lane // 16)) * 2))
-                    qf[kk * 4] = a0
-                    qf[kk * 4 + 1] = a1
-                    qf[kk * 4 + 2] = a2
-                    qf[kk * 4 + 3] = a3
+            if it == 0:  # Q fragments, once: 16 rows x 16 columns per (m-tile, k-step)
+                for mt in static_range(WM):
+                    q_row = warp * 16 * WM + mt * 16 + (lane % 8) + 8 * ((lane // 8) % 2)
+                    for kk in static_range(KSTEPS):
+                        a0, a1, a2, a3 = ldmatrix_x4(sQ + uint32((q_row * ROW + kk * 16 + 8 * (lane // 16)) * 2))
+                        qf[(mt * KSTEPS + kk) * 4] = a0
+                        qf[(mt * KSTEPS + kk) * 4 + 1] = a1
+                        qf[(mt * KSTEPS + kk) * 4 + 2] = a2
+                        qf[(mt * KSTEPS + kk) * 4 + 3] = a3
 
-            # S = Q K^T (16 x BLOCK_N per warp), two 8-key n-tiles per ldmatrix.
-            for i in static_range(NT * 4):
+            # S = Q K^T: each ldmatrix of K (two 8-key n-tiles) feeds every m-tile of the warp.
+            for i in static_range(S_REGS):
                 sacc[i] = float32(0.0)
             k_row = (lane % 8) + 8 * (lane // 16)
             k_col = 8 * ((lane // 8) % 2)
             for kk in static_range(KSTEPS):
                 for jp in static_range(NT // 2):
                     b0, b1, b2, b3 = ldmatrix_x4(sK + uint32(((jp * 16 + k_row) * ROW + kk * 16 + k_col) * 2))
-                    j = 2 * jp
-                    sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3] = mma(
-                        qf[kk * 4], qf[kk * 4 + 1], qf[kk * 4 + 2], qf[kk * 4 + 3], b0, b1,
-                        sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3])
-                    j = 2 * jp + 1
-                    sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3] = mma(
-                        qf[kk * 4], qf[kk * 4 + 1], qf[kk * 4 + 2], qf[kk * 4 + 3], b2, b3,
-                        sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3])
+                    for mt in static_range(WM):
+                        qa = (mt * KSTEPS + kk) * 4
+                        j = mt * S_TILE + 8 * jp
+                        sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
+                            qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1,
+                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3])
+                        sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma(
+                            qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b2, b3,
+                            sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
 
             # Scale into base 2; mask only tiles that cross the sequence end or the band's edges.
             rel_lo = n0 - (m0 + BLOCK_M - 1) - diag
             rel_hi = n0 + BLOCK_N - 1 - m0 - diag
             partial = n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right
-            mx0 = NEG_INF
-            mx1 = NEG_INF
-            for j in static_range(NT):
-                for e in static_range(4):
-                    x = sacc[4 * j + e] * qk_scale
-                    if partial:
-                        col = n0 + 8 * j + 2 * t + (e % 2)
-                        rel = col - (row0 if e < 2 else row1) - diag
-                        if col >= n_k or rel < -left or rel > right:
-                            x = NEG_INF
-                    sacc[4 * j + e] = x
-                mx0 = max(mx0, max(sacc[4 * j], sacc[4 * j + 1]))
-                mx1 = max(mx1, max(sacc[4 * j + 2], sacc[4 * j + 3]))
-            # Row max across the quad (the 4 lanes sharing rows g and g + 8).
-            mx0 = max(mx0, cuda.shfl_xor_sync(0xFFFFFFFF, mx0, 1))
-            mx0 = max(mx0, cuda.shfl_xor_sync(0xFFFFFFFF, mx0, 2))
-            mx1 = max(mx1, cuda.shfl_xor_sync(0xFFFFFFFF, mx1, 1))
-            mx1 = max(mx1, cuda.shfl_xor_sync(0xFFFFFFFF, mx1, 2))
-            mn0 = max(m_0, mx0)
-            mn1 = max(m_1, mx1)
-            # A row with no visible key yet exponentiates against 0: P = 2^-inf = 0, not NaN.
-            ref0 = mn0 if mn0 != NEG_INF else float32(0.0)
-            ref1 = mn1 if mn1 != NEG_INF else float32(0.0)
-            alpha0 = ex2(m_0 - ref0)
-            alpha1 = ex2(m_1 - ref1)
-            m_0 = mn0
-            m_1 = mn1
-            sum0 = float32(0.0)
-            sum1 = float32(0.0)
-            for j in static_range(NT):
-                p0 = ex2(sacc[4 * j] - ref0)
-                p1 = ex2(sacc[4 * j + 1] - ref0)
-                p2 = ex2(sacc[4 * j + 2] - ref1)
-                p3 = ex2(sacc[4 * j + 3] - ref1)
-                sum0 += p0 + p1
-                sum1 += p2 + p3
-                if DROPOUT:  # l_i sums the undropped P; P V sees the dropped, rescaled one
-                    col = n0 + 8 * j + 2 * t
-                    p0 = p0 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row0, col, threshold) else float32(0)
-                    p1 = p1 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row0, col + 1, threshold) else float32(0)
-                    p2 = p2 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row1, col, threshold) else float32(0)
-                    p3 = p3 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row1, col + 1, threshold) else float32(0)
-                sacc[4 * j] = p0
-                sacc[4 * j + 1] = p1
-                sacc[4 * j + 2] = p2
-                sacc[4 * j + 3] = p3
-            l_0 = l_0 * alpha0 + sum0
-            l_1 = l_1 * alpha1 + sum1
-            for j in static_range(DT):
-                oacc[4 * j] *= alpha0
-                oacc[4 * j + 1] *= alpha0
-                oacc[4 * j + 2] *= alpha1
-                oacc[4 * j + 3] *= alpha1
+            for mt in static_range(WM):
+                row0 = wrow + mt * 16 + g
+                mx0 = NEG_INF
+                mx1 = NEG_INF
+                for j in static_range(NT):
+                    for e in static_range(4):
+                        x = sacc[mt * S_TILE + 4 * j + e] * qk_scale
+                        if partial:
+                            col = n0 + 8 * j + 2 * t + (e % 2)
+                            rel = col - (row0 + 8 * (e // 2)) - diag
+                            if col >= n_k or rel < -left or rel > right:
+                                x = NEG_INF
+                        sacc[mt * S_TILE + 4 * j + e] = x
+                    mx0 = max(mx0, max(sacc[mt * S_TILE + 4 * j], sacc[mt * S_TILE + 4 * j + 1]))
+                    mx1 = max(mx1, max(sacc[mt * S_TILE + 4 * j + 2], sacc[mt * S_TILE + 4 * j + 3]))
+                # Row max across the quad (the 4 lanes sharing rows g and g + 8).
+                mx0 = max(mx0, cuda.shfl_xor_sync(0xFFFFFFFF, mx0, 1))
+                mx0 = max(mx0, cuda.shfl_xor_sync(0xFFFFFFFF, mx0, 2))
+                mx1 = max(mx1, cuda.shfl_xor_sync(0xFFFFFFFF, mx1, 1))
+                mx1 = max(mx1, cuda.shfl_xor_sync(0xFFFFFFFF, mx1, 2))
+                mn0 = max(m_i[2 * mt], mx0)
+                mn1 = max(m_i[2 * mt + 1], mx1)
+                # A row with no visible key yet exponentiates against 0: P = 2^-inf = 0, not NaN.
+                ref0 = mn0 if mn0 != NEG_INF else float32(0.0)
+                ref1 = mn1 if mn1 != NEG_INF else float32(0.0)
+                alpha0 = ex2(m_i[2 * mt] - ref0)
+                alpha1 = ex2(m_i[2 * mt + 1] - ref1)
+                m_i[2 * mt] = mn0
+                m_i[2 * mt + 1] = mn1
+                sum0 = float32(0.0)
+                sum1 = float32(0.0)
+                for j in static_range(NT):
+                    s0 = mt * S_TILE + 4 * j
+                    p0 = ex2(sacc[s0] - ref0)
+                    p1 = ex2(sacc[s0 + 1] - ref0)
+                    p2 = ex2(sacc[s0 + 2] - ref1)
+                    p3 = ex2(sacc[s0 + 3] - ref1)
+                    sum0 += p0 + p1
+                    sum1 += p2 + p3
+                    if DROPOUT:  # l_i sums the undropped P; P V sees the dropped, rescaled one
+                        col = n0 + 8 * j + 2 * t
+                        row1 = row0 + 8
+                        p0 = p0 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row0, col, threshold) else float32(0)
+                        p1 = p1 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row0, col + 1, threshold) else float32(0)
+                        p2 = p2 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row1, col, threshold) else float32(0)
+                        p3 = p3 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row1, col + 1, threshold) else float32(0)
+                    sacc[s0] = p0
+                    sacc[s0 + 1] = p1
+                    sacc[s0 + 2] = p2
+                    sacc[s0 + 3] = p3
+                l_i[2 * mt] = l_i[2 * mt] * alpha0 + sum0
+                l_i[2 * mt + 1] = l_i[2 * mt + 1] * alpha1 + sum1
+                for j in static_range(DT):
+                    o0 = mt * O_TILE + 4 * j
+                    oacc[o0] *= alpha0
+                    oacc[o0 + 1] *= alpha0
+                    oacc[o0 + 2] *= alpha1
+                    oacc[o0 + 3] *= alpha1
 
-            # O += P V: P's C fragments, rounded to 16 bits, are the A fragments of this product.
+            # O += P V: P's C fragments, rounded to 16 bits, are the A fragments of this product;
+            # each ldmatrix of V (two 8-column n-tiles) feeds every m-tile.
             v_row = (lane % 8) + 8 * ((lane // 8) % 2)
             v_col = 8 * (lane // 16)
             for kk in static_range(NT // 2):
-                a0 = pack(sacc[8 * kk], sacc[8 * kk + 1])
-                a1 = pack(sacc[8 * kk + 2], sacc[8 * kk + 3])
-                a2 = pack(sacc[8 * kk + 4], sacc[8 * kk + 5])
-                a3 = pack(sacc[8 * kk + 6], sacc[8 * kk + 7])
+                pa = cuda.local.array(P_REGS, uint32)
+                for mt in static_range(WM):
+                    s0 = mt * S_TILE + 8 * kk
+                    pa[4 * mt] = pack(sacc[s0], sacc[s0 + 1])
+                    pa[4 * mt + 1] = pack(sacc[s0 + 2], sacc[s0 + 3])
+                    pa[4 * mt + 2] = pack(sacc[s0 + 4], sacc[s0 + 5])
+                    pa[4 * mt + 3] = pack(sacc[s0 + 6], sacc[s0 + 7])
                 for dp in static_range(DT // 2):
                     b0, b1, b2, b3 = ldmatrix_x4_trans(sV + uint32(((kk * 16 + v_row) * ROW + dp * 16 + v_col) * 2))
-                    j = 2 * dp
-                    oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3] = mma(
-                        a0, a1, a2, a3, b0, b1, oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3])
-                    j = 2 * dp + 1
-                    oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3] = mma(
-                        a0, a1, a2, a3, b2, b3, oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3])
+                    for mt in static_range(WM):
+                        j = mt * O_TILE + 8 * dp
+                        oacc[j], oacc[j + 1], oacc[j + 2], oacc[j + 3] = mma(
+                            pa[4 * mt], pa[4 * mt + 1], pa[4 * mt + 2], pa[4 * mt + 3], b0, b1,
+                            oacc[j], oacc[j + 1], oacc[j + 2], oacc[j + 3])
+                        oacc[j + 4], oacc[j + 5], oacc[j + 6], oacc[j + 7] = mma(
+                            pa[4 * mt], pa[4 * mt + 1], pa[4 * mt + 2], pa[4 * mt + 3], b2, b3,
+                            oacc[j + 4], oacc[j + 5], oacc[j + 6], oacc[j + 7])
             it += 1
             cuda.syncthreads()  # every warp is done with this buffer before a copy overwrites it
 
         cp_async_wait_all()  # nothing left in flight when the block exits (e.g. no key tile at all)
 
         # Epilogue: row sums across the quad, normalise, store 2 x 16 bits per word, lse in natural log.
-        l_0 += cuda.shfl_xor_sync(0xFFFFFFFF, l_0, 1)
-        l_0 += cuda.shfl_xor_sync(0xFFFFFFFF, l_0, 2)
-        l_1 += cuda.shfl_xor_sync(0xFFFFFFFF, l_1, 1)
-        l_1 += cuda.shfl_xor_sync(0xFFFFFFFF, l_1, 2)
-        inv0 = float32(1.0) / l_0 if l_0 > float32(0.0) else float32(0.0)
-        inv1 = float32(1.0) / l_1 if l_1 > float32(0.0) else float32(0.0)
         o_base = global_address(out) + uint64(ab * out.strides[0] + h * out.strides[1] + q_off * out.strides[2])
         os = out.strides[2]
-        for j in static_range(DT):
-            col = 8 * j + 2 * t
-            if col < D:
+        for mt in static_range(WM):
+            row0 = wrow + mt * 16 + g
+            row1 = row0 + 8
+            l_0 = l_i[2 * mt]
+            l_1 = l_i[2 * mt + 1]
+            l_0 += cuda.shfl_xor_sync(0xFFFFFFFF, l_0, 1)
+            l_0 += cuda.shfl_xor_sync(0xFFFFFFFF, l_0, 2)
+            l_1 += cuda.shfl_xor_sync(0xFFFFFFFF, l_1, 1)
+            l_1 += cuda.shfl_xor_sync(0xFFFFFFFF, l_1, 2)
+            inv0 = float32(1.0) / l_0 if l_0 > float32(0.0) else float32(0.0)
+            inv1 = float32(1.0) / l_1 if l_1 > float32(0.0) else float32(0.0)
+            for j in static_range(DT):
+                o0 = mt * O_TILE + 4 * j
+                col = 8 * j + 2 * t
+                if col < D:
+                    if row0 < n_q:
+                        st_global_u32(o_base + uint64(row0 * os + col * 2), pack(oacc[o0] * inv0, oacc[o0 + 1] * inv0))
+                    if row1 < n_q:
+                        st_global_u32(o_base + uint64(row1 * os + col * 2),
+                                      pack(oacc[o0 + 2] * inv1, oacc[o0 + 3] * inv1))
+            if t == 0:
+                m_0 = m_i[2 * mt]
+                m_1 = m_i[2 * mt + 1]
                 if row0 < n_q:
-                    st_global_u32(o_base + uint64(row0 * os + col * 2), pack(oacc[4 * j] * inv0, oacc[4 * j + 1] * inv0))
+                    lse[ab, h, q_off + row0] = m_0 * float32(LN2) + math.log(l_0) if l_0 > float32(0.0) else NEG_INF
                 if row1 < n_q:
-                    st_global_u32(o_base + uint64(row1 * os + col * 2),
-                                  pack(oacc[4 * j + 2] * inv1, oacc[4 * j + 3] * inv1))
-        if t == 0:
-            if row0 < n_q:
-                lse[ab, h, q_off + row0] = m_0 * float32(LN2) + math.log(l_0) if l_0 > float32(0.0) else NEG_INF
-            if row1 < n_q:
-                lse[ab, h, q_off + row1] = m_1 * float32(LN2) + math.log(l_1) if l_1 > float32(0.0) else NEG_INF
+                    lse[ab, h, q_off + row1] = m_1 * float32(LN2) + math.log(l_1) if l_1 > float32(0.0) else NEG_INF
 
-    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, Q_REGS=Q_REGS, S_REGS=S_REGS, O_REGS=O_REGS)
+    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, WM=WM, Q_REGS=Q_REGS, S_REGS=S_REGS, O_REGS=O_REGS,
+                     ROWS2=ROWS2, P_REGS=P_REGS, S_TILE=S_TILE, O_TILE=O_TILE)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))
