@@ -24,9 +24,8 @@ from numba_flash.config import TensorCoreConfig  # noqa: E402
 from numba_flash.timing import attention_flops, time_ms  # noqa: E402
 
 # (block_m, block_n, stages, rows_per_warp), per head_dim
-CONFIGS = {64: [(64, 64, 2, 16), (128, 64, 2, 16), (128, 32, 2, 32), (64, 32, 2, 32), (256, 32, 2, 32),
-                (128, 128, 2, 16), (64, 64, 1, 16)],
-           128: [(64, 64, 2, 16), (128, 64, 2, 16), (64, 32, 2, 16), (128, 32, 2, 16), (64, 64, 1, 16)]}
+CONFIGS = {64: [(64, 64, 2, 16), (128, 32, 2, 32), (128, 64, 2, 16)],
+           128: [(64, 32, 2, 16), (128, 32, 2, 16), (64, 64, 2, 16)]}
 
 
 def main(argv=None) -> int:

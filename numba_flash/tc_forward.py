@@ -98,6 +98,16 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
             dst += uint32(ROW_STEP * ROW * 2)
             at += step
 
+    @cuda.jit(device=True, forceinline=True)
+    def masked(x, col, row, diag, left, right, n_k):
+        """x, or -inf where key ``col`` is past the sequence or outside row ``row``'s band."""
+        rel = col - row - diag
+        return x if col < n_k and rel >= -left and rel <= right else NEG_INF
+
+    @cuda.jit(device=True, forceinline=True)
+    def dropped(p, seed_lo, seed_hi, b, h, row, col, threshold, drop_scale):
+        return p * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row, col, threshold) else float32(0.0)
+
     def kernel(q, k, v, out, lse, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi, threshold,
                drop_scale):
         smem = cuda.shared.array(0, uint8)
@@ -196,22 +206,24 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                             sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
 
             # Scale into base 2; mask only tiles that cross the sequence end or the band's edges.
+            # (Per-element work sits in device functions: one call is one statement for Numba's
+            # passes, whose time grows with the unrolled body's branches.)
+            for i in static_range(S_REGS):
+                sacc[i] *= qk_scale
             rel_lo = n0 - (m0 + BLOCK_M - 1) - diag
             rel_hi = n0 + BLOCK_N - 1 - m0 - diag
-            partial = n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right
+            if n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right:
+                for mt in static_range(WM):
+                    for j in static_range(NT):
+                        for e in static_range(4):
+                            sacc[mt * S_TILE + 4 * j + e] = masked(
+                                sacc[mt * S_TILE + 4 * j + e], n0 + 8 * j + 2 * t + (e % 2),
+                                wrow + mt * 16 + g + 8 * (e // 2), diag, left, right, n_k)
             for mt in static_range(WM):
                 row0 = wrow + mt * 16 + g
                 mx0 = NEG_INF
                 mx1 = NEG_INF
                 for j in static_range(NT):
-                    for e in static_range(4):
-                        x = sacc[mt * S_TILE + 4 * j + e] * qk_scale
-                        if partial:
-                            col = n0 + 8 * j + 2 * t + (e % 2)
-                            rel = col - (row0 + 8 * (e // 2)) - diag
-                            if col >= n_k or rel < -left or rel > right:
-                                x = NEG_INF
-                        sacc[mt * S_TILE + 4 * j + e] = x
                     mx0 = max(mx0, max(sacc[mt * S_TILE + 4 * j], sacc[mt * S_TILE + 4 * j + 1]))
                     mx1 = max(mx1, max(sacc[mt * S_TILE + 4 * j + 2], sacc[mt * S_TILE + 4 * j + 3]))
                 # Row max across the quad (the 4 lanes sharing rows g and g + 8).
@@ -240,11 +252,10 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     sum1 += p2 + p3
                     if DROPOUT:  # l_i sums the undropped P; P V sees the dropped, rescaled one
                         col = n0 + 8 * j + 2 * t
-                        row1 = row0 + 8
-                        p0 = p0 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row0, col, threshold) else float32(0)
-                        p1 = p1 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row0, col + 1, threshold) else float32(0)
-                        p2 = p2 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row1, col, threshold) else float32(0)
-                        p3 = p3 * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row1, col + 1, threshold) else float32(0)
+                        p0 = dropped(p0, seed_lo, seed_hi, b, h, row0, col, threshold, drop_scale)
+                        p1 = dropped(p1, seed_lo, seed_hi, b, h, row0, col + 1, threshold, drop_scale)
+                        p2 = dropped(p2, seed_lo, seed_hi, b, h, row0 + 8, col, threshold, drop_scale)
+                        p3 = dropped(p3, seed_lo, seed_hi, b, h, row0 + 8, col + 1, threshold, drop_scale)
                     sacc[s0] = p0
                     sacc[s0 + 1] = p1
                     sacc[s0 + 2] = p2
@@ -299,15 +310,16 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
             l_1 += cuda.shfl_xor_sync(0xFFFFFFFF, l_1, 2)
             inv0 = float32(1.0) / l_0 if l_0 > float32(0.0) else float32(0.0)
             inv1 = float32(1.0) / l_1 if l_1 > float32(0.0) else float32(0.0)
-            for j in static_range(DT):
-                o0 = mt * O_TILE + 4 * j
-                col = 8 * j + 2 * t
-                if col < D:
-                    if row0 < n_q:
-                        st_global_u32(o_base + uint64(row0 * os + col * 2), pack(oacc[o0] * inv0, oacc[o0 + 1] * inv0))
-                    if row1 < n_q:
-                        st_global_u32(o_base + uint64(row1 * os + col * 2),
-                                      pack(oacc[o0 + 2] * inv1, oacc[o0 + 3] * inv1))
+            if row0 < n_q:
+                for j in static_range(D_TILES):  # the 8-column tiles inside head_dim
+                    o0 = mt * O_TILE + 4 * j
+                    st_global_u32(o_base + uint64(row0 * os + (8 * j + 2 * t) * 2),
+                                  pack(oacc[o0] * inv0, oacc[o0 + 1] * inv0))
+            if row1 < n_q:
+                for j in static_range(D_TILES):
+                    o0 = mt * O_TILE + 4 * j
+                    st_global_u32(o_base + uint64(row1 * os + (8 * j + 2 * t) * 2),
+                                  pack(oacc[o0 + 2] * inv1, oacc[o0 + 3] * inv1))
             if t == 0:
                 m_0 = m_i[2 * mt]
                 m_1 = m_i[2 * mt + 1]
@@ -317,5 +329,5 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     lse[ab, h, q_off + row1] = m_1 * float32(LN2) + math.log(l_1) if l_1 > float32(0.0) else NEG_INF
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, WM=WM, Q_REGS=Q_REGS, S_REGS=S_REGS, O_REGS=O_REGS,
-                     ROWS2=ROWS2, P_REGS=P_REGS, S_TILE=S_TILE, O_TILE=O_TILE)
+                     ROWS2=ROWS2, P_REGS=P_REGS, S_TILE=S_TILE, O_TILE=O_TILE, D_TILES=D // 8)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))
