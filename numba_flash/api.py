@@ -164,7 +164,7 @@ def _tc_problem(arrays) -> str | None:
     return None
 
 
-def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays):
+def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays, dropout=False):
     """The forward config: a TensorCoreConfig (GPU, float16, layout fits) or a BlockConfig (portable).
 
     ``config=None`` takes the tensor-core kernel wherever it can run; a TensorCoreConfig or a
@@ -182,8 +182,8 @@ def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays):
             raise ValueError(f"config: {why}")
         return config.validate(head_dim)
     if (config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16
-            and not default_tc_config(head_dim).problems(head_dim) and _tc_problem(arrays) is None):
-        return default_tc_config(head_dim)
+            and not default_tc_config(head_dim, dropout).problems(head_dim) and _tc_problem(arrays) is None):
+        return default_tc_config(head_dim, dropout)
     return _check_config(config, head_dim, dtype, "forward", causal, seqlen)
 
 
@@ -329,7 +329,7 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     n_k = k.shape[2]
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _pick_forward(config, D, q.dtype, bool(causal), max(n_q, n_k), (("q", q), ("k", k), ("v", v)))
+    cfg = _pick_forward(config, D, q.dtype, bool(causal), max(n_q, n_k), (("q", q), ("k", k), ("v", v)), opts[0])
     none = _no_offsets()
     out, lse = _run_forward(q, k, v, none, none, B, n_q, False, group, scale, cfg, opts, q.shape, (B, H, n_q), _same)
     return (out, lse) if return_lse else out
@@ -440,7 +440,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
     cfg = _pick_forward(config, D, q.dtype, bool(causal), max(max_seqlen_q, max_seqlen_k),
-                        (("q", q), ("k", k), ("v", v)))
+                        (("q", q), ("k", k), ("v", v)), opts[0])
     out, lse = _run_forward(q, k, v, cu_q, cu_k, n_seq, max_seqlen_q, True, group, scale, cfg, opts, q.shape, (H, T),
                             _packed)
     return (out, lse) if return_lse else out
