@@ -43,8 +43,9 @@ def test_tensor_core_forward_compiles_to_mma_without_spills():
     reports = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert len(reports) == len(_CASES)
     for (cfg, d, _, _), r in zip(_CASES, reports):
-        ksteps, dt, nt, wm = -(-d // 16), -(-d // 16) * 2, cfg.block_n // 8, cfg.rows_per_warp // 16
-        # Per m-tile, Q K^T: ksteps x nt mma per tile; P V: (block_n / 16) x dt; unrolled, each once.
+        ksteps, dt, nt, wm = -(-d // 16), d // 8, cfg.block_n // 8, cfg.rows_per_warp // 16
+        # Per m-tile, Q K^T: ksteps x nt mma per tile; P V: (block_n / 16) x (head_dim / 8), the
+        # padding columns' products being dead code; unrolled, each appears once.
         assert r["mma"] == wm * (ksteps * nt + (cfg.block_n // 16) * dt), r
         assert r["ldmatrix"] > 0 and r["cp_async"] > 0 and r["ex2"] > 0, r
         assert r["local_accesses"] == r["lmem"] == r["stack"] == 0, r
