@@ -173,7 +173,11 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                               KV_ITERS, tid)
                 cp_async_commit()
                 cp_async_wait_one()  # all but the newest group: this tile (and Q) have landed
-            else:
+            else:  # one buffer: load this tile now (the prologue loaded the first one)
+                if it > 0:
+                    load_tile(sK, k_src + uint64(n0 * ks), ks, n_k - n0, BLOCK_N, KV_ITERS, tid)
+                    load_tile(sV, v_src + uint64(n0 * vs), vs, n_k - n0, BLOCK_N, KV_ITERS, tid)
+                    cp_async_commit()
                 cp_async_wait_all()
             cuda.syncthreads()
 
