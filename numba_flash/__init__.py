@@ -8,7 +8,7 @@ from . import backend  # first: decides GPU or simulator before numba.cuda is im
 from . import reference
 from .api import flash_attention, flash_attention_backward, flash_attention_varlen, flash_attention_varlen_backward
 from .philox import dropout_mask, new_seed
-from .config import BlockConfig, default_config
+from .config import BlockConfig, TensorCoreConfig, default_config
 
 __version__ = "0.1.0"
 BACKEND = backend.BACKEND
@@ -16,6 +16,7 @@ BACKEND = backend.BACKEND
 __all__ = [
     "BACKEND",
     "BlockConfig",
+    "TensorCoreConfig",
     "default_config",
     "flash_attention",
     "flash_attention_backward",

@@ -316,8 +316,10 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     (bottom-right aligned); a query that sees no key gets 0 and ``lse = -inf``. ``softmax_scale``
     defaults to ``1/sqrt(D)``. ``dropout_p`` > 0 drops probabilities with the mask
     :func:`numba_flash.dropout_mask` draws from ``seed`` (required then: the backward regenerates
-    the mask from it); ``lse`` stays that of the undropped probabilities. ``config`` is a
-    :class:`BlockConfig` (default: tuned or :func:`default_config`).
+    the mask from it); ``lse`` stays that of the undropped probabilities. ``config``: None picks
+    the tensor-core kernel on a GPU for float16 (contiguous last axis, 16-byte aligned rows,
+    head_dim <= 128) and the portable kernel otherwise; a :class:`TensorCoreConfig` or a
+    :class:`BlockConfig` forces that kernel.
 
     Returns ``out`` (like q), or ``(out, lse)`` with ``lse`` float32 (B, H, Nq), the natural-log
     log-sum-exp of each row's scaled scores, when ``return_lse`` is true.
