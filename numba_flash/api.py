@@ -181,9 +181,10 @@ def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays, dropout=False
         if why:
             raise ValueError(f"config: {why}")
         return config.validate(head_dim)
-    if (config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16
-            and not default_tc_config(head_dim, dropout).problems(head_dim) and _tc_problem(arrays) is None):
-        return default_tc_config(head_dim, dropout)
+    if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16:
+        fast = default_tc_config(head_dim, dropout)
+        if not fast.problems(head_dim) and _tc_problem(arrays) is None:
+            return fast
     return _check_config(config, head_dim, dtype, "forward", causal, seqlen)
 
 

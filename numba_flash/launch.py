@@ -27,7 +27,6 @@ import threading
 
 import numpy as np
 
-_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 _CUDA_ERROR_INVALID_CONTEXT = 201
 
 _driver = None
@@ -116,8 +115,6 @@ class _Prepared:
         except TypeError:  # older cuda.bindings handle objects
             self.handle = int(cufunc.handle.getPtr())
         self.device_id = cufunc.device.id
-        self.regs = cufunc.attrs.regs
-        self.arrays = tuple(i for i, t in enumerate(argtypes) if getattr(t, "ndim", 0) > 0)
         self.fmt, self.offsets = param_layout(argtypes)
         self.size = struct.calcsize(self.fmt)
         self.max_shared = 48 * 1024

@@ -39,24 +39,6 @@ def pack_half2(typingctx, lo, hi):
     return sig, codegen
 
 
-@intrinsic
-def mma_16816_f16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
-    if any(x != types.uint32 for x in (a0, a1, a2, a3, b0, b1)) or any(
-            x != types.float32 for x in (c0, c1, c2, c3)):
-        return None
-    ret = types.UniTuple(types.float32, 4)
-    sig = ret(*([types.uint32] * 6 + [types.float32] * 4))
-
-    def codegen(context, builder, signature, args):
-        f32, i32 = ir.FloatType(), ir.IntType(32)
-        fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
-        asm = ir.InlineAsm(fnty, _MMA_16816_F16, "=f,=f,=f,=f," + ",".join(["r"] * 6 + ["f"] * 4))
-        out = builder.call(asm, args)
-        return context.make_tuple(builder, ret, [builder.extract_value(out, i) for i in range(4)])
-
-    return sig, codegen
-
-
 def _asm(ret, args, text, constraints, side_effect=False, actual=None):
     """An intrinsic's (signature, codegen): one inline-PTX statement taking ``args`` (numba types:
     uint32, uint64, float32) and returning ``ret`` (one of them, a UniTuple of them, or void).
@@ -91,13 +73,23 @@ def _is(actual, expected):
         (isinstance(a, types.Integer) if e in (_U32, _U64) else a == e) for a, e in zip(actual, expected))
 
 
+def _mma(text, operands):
+    if not _is(operands, [_U32] * 6 + [_F32] * 4):
+        return None
+    return _asm(types.UniTuple(_F32, 4), [_U32] * 6 + [_F32] * 4, text,
+                "=f,=f,=f,=f," + ",".join(["r"] * 6 + ["f"] * 4), actual=operands)
+
+
+@intrinsic
+def mma_16816_f16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    """One warp-wide m16n8k16 float16 mma with float32 accumulation (layout in the module docstring)."""
+    return _mma(_MMA_16816_F16, (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3))
+
+
 @intrinsic
 def mma_16816_bf16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
     """As :func:`mma_16816_f16` with bfloat16 operands (the same fragment layout)."""
-    if not _is((a0, a1, a2, a3, b0, b1, c0, c1, c2, c3), [_U32] * 6 + [_F32] * 4):
-        return None
-    return _asm(types.UniTuple(_F32, 4), [_U32] * 6 + [_F32] * 4, _MMA_16816_F16.replace(".f16.f16", ".bf16.bf16"),
-                "=f,=f,=f,=f," + ",".join(["r"] * 6 + ["f"] * 4), actual=(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3,))
+    return _mma(_MMA_16816_F16.replace(".f16.f16", ".bf16.bf16"), (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3))
 
 
 @intrinsic
@@ -182,32 +174,6 @@ def st_global_u32(typingctx, addr, value):
     return _asm(types.void, [_U64, _U32], "st.global.b32 [$0], $1;", "l,r", side_effect=True, actual=(addr, value,))
 
 
-@intrinsic
-def st_global_v4(typingctx, addr, a, b, c, d):
-    """Store 16 bytes (four 32-bit words) at global address ``addr`` (uint64, 16-byte aligned)."""
-    if not _is((addr, a, b, c, d), [_U64, _U32, _U32, _U32, _U32]):
-        return None
-    return _asm(types.void, [_U64, _U32, _U32, _U32, _U32], "st.global.v4.b32 [$0], {$1, $2, $3, $4};",
-                "l,r,r,r,r", side_effect=True, actual=(addr, a, b, c, d,))
-
-
-@intrinsic
-def ld_shared_v4(typingctx, addr):
-    """Load 16 bytes (four 32-bit words) from shared-window address ``addr`` (uint32)."""
-    if not _is((addr,), [_U32]):
-        return None
-    return _asm(types.UniTuple(_U32, 4), [_U32], "ld.shared.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,r",
-                side_effect=True, actual=(addr,))
-
-
-@intrinsic
-def st_shared_u32(typingctx, addr, value):
-    """Store one 32-bit word at shared-window address ``addr`` (uint32)."""
-    if not _is((addr, value), [_U32, _U32]):
-        return None
-    return _asm(types.void, [_U32, _U32], "st.shared.b32 [$0], $1;", "r,r", side_effect=True, actual=(addr, value,))
-
-
 def _data_pointer(context, builder, aryty, ary):
     return context.make_array(aryty)(context, builder, ary).data
 
@@ -239,9 +205,8 @@ def shared_address(typingctx, ary):
 
 
 __all__ = ["cp_async16", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "global_address",
-           "ld_shared_v4", "ldmatrix_x4", "ldmatrix_x4_trans", "mma_16816_bf16", "mma_16816_f16", "pack_bf16x2",
-           "pack_f16x2", "pack_half2", "shared_address", "st_global_u32", "st_global_v4", "st_shared_u32",
-           "warp_mma_kernel"]
+           "ldmatrix_x4", "ldmatrix_x4_trans", "mma_16816_bf16", "mma_16816_f16", "pack_bf16x2", "pack_f16x2",
+           "pack_half2", "shared_address", "st_global_u32", "warp_mma_kernel"]
 
 
 def warp_mma_kernel():

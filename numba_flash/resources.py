@@ -100,8 +100,9 @@ def compile_report(kernel: str, config, head_dim: int, dtype, cc=(9, 0), varlen=
     return out
 
 
-def tc_signature(varlen: bool = False):
-    """Argument types of the tensor-core forward as :mod:`numba_flash.launch` compiles it (layout 'A')."""
+def tc_signature():
+    """Argument types of the tensor-core forward as :mod:`numba_flash.launch` compiles it (layout 'A'; the
+    same for the varlen variant, whose offsets are always passed)."""
     from numba.cuda import types
 
     a4 = types.Array(types.float16, 4, "A")
@@ -117,9 +118,9 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
     from .tc_forward import tc_forward_kernel
 
     kernel = tc_forward_kernel(config, head_dim, varlen, dropout, elem)
-    ptx, out = compile_for(kernel.py_func, tc_signature(varlen), cc, "tc_forward")
+    ptx, out = compile_for(kernel.py_func, tc_signature(), cc, "tc_forward")
     out.update(kernel="tc_forward", head_dim=head_dim, varlen=varlen, dropout=dropout, elem=elem,
-               arch=f"sm_{cc[0]}{cc[1]}", config=[config.block_m, config.block_n, config.stages],
+               arch=f"sm_{cc[0]}{cc[1]}", config=[config.block_m, config.block_n, config.stages, config.rows_per_warp],
                mma=len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16", ptx)),
                ldmatrix=len(re.findall(r"\bldmatrix\.sync", ptx)), cp_async=len(re.findall(r"\bcp\.async\.cg", ptx)),
                ex2=len(re.findall(r"\bex2\.approx", ptx)), local_accesses=len(re.findall(r"\b(?:ld|st)\.local", ptx)),

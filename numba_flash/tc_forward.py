@@ -3,9 +3,9 @@
 The same algorithm as :mod:`numba_flash.forward` (its NumPy spec holds line for line), laid out the
 way FlashAttention-2 lays it out on the tensor cores:
 
-* A block of ``WARPS`` warps owns ``BLOCK_M = 16 * WARPS`` query rows; each warp owns 16 of them and
-  keeps everything about them in registers: its Q fragments (loaded once), the S = Q K^T tile
-  (``BLOCK_N`` keys), the running ``m_i`` / ``l_i`` of its two rows per lane, and the O
+* A block owns ``BLOCK_M`` query rows, ``rows_per_warp`` (16 or 32: one or two m-tiles) per warp;
+  a warp keeps everything about its rows in registers: its Q fragments (loaded once), the S = Q K^T tile
+  (``BLOCK_N`` keys), the running ``m_i`` / ``l_i`` of its two rows per lane and m-tile, and the O
   accumulator. Warps never exchange data; only K and V tiles are shared.
 * K and V tiles stream through shared memory with ``cp.async`` (16 bytes per copy, ragged rows
   zero-filled), ``STAGES`` = 2 buffers deep: the copy of tile j+1 overlaps the math on tile j.
@@ -18,7 +18,7 @@ way FlashAttention-2 lays it out on the tensor cores:
 * Row max and sum are reduced across the 4 lanes of a quad with ``shfl.xor``; ``l_i`` is summed
   per lane and reduced once at the end.
 
-``ELEM`` is ``"f16"`` or ``"bf16"``: arrays are read as raw 16-bit words, so bfloat16 data arrives
+``elem`` is ``"f16"`` or ``"bf16"``: arrays are read as raw 16-bit words, so bfloat16 data arrives
 as uint16 arrays (CuPy has no bfloat16). Requirements (the API checks them and otherwise uses the
 portable kernel): the last axis contiguous, 16-byte aligned rows, ``head_dim % 8 == 0``.
 """
@@ -29,7 +29,7 @@ import functools
 import math
 
 from numba import cuda
-from numba.cuda import float32, int32, uint8, uint32, uint64
+from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TensorCoreConfig, tc_row_halves
 from .masking import key_span, sequence_bounds
