@@ -164,10 +164,10 @@ def _tc_problem(arrays) -> str | None:
     return None
 
 
-def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays, dropout=False):
-    """The forward config: a TensorCoreConfig (GPU, float16, layout fits) or a BlockConfig (portable).
+def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False):
+    """The config of ``pass_``: a TensorCoreConfig (GPU, float16, layout fits) or a BlockConfig (portable).
 
-    ``config=None`` takes the tensor-core kernel wherever it can run; a TensorCoreConfig or a
+    ``config=None`` takes the tensor-core kernels wherever they can run; a TensorCoreConfig or a
     BlockConfig forces that kernel (an error, saying why, if the tensor-core one cannot run).
     """
     if isinstance(config, TensorCoreConfig):
@@ -180,17 +180,19 @@ def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays, dropout=False
         why = _tc_problem(arrays)
         if why:
             raise ValueError(f"config: {why}")
-        return config.validate(head_dim)
+        return config.validate(head_dim, pass_)
     if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16:
-        fast = default_tc_config(head_dim, dropout)
-        if not fast.problems(head_dim) and _tc_problem(arrays) is None:
+        fast = default_tc_config(head_dim, dropout, pass_)
+        if not fast.problems(head_dim, pass_) and _tc_problem(arrays) is None:
             return fast
-    return _check_config(config, head_dim, dtype, "forward", causal, seqlen)
+    return _check_config(config, head_dim, dtype, pass_, causal, seqlen)
+
+
+def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays, dropout=False):
+    return _pick(config, "forward", head_dim, dtype, causal, seqlen, arrays, dropout)
 
 
 def _check_config(config, head_dim: int, dtype, pass_: str, causal: bool = False, seqlen: int | None = None) -> BlockConfig:
-    if isinstance(config, TensorCoreConfig) and pass_ == "backward":
-        config.validate(head_dim, pass_)  # raises: says the backward needs a BlockConfig
     if config is None:
         # A config stored by numba_flash.tune for this device and problem wins; without a tuning
         # cache (or an entry for this device) this is default_config, as before.
@@ -295,10 +297,20 @@ def _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_q, max_k, varl
     dq, dk, dv = _empty(q.shape, q.dtype), _empty(k.shape, k.dtype), _empty(v.shape, v.dtype)
     s = np.float32(scale)
     common = (view(q), kv, view(v), view(dout), view(lse), view(delta))
-    _launch(dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_n), H_kv, n_seq), cfg.num_threads,
-            *common, view(dk), view(dv), cu_q, cu_k, s, group, *extra)
-    _launch(dq_kernel(cfg, D, varlen, dropout), (_cdiv(max_q, cfg.block_m), H, n_seq), cfg.num_threads,
-            *common, view(dq), cu_q, cu_k, s, group, *extra)
+    if isinstance(cfg, TensorCoreConfig):
+        from .tc_backward import tc_dkdv_kernel, tc_dq_kernel  # GPU only: inline PTX
+
+        # dK/dV blocks own block_m keys, dQ blocks block_m queries (TensorCoreConfig's docstring)
+        dkdv, dkdv_grid = tc_dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_m), H_kv, n_seq)
+        dqk, dq_grid = tc_dq_kernel(cfg, D, varlen, dropout), (_cdiv(max_q, cfg.block_m), H, n_seq)
+        shared = cfg.backward_shared_bytes(D, "dkdv"), cfg.backward_shared_bytes(D, "dq")
+    else:
+        dkdv, dkdv_grid = dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_n), H_kv, n_seq)
+        dqk, dq_grid = dq_kernel(cfg, D, varlen, dropout), (_cdiv(max_q, cfg.block_m), H, n_seq)
+        shared = 0, 0
+    _launch(dkdv, dkdv_grid, cfg.num_threads, *common, view(dk), view(dv), cu_q, cu_k, s, group, *extra,
+            shared=shared[0])
+    _launch(dqk, dq_grid, cfg.num_threads, *common, view(dq), cu_q, cu_k, s, group, *extra, shared=shared[1])
     return dq, dk, dv
 
 
@@ -368,7 +380,8 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_s
     _check_saved(dout, out, lse, q, (B, H, n_q), "(batch, heads, seqlen_q)")
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _check_config(config, D, q.dtype, "backward", bool(causal), max(n_q, n_k))
+    cfg = _pick(config, "backward", D, q.dtype, bool(causal), max(n_q, n_k),
+                (("q", q), ("k", k), ("v", v), ("dout", dout), ("out", out)), opts[0])
     none = _no_offsets()
     return _run_backward(dout, q, k, v, out, lse, none, none, B, n_q, n_k, False, group, scale, cfg, opts, _same)
 
@@ -461,6 +474,7 @@ def flash_attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_se
     _check_saved(dout, out, lse, q, (H, T), "(heads, total_q)")
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _check_config(config, D, q.dtype, "backward", bool(causal), max(max_seqlen_q, max_seqlen_k))
+    cfg = _pick(config, "backward", D, q.dtype, bool(causal), max(max_seqlen_q, max_seqlen_k),
+                (("q", q), ("k", k), ("v", v), ("dout", dout), ("out", out)), opts[0])
     return _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_seqlen_q, max_seqlen_k, True, group, scale,
                          cfg, opts, _packed)

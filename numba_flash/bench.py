@@ -142,8 +142,8 @@ def _numba_flash_configs(shape: Shape, dtype, causal: bool, pass_: str) -> dict 
     kernels = ("forward",) if pass_ == "forward" else ("forward", "backward")
     try:
         pick = {"forward": lambda: api._pick_forward(None, shape.head_dim, np.dtype(dtype), causal, shape.seqlen, ()),
-                "backward": lambda: api._check_config(None, shape.head_dim, np.dtype(dtype), "backward", causal,
-                                                      shape.seqlen)}
+                "backward": lambda: api._pick(None, "backward", shape.head_dim, np.dtype(dtype), causal,
+                                              shape.seqlen, ())}
         return {k: str(pick[k]()) for k in kernels}
     except Exception:  # noqa: BLE001 - informational only; the API's private signature may change
         return None

@@ -192,12 +192,15 @@ def tc_row_halves(head_dim: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TensorCoreConfig:
-    """Tiles of the tensor-core (GPU-only, float16) forward, :mod:`numba_flash.tc_forward`.
+    """Tiles of the tensor-core (GPU-only, 16-bit) kernels, :mod:`numba_flash.tc_forward` and
+    :mod:`numba_flash.tc_backward`.
 
-    ``block_m`` query rows per block, ``rows_per_warp`` (16 or 32) of them per warp, so
-    ``block_m / rows_per_warp`` warps; ``block_n`` keys per K/V tile (a multiple of 16); ``stages``
-    K/V buffers in shared memory (2: the next tile's copy overlaps this tile's math). With 32 rows
-    per warp every K/V fragment read from shared memory feeds two mma instead of one (half the
+    In every kernel a block owns ``block_m`` rows of the output it writes, ``rows_per_warp`` (16
+    or 32) of them per warp, so ``block_m / rows_per_warp`` warps, and streams tiles of
+    ``block_n`` rows of the other side through shared memory, ``stages`` buffers deep (2: the next
+    tile's copy overlaps this tile's math). Forward and dQ: ``block_m`` queries, ``block_n`` keys
+    per tile; dK/dV: ``block_m`` keys, ``block_n`` queries per tile. With 32 rows per warp (forward
+    only) every fragment read from shared memory feeds two mma instead of one (half the
     shared-memory traffic per flop) at the price of twice the accumulator registers."""
 
     block_m: int = 64
@@ -234,13 +237,24 @@ class TensorCoreConfig:
         row = tc_row_halves(head_dim)
         return 2 * row * (self.block_m + 2 * self.stages * self.block_n)
 
-    def problems(self, head_dim: int) -> list[str]:
-        """What stops this config from running the tensor-core forward at ``head_dim`` (empty when it can)."""
+    def backward_shared_bytes(self, head_dim: int, kernel: str) -> int:
+        """Dynamic shared memory of the backward kernel ``kernel`` ("dq" or "dkdv")."""
+        row = tc_row_halves(head_dim)
+        if kernel == "dq":  # Q, dO | K, V stages
+            return 2 * row * (2 * self.block_m + 2 * self.stages * self.block_n)
+        # lse, delta (float32) and Q, dO of each stage | K, V
+        return self.stages * 8 * self.block_n + 2 * row * (2 * self.block_m + 2 * self.stages * self.block_n)
+
+    def problems(self, head_dim: int, pass_: str = "forward") -> list[str]:
+        """What stops this config from running the tensor-core ``pass_`` at ``head_dim`` (empty when it can)."""
         out = []
         if head_dim > TC_MAX_HEAD_DIM:
             out.append(f"the tensor-core kernels keep a 16 x head_dim accumulator per warp in registers, so "
                        f"head_dim must be at most {TC_MAX_HEAD_DIM}, got {head_dim}")
-        need = self.shared_memory_bytes(head_dim)
+        if pass_ == "backward" and self.rows_per_warp != 16:
+            out.append(f"the tensor-core backward takes rows_per_warp=16, got {self.rows_per_warp}")
+        need = (self.shared_memory_bytes(head_dim) if pass_ == "forward"
+                else max(self.backward_shared_bytes(head_dim, k) for k in ("dq", "dkdv")))
         if need > MAX_DYNAMIC_SHARED:
             out.append(f"it needs {need} bytes of shared memory at head_dim={head_dim}, but a block may use "
                        f"{MAX_DYNAMIC_SHARED}: reduce block_m, block_n or stages")
@@ -248,12 +262,9 @@ class TensorCoreConfig:
 
     def validate(self, head_dim: int, pass_: str = "forward") -> "TensorCoreConfig":
         check_head_dim(head_dim)
-        if pass_ != "forward":
-            raise ValueError(f"config={self}: the tensor-core kernels exist for the forward pass only so far; "
-                             "pass a BlockConfig (or None) for the backward")
-        found = self.problems(head_dim)
+        found = self.problems(head_dim, pass_)
         if found:
-            raise ValueError(f"config={self} cannot run the forward pass: " + "; ".join(found))
+            raise ValueError(f"config={self} cannot run the {pass_} pass: " + "; ".join(found))
         return self
 
 
@@ -262,11 +273,15 @@ def _row_halves(head_dim: int) -> int:
     return -(-head_dim // 16) * 16 + 8
 
 
-def default_tc_config(head_dim: int, dropout: bool = False) -> TensorCoreConfig:
+def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward") -> TensorCoreConfig:
     """The tensor-core config used when ``config=None`` on the GPU: the fastest one that compiles
     without register spills (experiments/results/tc_sweep, H100, N = 4096: at D = 64 (128, 32, 2, 32)
     ran 284 TFLOP/s against 254 for (64, 64, 2, 16); at D = 128 (64, 64, 2, 16) ran 289 but spills,
-    (64, 32, 2, 16) 261). Dropout's Philox rounds need registers: 16 rows per warp, smaller tiles."""
+    (64, 32, 2, 16) 261). Dropout's Philox rounds need registers: 16 rows per warp, smaller tiles.
+    Backward (both kernels): 64 owned rows; streamed tiles of 64 at head_dim <= 64, else 32 (the dK
+    and dV accumulators take 128 registers at head_dim 128), halved with dropout."""
+    if pass_ == "backward":
+        return TensorCoreConfig(64, (64 if head_dim <= 64 else 32) // (2 if dropout else 1), 2, 16)
     if dropout:
         return TensorCoreConfig(64, 32, 2, 16) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16)
     return TensorCoreConfig(128, 32, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 32, 2, 16)

@@ -125,6 +125,24 @@ def cp_async16(typingctx, smem_addr, gmem_addr, src_bytes):
 
 
 @intrinsic
+def cp_async4(typingctx, smem_addr, gmem_addr, src_bytes):
+    """As :func:`cp_async16` for one 4-byte word (``cp.async.ca``; ``src_bytes`` 0 or 4): per-row
+    float32 values (lse, delta) land in shared memory with the tiles they belong to."""
+    if not _is((smem_addr, gmem_addr, src_bytes), [_U32, _U64, _U32]):
+        return None
+    return _asm(types.void, [_U32, _U64, _U32], "cp.async.ca.shared.global [$0], [$1], 4, $2;", "r,l,r",
+                side_effect=True, actual=(smem_addr, gmem_addr, src_bytes,))
+
+
+@intrinsic
+def ld_shared_f32(typingctx, addr):
+    """The float32 at shared-window address ``addr`` (uint32)."""
+    if not _is((addr,), [_U32]):
+        return None
+    return _asm(_F32, [_U32], "ld.shared.f32 $0, [$1];", "=f,r", side_effect=True, actual=(addr,))
+
+
+@intrinsic
 def cp_async_commit(typingctx):
     """Close the group of cp.async copies issued so far by this thread."""
     return _asm(types.void, [], "cp.async.commit_group;", "", side_effect=True)
@@ -204,8 +222,8 @@ def shared_address(typingctx, ary):
     return _U32(ary), codegen
 
 
-__all__ = ["cp_async16", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "global_address",
-           "ldmatrix_x4", "ldmatrix_x4_trans", "mma_16816_bf16", "mma_16816_f16", "pack_bf16x2", "pack_f16x2",
+__all__ = ["cp_async16", "cp_async4", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "global_address",
+           "ld_shared_f32", "ldmatrix_x4", "ldmatrix_x4_trans", "mma_16816_bf16", "mma_16816_f16", "pack_bf16x2", "pack_f16x2",
            "pack_half2", "shared_address", "st_global_u32", "warp_mma_kernel"]
 
 

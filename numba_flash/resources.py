@@ -100,31 +100,41 @@ def compile_report(kernel: str, config, head_dim: int, dtype, cc=(9, 0), varlen=
     return out
 
 
-def tc_signature():
-    """Argument types of the tensor-core forward as :mod:`numba_flash.launch` compiles it (layout 'A'; the
-    same for the varlen variant, whose offsets are always passed)."""
+def tc_signature(kernel: str = "forward"):
+    """Argument types of a tensor-core kernel (``forward``, ``dq`` or ``dkdv``) as
+    :mod:`numba_flash.launch` compiles it (layout 'A'; the same for the varlen variants, whose
+    offsets are always passed)."""
     from numba.cuda import types
 
     a4 = types.Array(types.float16, 4, "A")
     f3 = types.Array(types.float32, 3, "A")
     cu = types.Array(types.int32, 1, "A")
     f32, i64, u64 = types.float32, types.int64, types.uint64
-    return (a4, a4, a4, a4, f3, cu, cu, f32, i64, i64, i64, u64, u64, u64, f32)
+    options = (cu, cu, f32, i64, i64, i64, u64, u64, u64, f32)
+    return {"forward": (a4, a4, a4, a4, f3), "dq": (a4, a4, a4, a4, f3, f3, a4),
+            "dkdv": (a4, a4, a4, a4, f3, f3, a4, a4)}[kernel] + options
 
 
-def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="f16", cc=(9, 0)) -> dict:
-    """Compile the tensor-core forward for ``cc``: resources plus counts of the instructions that
-    make it fast (mma.sync, ldmatrix, cp.async, ex2) and of local-memory accesses (should be 0)."""
-    from .tc_forward import tc_forward_kernel
+def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="f16", cc=(9, 0),
+                      kernel: str = "forward") -> dict:
+    """Compile a tensor-core kernel for ``cc``: resources plus counts of the instructions that make
+    it fast (mma.sync, ldmatrix, cp.async, ex2) and of local-memory accesses (should be 0)."""
+    if kernel == "forward":
+        from .tc_forward import tc_forward_kernel as factory
+    else:
+        from .tc_backward import tc_dkdv_kernel, tc_dq_kernel
 
-    kernel = tc_forward_kernel(config, head_dim, varlen, dropout, elem)
-    ptx, out = compile_for(kernel.py_func, tc_signature(), cc, "tc_forward")
-    out.update(kernel="tc_forward", head_dim=head_dim, varlen=varlen, dropout=dropout, elem=elem,
+        factory = {"dq": tc_dq_kernel, "dkdv": tc_dkdv_kernel}[kernel]
+    fn = factory(config, head_dim, varlen, dropout, elem)
+    ptx, out = compile_for(fn.py_func, tc_signature(kernel), cc, f"tc_{kernel}")
+    smem = (config.shared_memory_bytes(head_dim) if kernel == "forward"
+            else config.backward_shared_bytes(head_dim, kernel))
+    out.update(kernel=f"tc_{kernel}", head_dim=head_dim, varlen=varlen, dropout=dropout, elem=elem,
                arch=f"sm_{cc[0]}{cc[1]}", config=[config.block_m, config.block_n, config.stages, config.rows_per_warp],
                mma=len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16", ptx)),
-               ldmatrix=len(re.findall(r"\bldmatrix\.sync", ptx)), cp_async=len(re.findall(r"\bcp\.async\.cg", ptx)),
+               ldmatrix=len(re.findall(r"\bldmatrix\.sync", ptx)), cp_async=len(re.findall(r"\bcp\.async\.c[ag]", ptx)),
                ex2=len(re.findall(r"\bex2\.approx", ptx)), local_accesses=len(re.findall(r"\b(?:ld|st)\.local", ptx)),
-               expected_dynamic_smem=config.shared_memory_bytes(head_dim))
+               expected_dynamic_smem=smem)
     return out
 
 

@@ -45,6 +45,54 @@ LN2 = 0.6931471805599453
 
 
 @functools.lru_cache(maxsize=None)
+def tile_copier(head_dim: int, num_threads: int):
+    """``(load_tile, iters)``: a device function that copies a tile of 16-bit rows global -> shared
+    with ``cp.async``, and ``iters(rows)``, the loop count it needs for a tile of ``rows`` rows.
+
+    ``load_tile(smem, src, row_stride, rows_left, rows, iters, tid)`` copies ``rows`` rows
+    (``row_stride`` bytes apart; past the first ``rows_left`` zero-filled) into shared rows of
+    :func:`tc_row_halves` words (the columns past head_dim zero-filled too). Thread ``tid`` copies
+    chunk ``tid % CHUNKS`` of rows r, r + ROW_STEP, ... with one pointer that steps along
+    (recomputing every address from scratch let the compiler keep a 64-bit address per copy alive
+    across the main loop: ~30 more registers).
+    """
+    ROW = tc_row_halves(head_dim)
+    CHUNKS = (ROW - 8) // 8  # 16-byte chunks per shared row
+    D_CHUNKS = head_dim // 8  # 16-byte chunks per global row
+    ROW_STEP = num_threads // CHUNKS
+
+    @cuda.jit(device=True, inline=True)
+    def load_tile(smem, src, row_stride, rows_left, rows, iters, tid):
+        c = tid % CHUNKS
+        r = tid // CHUNKS
+        dst = smem + uint32((r * ROW + c * 8) * 2)
+        at = src + uint64(r) * uint64(row_stride) + uint64(c * 16)
+        step = uint64(ROW_STEP) * uint64(row_stride)
+        for _ in range(iters):
+            if r < rows:
+                ok = r < rows_left and c < D_CHUNKS
+                cp_async16(dst, at if ok else src, uint32(16 if ok else 0))
+            r += ROW_STEP
+            dst += uint32(ROW_STEP * ROW * 2)
+            at += step
+
+    return load_tile, (lambda rows: -(-rows // ROW_STEP))
+
+
+@cuda.jit(device=True, forceinline=True)
+def masked(x, col, row, diag, left, right, n_k):
+    """x, or -inf where key ``col`` is past the sequence or outside query ``row``'s band."""
+    rel = col - row - diag
+    return x if col < n_k and rel >= -left and rel <= right else NEG_INF
+
+
+@cuda.jit(device=True, forceinline=True)
+def keep_scale(seed_lo, seed_hi, b, h, row, col, threshold, drop_scale):
+    """Z of (query ``row``, key ``col``): 1 / (1 - p) where the dropout mask keeps it, else 0."""
+    return drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row, col, threshold) else float32(0.0)
+
+
+@functools.lru_cache(maxsize=None)
 def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                       elem: str = "f16"):
     """The tensor-core forward kernel; launch with grid (cdiv(max Nq, BLOCK_M), H, B),
@@ -60,8 +108,6 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     D = head_dim
     ROW = tc_row_halves(D)  # shared row pitch in 16-bit words
     KSTEPS = (ROW - 8) // 16  # k-steps of Q K^T over head_dim
-    CHUNKS = (ROW - 8) // 8  # 16-byte chunks per shared row (those past D are zero-filled)
-    D_CHUNKS = D // 8  # 16-byte chunks per global row
     NT = BLOCK_N // 8  # 8-key n-tiles of S per warp
     DT = (ROW - 8) // 8  # 8-column n-tiles of O per warp
     WM = config.rows_per_warp // 16  # m-tiles of 16 rows per warp: each K/V fragment feeds WM mma
@@ -75,38 +121,8 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     pack = pack_f16x2 if elem == "f16" else pack_bf16x2
     sequence = sequence_bounds(varlen)
 
-    # Tile loads: thread tid copies chunk c = tid % CHUNKS of rows r, r + ROW_STEP, ... with one
-    # pointer per tile that steps along (recomputing every address from scratch let the compiler
-    # keep a 64-bit address per copy alive across the main loop: ~30 more registers).
-    ROW_STEP = NUM_THREADS // CHUNKS
-    Q_ITERS = -(-BLOCK_M // ROW_STEP)
-    KV_ITERS = -(-BLOCK_N // ROW_STEP)
-
-    @cuda.jit(device=True, inline=True)
-    def load_tile(smem, src, row_stride, rows_left, rows, iters, tid):
-        """cp.async ``rows`` rows (row_stride bytes apart, the first ``rows_left`` real) into smem."""
-        c = tid % CHUNKS
-        r = tid // CHUNKS
-        dst = smem + uint32((r * ROW + c * 8) * 2)
-        at = src + uint64(r) * uint64(row_stride) + uint64(c * 16)
-        step = uint64(ROW_STEP) * uint64(row_stride)
-        for _ in range(iters):
-            if r < rows:
-                ok = r < rows_left and c < D_CHUNKS
-                cp_async16(dst, at if ok else src, uint32(16 if ok else 0))
-            r += ROW_STEP
-            dst += uint32(ROW_STEP * ROW * 2)
-            at += step
-
-    @cuda.jit(device=True, forceinline=True)
-    def masked(x, col, row, diag, left, right, n_k):
-        """x, or -inf where key ``col`` is past the sequence or outside row ``row``'s band."""
-        rel = col - row - diag
-        return x if col < n_k and rel >= -left and rel <= right else NEG_INF
-
-    @cuda.jit(device=True, forceinline=True)
-    def dropped(p, seed_lo, seed_hi, b, h, row, col, threshold, drop_scale):
-        return p * drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row, col, threshold) else float32(0.0)
+    load_tile, tile_iters = tile_copier(D, NUM_THREADS)
+    Q_ITERS, KV_ITERS = tile_iters(BLOCK_M), tile_iters(BLOCK_N)
 
     def kernel(q, k, v, out, lse, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi, threshold,
                drop_scale):
@@ -256,10 +272,10 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     sum1 += p2 + p3
                     if DROPOUT:  # l_i sums the undropped P; P V sees the dropped, rescaled one
                         col = n0 + 8 * j + 2 * t
-                        p0 = dropped(p0, seed_lo, seed_hi, b, h, row0, col, threshold, drop_scale)
-                        p1 = dropped(p1, seed_lo, seed_hi, b, h, row0, col + 1, threshold, drop_scale)
-                        p2 = dropped(p2, seed_lo, seed_hi, b, h, row0 + 8, col, threshold, drop_scale)
-                        p3 = dropped(p3, seed_lo, seed_hi, b, h, row0 + 8, col + 1, threshold, drop_scale)
+                        p0 *= keep_scale(seed_lo, seed_hi, b, h, row0, col, threshold, drop_scale)
+                        p1 *= keep_scale(seed_lo, seed_hi, b, h, row0, col + 1, threshold, drop_scale)
+                        p2 *= keep_scale(seed_lo, seed_hi, b, h, row0 + 8, col, threshold, drop_scale)
+                        p3 *= keep_scale(seed_lo, seed_hi, b, h, row0 + 8, col + 1, threshold, drop_scale)
                     sacc[s0] = p0
                     sacc[s0 + 1] = p1
                     sacc[s0 + 2] = p2

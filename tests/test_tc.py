@@ -1,6 +1,6 @@
-"""The tensor-core forward (numba_flash.tc_forward): compiled for sm_90 in CI (tensor-core
-instructions present, nothing in local memory, no spills), checked against the float64 oracle on
-the GPU. The numerics of the default path are also covered by the Hypothesis suites
+"""The tensor-core kernels (numba_flash.tc_forward, numba_flash.tc_backward): compiled for sm_90
+in CI (tensor-core instructions present, nothing in local memory, no spills), checked against the
+float64 oracle on the GPU. The numerics of the default path are also covered by the Hypothesis suites
 (test_kernels, test_features), which draw TensorCoreConfigs on the GPU."""
 
 import json
@@ -23,34 +23,54 @@ from numba_flash.philox import reference_keep_mask
 _CASES = [(TensorCoreConfig(128, 32, 2, 32), 64, False, False), (TensorCoreConfig(64, 32, 2, 16), 128, False, False),
           (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True),
           (TensorCoreConfig(16, 16, 1), 128, True, True)]
+# The backward's defaults (plain and with varlen + dropout) and the smallest config.
+_BACKWARD_CASES = [(TensorCoreConfig(64, 64, 2, 16), 64, False, False), (TensorCoreConfig(64, 32, 2, 16), 128, False, False),
+                   (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True),
+                   (TensorCoreConfig(16, 16, 1), 128, True, True)]
 _SCRIPT = r"""
 import json, sys
 from numba_flash.config import TensorCoreConfig
 from numba_flash.resources import tc_compile_report
-for (bm, bn, st, rw), d, varlen, dropout in json.loads(sys.argv[1]):
-    print(json.dumps(tc_compile_report(TensorCoreConfig(bm, bn, st, rw), d, varlen, dropout)))
+for kernel, (bm, bn, st, rw), d, varlen, dropout in json.loads(sys.argv[1]):
+    print(json.dumps(tc_compile_report(TensorCoreConfig(bm, bn, st, rw), d, varlen, dropout, kernel=kernel)))
 """
+
+
+def _compile(cases):
+    env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp], d, vl, dr] for kernel, c, d, vl, dr in cases]
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(args)], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reports = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert len(reports) == len(cases)
+    for r in reports:
+        assert r["ldmatrix"] > 0 and r["cp_async"] > 0 and r["ex2"] > 0, r
+        assert r["local_accesses"] == r["lmem"] == r["stack"] == 0, r
+        assert r["spill_stores"] == r["spill_loads"] == 0, r
+        assert r["registers"] <= 255, r
+    return reports
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_tensor_core_forward_compiles_to_mma_without_spills():
-    env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    cases = [[[c.block_m, c.block_n, c.stages, c.rows_per_warp], d, vl, dr] for c, d, vl, dr in _CASES]
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(cases)], env=env, capture_output=True,
-                          text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    reports = [json.loads(line) for line in proc.stdout.strip().splitlines()]
-    assert len(reports) == len(_CASES)
+    reports = _compile([("forward", *case) for case in _CASES])
     for (cfg, d, _, _), r in zip(_CASES, reports):
         ksteps, dt, nt, wm = -(-d // 16), d // 8, cfg.block_n // 8, cfg.rows_per_warp // 16
         # Per m-tile, Q K^T: ksteps x nt mma per tile; P V: (block_n / 16) x (head_dim / 8), the
         # padding columns' products being dead code; unrolled, each appears once.
         assert r["mma"] == wm * (ksteps * nt + (cfg.block_n // 16) * dt), r
-        assert r["ldmatrix"] > 0 and r["cp_async"] > 0 and r["ex2"] > 0, r
-        assert r["local_accesses"] == r["lmem"] == r["stack"] == 0, r
-        assert r["spill_stores"] == r["spill_loads"] == 0, r
-        assert r["registers"] <= 255, r
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_tensor_core_backward_compiles_to_mma_without_spills():
+    cases = [(kernel, *case) for case in _BACKWARD_CASES for kernel in ("dq", "dkdv")]
+    for (kernel, cfg, d, _, _), r in zip(cases, _compile(cases)):
+        ksteps, dt, nt = -(-d // 16), d // 8, cfg.block_n // 8
+        # Two products over head_dim (S and dP: ksteps x nt each), then one (dQ) or two (dK, dV)
+        # over the streamed tile: (block_n / 16) x (head_dim / 8) each.
+        assert r["mma"] == 2 * ksteps * nt + (1 if kernel == "dq" else 2) * (cfg.block_n // 16) * dt, r
 
 
 def test_tensor_core_config_is_checked():
@@ -60,8 +80,11 @@ def test_tensor_core_config_is_checked():
         TensorCoreConfig(64, 64, 3)
     with pytest.raises(ValueError, match="head_dim must be at most 128"):
         TensorCoreConfig().validate(256)
-    with pytest.raises(ValueError, match="forward pass only"):
-        TensorCoreConfig().validate(64, "backward")
+    with pytest.raises(ValueError, match="backward takes rows_per_warp=16"):
+        TensorCoreConfig(128, 32, 2, 32).validate(64, "backward")
+    assert TensorCoreConfig(64, 32).validate(128, "backward").num_threads == 128
+    # dK/dV: lse and delta (float32) per stage, Q and dO per stage, K and V
+    assert TensorCoreConfig(64, 32, 2).backward_shared_bytes(64, "dkdv") == 2 * 8 * 32 + 2 * 72 * (2 * 64 + 4 * 32)
     assert TensorCoreConfig(128, 64, 2).shared_memory_bytes(64) == 2 * 72 * (128 + 4 * 64)
     with pytest.raises(ValueError, match="rows_per_warp"):
         TensorCoreConfig(48, 32, 2, 32)
@@ -75,12 +98,13 @@ def test_tensor_core_config_needs_the_gpu(rng):
         nf.flash_attention(q, q, q, config=TensorCoreConfig())
 
 
-def test_backward_refuses_a_tensor_core_config(rng):
+def test_tensor_core_backward_config_is_checked(rng):
     q = rng.standard_normal((1, 1, 8, 16)).astype(np.float16)
     out, lse = nf.flash_attention(to_device(q), to_device(q), to_device(q), return_lse=True)
-    with pytest.raises(ValueError, match="forward pass only"):
+    match = "rows_per_warp=16" if ON_GPU else "needs the GPU backend"
+    with pytest.raises(ValueError, match=match):
         nf.flash_attention_backward(to_device(q), to_device(q), to_device(q), to_device(q), out, lse,
-                                    config=TensorCoreConfig())
+                                    config=TensorCoreConfig(64, 32, 2, 32))
 
 
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="the tensor-core kernels use inline PTX, which only a GPU runs")
@@ -107,12 +131,12 @@ def test_tensor_core_errors(rng):
                                    (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1)], ids=str)
-def test_tensor_core_forward_matches_oracle_at_odd_sizes(rng, shape, causal, config):
+def test_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, config):
     B, H, n_q, n_k, D = shape
     q, k, v, do = (rng.standard_normal((B, H, n, D)).astype(np.float16) for n in (n_q, n_k, n_k, n_q))
     dev = [to_device(a) for a in (q, k, v)]
     out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True, config=config)
-    grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal)
+    grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal, config=config)
     check_against_oracle(q, k, v, do, to_host(out), to_host(lse), [to_host(g) for g in grads], causal, (-1, -1),
                          0.0, None)
 
@@ -149,3 +173,26 @@ def test_default_forward_is_the_tensor_core_one_and_agrees_with_the_portable_one
     e_fast, e_port = np.abs(fast - want).max(), np.abs(portable - want).max()
     # Both round the output to float16 (|out| < ~4: half an ulp <= 2^-9); the tensor-core one also rounds P.
     assert e_fast < 4e-3 and e_port < 4e-3, (e_fast, e_port)
+
+
+@gpu_only
+def test_default_backward_is_the_tensor_core_one_and_agrees_with_the_portable_one(rng):
+    from numba_flash import api
+
+    B, H, H_kv, n, D = 2, 4, 2, 300, 64
+    q, do = (rng.standard_normal((B, H, n, D)).astype(np.float16) for _ in range(2))
+    k, v = (rng.standard_normal((B, H_kv, n, D)).astype(np.float16) for _ in range(2))
+    dev = [to_device(a) for a in (q, k, v)]
+    arrays = (("q", dev[0]), ("k", dev[1]), ("v", dev[2]))
+    assert isinstance(api._pick(None, "backward", D, np.float16, True, n, arrays), TensorCoreConfig)
+    out, lse = nf.flash_attention(*dev, causal=True, return_lse=True)
+    fast = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=True)
+    portable = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=True, config=BlockConfig(64, 16, 256))
+    want = nf.reference.attention_backward(do, q, k, v, causal=True)
+    for name, f, p_, w in zip(("dq", "dk", "dv"), fast, portable, want):
+        e_fast = np.abs(to_host(f).astype(np.float64) - w).max()
+        e_port = np.abs(to_host(p_).astype(np.float64) - w).max()
+        # The tensor-core kernels round P and dS to float16 before their products (as flash-attn
+        # does): allow twice the portable kernels' error (which only rounds the output) plus a floor
+        # of a few float16 ulps of the gradient's scale.
+        assert e_fast <= 2 * e_port + 8 * 2**-11 * np.abs(w).max(), (name, e_fast, e_port)

@@ -1,0 +1,470 @@
+"""Tensor-core backward kernels (GPU only): FlashAttention-2's backward on ``mma.sync`` from Numba.
+
+The same algorithm and NumPy spec as :mod:`numba_flash.backward` (``delta`` from its
+``delta_kernel``; P recomputed from ``lse``; dropout's Z regenerated from the seed), with the layout
+of :mod:`numba_flash.tc_forward`: each warp owns 16 rows of the gradient it writes and keeps them,
+their fragments and the score tile in registers; the other side streams through shared memory
+with ``cp.async``, ``STAGES`` buffers deep; ``ldmatrix`` reads every B fragment, and every C
+fragment of a product that feeds the next one (P, dS) is rounded to 16 bits in place as its A
+fragment. Two kernels, each gradient owned by exactly one block (no atomics: deterministic):
+
+* ``dkdv``: a block owns ``config.block_m`` keys (one warp per 16) and streams query tiles of
+  ``config.block_n`` (over every query head of its GQA group, in order). Per tile, transposed so
+  that the warp's keys are the rows: S^T = K Q^T and dP^T = V dO^T; P^T = exp2(S^T - lse),
+  dS^T = P^T (Z dP^T - delta); then dV += (Z P^T) dO and dK += dS^T Q.
+* ``dq``: a block owns ``config.block_m`` queries and streams key tiles of ``config.block_n``:
+  S = Q K^T, dP = dO V^T, dS = P (Z dP - delta), dQ += dS K.
+
+``lse`` and ``delta`` of a query tile travel with it (4-byte ``cp.async``); a query with
+``lse = -inf`` (it saw no key) gets P = 0. Query rows past the sequence are zero-filled (Q, dO,
+lse, delta = 0), which makes their dS and their P dO exactly 0 without a mask; key rows past it
+are masked (they would reach dQ) and never stored. For head_dim > 64 the dkdv warps read their K
+and V fragments from shared memory at each use instead of holding them: dK and dV accumulators
+(2 x 64 registers at head_dim 128) leave no room for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from numba import cuda
+from numba.cuda import float32, uint8, uint32, uint64
+
+from .config import TensorCoreConfig, tc_row_halves
+from .masking import key_span, query_span, sequence_bounds
+from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, global_address,
+                  ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2,
+                  pack_f16x2, shared_address, st_global_u32)
+from .tc_forward import LOG2E, NEG_INF, keep_scale, masked, tile_copier
+from .unroll import static_range, unrolled
+
+POS_INF = float32(math.inf)
+
+
+@cuda.jit(device=True, forceinline=True)
+def lse2(x):
+    """lse in base 2 for exp2; -inf (a query that saw no key) -> +inf, so that its P is 0, not NaN."""
+    return x * float32(LOG2E) if x != NEG_INF else POS_INF
+
+
+def _ops(elem: str):
+    if elem not in ("f16", "bf16"):
+        raise ValueError(f"elem: expected 'f16' or 'bf16', got {elem!r}")
+    return (mma_16816_f16, pack_f16x2) if elem == "f16" else (mma_16816_bf16, pack_bf16x2)
+
+
+def kv_in_registers(head_dim: int) -> bool:
+    """Whether the dkdv warps hold their K and V fragments in registers (else: re-read them)."""
+    return head_dim <= 64
+
+
+@functools.lru_cache(maxsize=None)
+def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
+                   elem: str = "f16"):
+    """dK and dV on the tensor cores; launch with grid (cdiv(max Nk, config.block_m), H_kv, B),
+    ``config.num_threads`` threads, ``config.backward_shared_bytes(head_dim, "dkdv")`` dynamic shared
+    memory. Signature as :func:`numba_flash.backward.dkdv_kernel` (16-bit q, k, v, dout, dk, dv)."""
+    mma, pack = _ops(elem)
+    BLOCK_N, BLOCK_M, STAGES = config.block_m, config.block_n, config.stages  # owned keys, streamed queries
+    NUM_THREADS = config.num_threads
+    D = head_dim
+    ROW = tc_row_halves(D)
+    KSTEPS = (ROW - 8) // 16  # k-steps over head_dim (S^T, dP^T)
+    DT = (ROW - 8) // 8  # 8-column n-tiles of dK, dV
+    NT = BLOCK_M // 8  # 8-query n-tiles of S^T, dP^T
+    F_REGS, S_REGS, O_REGS, P_REGS = KSTEPS * 4, NT * 4, DT * 4, NT * 2
+    KV_REGS = kv_in_registers(D)
+    ROWS_BYTES = 2 * BLOCK_M * 4  # lse, delta of one query tile (float32)
+    KV_BYTES = BLOCK_N * ROW * 2
+    TILE_BYTES = BLOCK_M * ROW * 2
+    SK = STAGES * ROWS_BYTES  # byte offsets in shared memory: rows | K | V | Q stages | dO stages
+    SQ = SK + 2 * KV_BYTES
+    SDO = SQ + STAGES * TILE_BYTES
+    DROPOUT = dropout
+    sequence = sequence_bounds(varlen)
+    load_tile, tile_iters = tile_copier(D, NUM_THREADS)
+    KV_ITERS, Q_ITERS = tile_iters(BLOCK_N), tile_iters(BLOCK_M)
+
+    @cuda.jit(device=True, inline=True)
+    def fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid):
+        """cp.async query tile ``row0..`` of head ``h``: Q, dO and their lse, delta, into ``stage``."""
+        sQ = s_base + uint32(SQ + stage * TILE_BYTES)
+        load_tile(sQ, global_address(q) + uint64(ab * q.strides[0] + h * q.strides[1] + row0 * q.strides[2]),
+                  q.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
+        sdO = s_base + uint32(SDO + stage * TILE_BYTES)
+        load_tile(sdO, global_address(dout) + uint64(ab * dout.strides[0] + h * dout.strides[1]
+                                                     + row0 * dout.strides[2]),
+                  dout.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
+        l_src = global_address(lse) + uint64(ab * lse.strides[0] + h * lse.strides[1] + row0 * lse.strides[2])
+        d_src = global_address(delta) + uint64(ab * delta.strides[0] + h * delta.strides[1]
+                                               + row0 * delta.strides[2])
+        dst = s_base + uint32(stage * ROWS_BYTES)
+        for i in range(tid, BLOCK_M, NUM_THREADS):
+            ok = i < rows_left
+            cp_async4(dst + uint32(4 * i), l_src + uint64(i * lse.strides[2]) if ok else l_src,
+                      uint32(4 if ok else 0))
+            cp_async4(dst + uint32(4 * (BLOCK_M + i)), d_src + uint64(i * delta.strides[2]) if ok else d_src,
+                      uint32(4 if ok else 0))
+
+    def kernel(q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
+               threshold, drop_scale):
+        smem = cuda.shared.array(0, uint8)
+        s_base = shared_address(smem)
+        sK = s_base + uint32(SK)
+        sV = sK + uint32(KV_BYTES)
+        kf = cuda.local.array(F_REGS, uint32)  # this warp's 16 keys x D as A fragments (head_dim <= 64)
+        vf = cuda.local.array(F_REGS, uint32)
+        st = cuda.local.array(S_REGS, float32)  # S^T, then P^T: 16 keys x BLOCK_M queries
+        dpt = cuda.local.array(S_REGS, float32)  # dP^T
+        pz = cuda.local.array(P_REGS, uint32)  # (Z P^T) rounded to 16 bits: A fragments of dV += . dO
+        dst_ = cuda.local.array(P_REGS, uint32)  # dS^T rounded to 16 bits: A fragments of dK += . Q
+        dk_acc = cuda.local.array(O_REGS, float32)
+        dv_acc = cuda.local.array(O_REGS, float32)
+
+        tid = cuda.threadIdx.x
+        warp = tid // 32
+        lane = tid % 32
+        g = lane // 4
+        t = lane % 4
+        n0 = cuda.blockIdx.x * BLOCK_N
+        hk = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
+        if n0 >= n_k:
+            return
+        diag = n_k - n_q
+        m_start, m_end = query_span(n0, min(n0 + BLOCK_N, n_k) - 1, diag, left, right, n_q, BLOCK_M)
+        m_tiles = (m_end - m_start + BLOCK_M - 1) // BLOCK_M
+        total = group * m_tiles  # (query head, query tile) pairs, streamed in this order
+
+        # Prologue: K and V of this block with the first query tile.
+        load_tile(sK, global_address(k) + uint64(ab * k.strides[0] + hk * k.strides[1] + (k_off + n0) * k.strides[2]),
+                  k.strides[2], n_k - n0, BLOCK_N, KV_ITERS, tid)
+        load_tile(sV, global_address(v) + uint64(ab * v.strides[0] + hk * v.strides[1] + (k_off + n0) * v.strides[2]),
+                  v.strides[2], n_k - n0, BLOCK_N, KV_ITERS, tid)
+        if total > 0:
+            fetch(s_base, 0, q, dout, lse, delta, ab, hk * group, q_off + m_start, n_q - m_start, tid)
+        cp_async_commit()
+
+        for i in static_range(O_REGS):
+            dk_acc[i] = float32(0.0)
+            dv_acc[i] = float32(0.0)
+        qk_scale = scale * float32(LOG2E)
+        wkey = n0 + warp * 16  # this warp's first key; lane keys wkey + g (+ 8)
+        a_row = warp * 16 + (lane % 8) + 8 * ((lane // 8) % 2)  # ldmatrix rows of A fragments (K, V)
+        a_col = 8 * (lane // 16)
+        b_row = (lane % 8) + 8 * (lane // 16)  # ldmatrix rows/cols of non-transposed B fragments
+        b_col = 8 * ((lane // 8) % 2)
+        t_row = (lane % 8) + 8 * ((lane // 8) % 2)  # ... of transposed B fragments
+        t_col = 8 * (lane // 16)
+
+        for it in range(total):
+            h = hk * group + it // m_tiles
+            m0 = m_start + (it % m_tiles) * BLOCK_M
+            stage = it % STAGES if STAGES > 1 else 0
+            if STAGES > 1:
+                if it + 1 < total:
+                    nxt = m_start + ((it + 1) % m_tiles) * BLOCK_M
+                    fetch(s_base, 1 - stage, q, dout, lse, delta, ab, hk * group + (it + 1) // m_tiles,
+                          q_off + nxt, n_q - nxt, tid)
+                cp_async_commit()
+                cp_async_wait_one()
+            else:
+                if it > 0:
+                    fetch(s_base, 0, q, dout, lse, delta, ab, h, q_off + m0, n_q - m0, tid)
+                    cp_async_commit()
+                cp_async_wait_all()
+            cuda.syncthreads()
+            sQ = s_base + uint32(SQ + stage * TILE_BYTES)
+            sdO = s_base + uint32(SDO + stage * TILE_BYTES)
+            s_rows = s_base + uint32(stage * ROWS_BYTES)
+
+            if KV_REGS and it == 0:
+                for kk in static_range(KSTEPS):
+                    off = uint32((a_row * ROW + kk * 16 + a_col) * 2)
+                    kf[4 * kk], kf[4 * kk + 1], kf[4 * kk + 2], kf[4 * kk + 3] = ldmatrix_x4(sK + off)
+                    vf[4 * kk], vf[4 * kk + 1], vf[4 * kk + 2], vf[4 * kk + 3] = ldmatrix_x4(sV + off)
+
+            # S^T = K Q^T and dP^T = V dO^T: each ldmatrix of Q / dO gives two 8-query n-tiles.
+            for i in static_range(S_REGS):
+                st[i] = float32(0.0)
+                dpt[i] = float32(0.0)
+            for kk in static_range(KSTEPS):
+                if KV_REGS:
+                    k0, k1, k2, k3 = kf[4 * kk], kf[4 * kk + 1], kf[4 * kk + 2], kf[4 * kk + 3]
+                    v0, v1, v2, v3 = vf[4 * kk], vf[4 * kk + 1], vf[4 * kk + 2], vf[4 * kk + 3]
+                else:
+                    off = uint32((a_row * ROW + kk * 16 + a_col) * 2)
+                    k0, k1, k2, k3 = ldmatrix_x4(sK + off)
+                    v0, v1, v2, v3 = ldmatrix_x4(sV + off)
+                for jp in static_range(NT // 2):
+                    off = uint32(((jp * 16 + b_row) * ROW + kk * 16 + b_col) * 2)
+                    b0, b1, b2, b3 = ldmatrix_x4(sQ + off)
+                    j = 8 * jp
+                    st[j], st[j + 1], st[j + 2], st[j + 3] = mma(k0, k1, k2, k3, b0, b1,
+                                                                 st[j], st[j + 1], st[j + 2], st[j + 3])
+                    st[j + 4], st[j + 5], st[j + 6], st[j + 7] = mma(k0, k1, k2, k3, b2, b3,
+                                                                     st[j + 4], st[j + 5], st[j + 6], st[j + 7])
+                    b0, b1, b2, b3 = ldmatrix_x4(sdO + off)
+                    dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3] = mma(v0, v1, v2, v3, b0, b1,
+                                                                     dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3])
+                    dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7] = mma(
+                        v0, v1, v2, v3, b2, b3, dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7])
+
+            # P^T = exp2(S^T scale log2(e) - lse log2(e)); masks only on tiles that cross the band.
+            for i in static_range(S_REGS):
+                st[i] *= qk_scale
+            rel_lo = n0 - (m0 + BLOCK_M - 1) - diag
+            rel_hi = n0 + BLOCK_N - 1 - m0 - diag
+            if n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right:
+                for j in static_range(NT):
+                    for e in static_range(4):
+                        st[4 * j + e] = masked(st[4 * j + e], wkey + g + 8 * (e // 2), m0 + 8 * j + 2 * t + (e % 2),
+                                               diag, left, right, n_k)
+            for j in static_range(NT):
+                for c in static_range(2):  # query column 8j + 2t + c: lanes rows g (e = c), g + 8 (e = c + 2)
+                    col = 8 * j + 2 * t + c
+                    l2 = lse2(ld_shared_f32(s_rows + uint32(4 * col)))
+                    dl = ld_shared_f32(s_rows + uint32(4 * (BLOCK_M + col)))
+                    for r in static_range(2):
+                        e = 4 * j + 2 * r + c
+                        p = ex2(st[e] - l2)
+                        dp = dpt[e]
+                        if DROPOUT:
+                            z = keep_scale(seed_lo, seed_hi, b, h, m0 + col, wkey + g + 8 * r, threshold, drop_scale)
+                            dpt[e] = p * (z * dp - dl)
+                            st[e] = p * z
+                        else:
+                            dpt[e] = p * (dp - dl)
+                            st[e] = p
+            for i in static_range(P_REGS):
+                pz[i] = pack(st[2 * i], st[2 * i + 1])
+                dst_[i] = pack(dpt[2 * i], dpt[2 * i + 1])
+
+            # dV += (Z P^T) dO and dK += dS^T Q over this tile's queries (the k dimension here).
+            for kk in static_range(NT // 2):
+                for dp_ in static_range(DT // 2):
+                    off = uint32(((kk * 16 + t_row) * ROW + dp_ * 16 + t_col) * 2)
+                    b0, b1, b2, b3 = ldmatrix_x4_trans(sdO + off)
+                    j = 8 * dp_
+                    dv_acc[j], dv_acc[j + 1], dv_acc[j + 2], dv_acc[j + 3] = mma(
+                        pz[4 * kk], pz[4 * kk + 1], pz[4 * kk + 2], pz[4 * kk + 3], b0, b1,
+                        dv_acc[j], dv_acc[j + 1], dv_acc[j + 2], dv_acc[j + 3])
+                    dv_acc[j + 4], dv_acc[j + 5], dv_acc[j + 6], dv_acc[j + 7] = mma(
+                        pz[4 * kk], pz[4 * kk + 1], pz[4 * kk + 2], pz[4 * kk + 3], b2, b3,
+                        dv_acc[j + 4], dv_acc[j + 5], dv_acc[j + 6], dv_acc[j + 7])
+                    b0, b1, b2, b3 = ldmatrix_x4_trans(sQ + off)
+                    dk_acc[j], dk_acc[j + 1], dk_acc[j + 2], dk_acc[j + 3] = mma(
+                        dst_[4 * kk], dst_[4 * kk + 1], dst_[4 * kk + 2], dst_[4 * kk + 3], b0, b1,
+                        dk_acc[j], dk_acc[j + 1], dk_acc[j + 2], dk_acc[j + 3])
+                    dk_acc[j + 4], dk_acc[j + 5], dk_acc[j + 6], dk_acc[j + 7] = mma(
+                        dst_[4 * kk], dst_[4 * kk + 1], dst_[4 * kk + 2], dst_[4 * kk + 3], b2, b3,
+                        dk_acc[j + 4], dk_acc[j + 5], dk_acc[j + 6], dk_acc[j + 7])
+            cuda.syncthreads()  # every warp is done with this stage before a copy overwrites it
+
+        cp_async_wait_all()  # nothing in flight at exit (no query tile at all: K, V only)
+
+        # Epilogue: dK (times scale) and dV of this warp's keys, 2 x 16 bits per store.
+        dk_base = global_address(dk) + uint64(ab * dk.strides[0] + hk * dk.strides[1] + k_off * dk.strides[2])
+        dv_base = global_address(dv) + uint64(ab * dv.strides[0] + hk * dv.strides[1] + k_off * dv.strides[2])
+        for r in static_range(2):
+            key = wkey + g + 8 * r
+            if key < n_k:
+                for j in static_range(D_TILES):
+                    e = 4 * j + 2 * r
+                    col = (8 * j + 2 * t) * 2
+                    st_global_u32(dk_base + uint64(key * dk.strides[2] + col),
+                                  pack(dk_acc[e] * scale, dk_acc[e + 1] * scale))
+                    st_global_u32(dv_base + uint64(key * dv.strides[2] + col), pack(dv_acc[e], dv_acc[e + 1]))
+
+    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8)
+    return cuda.jit(fastmath=False)(unrolled(kernel, constants))
+
+
+@functools.lru_cache(maxsize=None)
+def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
+                 elem: str = "f16"):
+    """dQ on the tensor cores; launch with grid (cdiv(max Nq, config.block_m), H, B),
+    ``config.num_threads`` threads, ``config.backward_shared_bytes(head_dim, "dq")`` dynamic shared
+    memory. Signature as :func:`numba_flash.backward.dq_kernel` (16-bit q, k, v, dout, dq)."""
+    mma, pack = _ops(elem)
+    BLOCK_M, BLOCK_N, STAGES = config.block_m, config.block_n, config.stages  # owned queries, streamed keys
+    NUM_THREADS = config.num_threads
+    D = head_dim
+    ROW = tc_row_halves(D)
+    KSTEPS = (ROW - 8) // 16
+    DT = (ROW - 8) // 8
+    NT = BLOCK_N // 8
+    F_REGS, S_REGS, O_REGS, P_REGS = KSTEPS * 4, NT * 4, DT * 4, NT * 2
+    Q_BYTES = BLOCK_M * ROW * 2
+    KV_BYTES = BLOCK_N * ROW * 2
+    SDO = Q_BYTES  # byte offsets: Q | dO | K stages | V stages
+    SK = 2 * Q_BYTES
+    SV = SK + STAGES * KV_BYTES
+    DROPOUT = dropout
+    sequence = sequence_bounds(varlen)
+    load_tile, tile_iters = tile_copier(D, NUM_THREADS)
+    Q_ITERS, KV_ITERS = tile_iters(BLOCK_M), tile_iters(BLOCK_N)
+
+    def kernel(q, k, v, dout, lse, delta, dq, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
+               threshold, drop_scale):
+        smem = cuda.shared.array(0, uint8)
+        s_base = shared_address(smem)
+        sQ = s_base
+        sdO = s_base + uint32(SDO)
+        qf = cuda.local.array(F_REGS, uint32)  # this warp's 16 queries of Q and dO as A fragments
+        dof = cuda.local.array(F_REGS, uint32)
+        sacc = cuda.local.array(S_REGS, float32)  # S, then P: 16 queries x BLOCK_N keys
+        dpacc = cuda.local.array(S_REGS, float32)  # dP, then dS
+        ds16 = cuda.local.array(P_REGS, uint32)  # dS rounded to 16 bits: A fragments of dQ += . K
+        dq_acc = cuda.local.array(O_REGS, float32)
+
+        tid = cuda.threadIdx.x
+        warp = tid // 32
+        lane = tid % 32
+        g = lane // 4
+        t = lane % 4
+        m0 = cuda.blockIdx.x * BLOCK_M
+        h = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        hk = h // group
+        ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
+        if m0 >= n_q:
+            return
+        diag = n_k - n_q
+        n_start, n_end = key_span(m0, min(m0 + BLOCK_M, n_q) - 1, diag, left, right, n_k, BLOCK_N)
+
+        row_off = (q_off + m0) * q.strides[2]
+        load_tile(sQ, global_address(q) + uint64(ab * q.strides[0] + h * q.strides[1] + row_off), q.strides[2],
+                  n_q - m0, BLOCK_M, Q_ITERS, tid)
+        load_tile(sdO, global_address(dout) + uint64(ab * dout.strides[0] + h * dout.strides[1]
+                                                     + (q_off + m0) * dout.strides[2]),
+                  dout.strides[2], n_q - m0, BLOCK_M, Q_ITERS, tid)
+        k_src = global_address(k) + uint64(ab * k.strides[0] + hk * k.strides[1] + k_off * k.strides[2])
+        v_src = global_address(v) + uint64(ab * v.strides[0] + hk * v.strides[1] + k_off * v.strides[2])
+        ks, vs = k.strides[2], v.strides[2]
+        if n_start < n_end:
+            load_tile(s_base + uint32(SK), k_src + uint64(n_start * ks), ks, n_k - n_start, BLOCK_N, KV_ITERS, tid)
+            load_tile(s_base + uint32(SV), v_src + uint64(n_start * vs), vs, n_k - n_start, BLOCK_N, KV_ITERS, tid)
+        cp_async_commit()
+
+        # This lane's two query rows: their lse (base 2) and delta, read once.
+        wrow = m0 + warp * 16
+        row0 = wrow + g
+        row1 = row0 + 8
+        l2_0 = lse2(lse[ab, h, q_off + row0]) if row0 < n_q else float32(0.0)
+        l2_1 = lse2(lse[ab, h, q_off + row1]) if row1 < n_q else float32(0.0)
+        dl_0 = delta[ab, h, q_off + row0] if row0 < n_q else float32(0.0)
+        dl_1 = delta[ab, h, q_off + row1] if row1 < n_q else float32(0.0)
+        for i in static_range(O_REGS):
+            dq_acc[i] = float32(0.0)
+        qk_scale = scale * float32(LOG2E)
+        a_row = warp * 16 + (lane % 8) + 8 * ((lane // 8) % 2)
+        a_col = 8 * (lane // 16)
+        b_row = (lane % 8) + 8 * (lane // 16)
+        b_col = 8 * ((lane // 8) % 2)
+        t_row = (lane % 8) + 8 * ((lane // 8) % 2)
+        t_col = 8 * (lane // 16)
+
+        it = 0
+        for n0 in range(n_start, n_end, BLOCK_N):
+            stage = it % STAGES if STAGES > 1 else 0
+            sK = s_base + uint32(SK + stage * KV_BYTES)
+            sV = s_base + uint32(SV + stage * KV_BYTES)
+            if STAGES > 1:
+                nxt = n0 + BLOCK_N
+                if nxt < n_end:
+                    load_tile(s_base + uint32(SK + (1 - stage) * KV_BYTES), k_src + uint64(nxt * ks), ks, n_k - nxt,
+                              BLOCK_N, KV_ITERS, tid)
+                    load_tile(s_base + uint32(SV + (1 - stage) * KV_BYTES), v_src + uint64(nxt * vs), vs, n_k - nxt,
+                              BLOCK_N, KV_ITERS, tid)
+                cp_async_commit()
+                cp_async_wait_one()
+            else:
+                if it > 0:
+                    load_tile(sK, k_src + uint64(n0 * ks), ks, n_k - n0, BLOCK_N, KV_ITERS, tid)
+                    load_tile(sV, v_src + uint64(n0 * vs), vs, n_k - n0, BLOCK_N, KV_ITERS, tid)
+                    cp_async_commit()
+                cp_async_wait_all()
+            cuda.syncthreads()
+
+            if it == 0:
+                for kk in static_range(KSTEPS):
+                    off = uint32((a_row * ROW + kk * 16 + a_col) * 2)
+                    qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2], qf[4 * kk + 3] = ldmatrix_x4(sQ + off)
+                    dof[4 * kk], dof[4 * kk + 1], dof[4 * kk + 2], dof[4 * kk + 3] = ldmatrix_x4(sdO + off)
+
+            # S = Q K^T and dP = dO V^T.
+            for i in static_range(S_REGS):
+                sacc[i] = float32(0.0)
+                dpacc[i] = float32(0.0)
+            for kk in static_range(KSTEPS):
+                for jp in static_range(NT // 2):
+                    off = uint32(((jp * 16 + b_row) * ROW + kk * 16 + b_col) * 2)
+                    j = 8 * jp
+                    qa = 4 * kk
+                    b0, b1, b2, b3 = ldmatrix_x4(sK + off)
+                    sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
+                        qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1, sacc[j], sacc[j + 1], sacc[j + 2],
+                        sacc[j + 3])
+                    sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma(
+                        qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b2, b3, sacc[j + 4], sacc[j + 5], sacc[j + 6],
+                        sacc[j + 7])
+                    b0, b1, b2, b3 = ldmatrix_x4(sV + off)
+                    dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3] = mma(
+                        dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b0, b1, dpacc[j], dpacc[j + 1], dpacc[j + 2],
+                        dpacc[j + 3])
+                    dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7] = mma(
+                        dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b2, b3, dpacc[j + 4], dpacc[j + 5],
+                        dpacc[j + 6], dpacc[j + 7])
+
+            for i in static_range(S_REGS):
+                sacc[i] *= qk_scale
+            rel_lo = n0 - (m0 + BLOCK_M - 1) - diag
+            rel_hi = n0 + BLOCK_N - 1 - m0 - diag
+            if n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right:
+                for j in static_range(NT):
+                    for e in static_range(4):
+                        sacc[4 * j + e] = masked(sacc[4 * j + e], n0 + 8 * j + 2 * t + (e % 2), row0 + 8 * (e // 2),
+                                                 diag, left, right, n_k)
+            # dS = P (Z dP - delta), P = exp2(S - lse) (lse, delta: this lane's rows g, g + 8)
+            for j in static_range(NT):
+                for e in static_range(4):
+                    i = 4 * j + e
+                    p = ex2(sacc[i] - (l2_0 if e < 2 else l2_1))
+                    dp = dpacc[i]
+                    if DROPOUT:
+                        dp *= keep_scale(seed_lo, seed_hi, b, h, row0 + 8 * (e // 2), n0 + 8 * j + 2 * t + (e % 2),
+                                         threshold, drop_scale)
+                    dpacc[i] = p * (dp - (dl_0 if e < 2 else dl_1))
+            for i in static_range(P_REGS):
+                ds16[i] = pack(dpacc[2 * i], dpacc[2 * i + 1])
+
+            # dQ += dS K over this tile's keys.
+            for kk in static_range(NT // 2):
+                for dp_ in static_range(DT // 2):
+                    b0, b1, b2, b3 = ldmatrix_x4_trans(sK + uint32(((kk * 16 + t_row) * ROW + dp_ * 16 + t_col) * 2))
+                    j = 8 * dp_
+                    dq_acc[j], dq_acc[j + 1], dq_acc[j + 2], dq_acc[j + 3] = mma(
+                        ds16[4 * kk], ds16[4 * kk + 1], ds16[4 * kk + 2], ds16[4 * kk + 3], b0, b1,
+                        dq_acc[j], dq_acc[j + 1], dq_acc[j + 2], dq_acc[j + 3])
+                    dq_acc[j + 4], dq_acc[j + 5], dq_acc[j + 6], dq_acc[j + 7] = mma(
+                        ds16[4 * kk], ds16[4 * kk + 1], ds16[4 * kk + 2], ds16[4 * kk + 3], b2, b3,
+                        dq_acc[j + 4], dq_acc[j + 5], dq_acc[j + 6], dq_acc[j + 7])
+            it += 1
+            cuda.syncthreads()
+
+        cp_async_wait_all()
+
+        dq_base = global_address(dq) + uint64(ab * dq.strides[0] + h * dq.strides[1] + q_off * dq.strides[2])
+        for r in static_range(2):
+            row = row0 + 8 * r
+            if row < n_q:
+                for j in static_range(D_TILES):
+                    e = 4 * j + 2 * r
+                    st_global_u32(dq_base + uint64(row * dq.strides[2] + (8 * j + 2 * t) * 2),
+                                  pack(dq_acc[e] * scale, dq_acc[e + 1] * scale))
+
+    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8)
+    return cuda.jit(fastmath=False)(unrolled(kernel, constants))
