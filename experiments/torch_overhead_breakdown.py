@@ -27,12 +27,12 @@ out, lse = None, None
 def fwd_bridge():
     global out, lse
     with _Bridge(q.device) as br:
-        o, l = api.flash_attention(br.to_cupy(q), br.to_cupy(k), br.to_cupy(v), causal=True, return_lse=True)
+        o, l = api.flash_attention(br.to_view(q), br.to_view(k), br.to_view(v), causal=True, return_lse=True)
         out, lse = br.to_torch(o), br.to_torch(l)
 fwd_bridge()
 def bwd_bridge():
     with _Bridge(q.device) as br:
-        g = api.flash_attention_backward(br.to_cupy(do), br.to_cupy(q), br.to_cupy(k), br.to_cupy(v), br.to_cupy(out), br.to_cupy(lse), causal=True)
+        g = api.flash_attention_backward(br.to_view(do), br.to_view(q), br.to_view(k), br.to_view(v), br.to_view(out), br.to_view(lse), causal=True)
         [br.to_torch(x) for x in g]
 cq,ck,cv,cdo = (cupy.from_dlpack(x) for x in (q,k,v,do))
 co, cl = nf.flash_attention(cq,ck,cv,causal=True,return_lse=True)

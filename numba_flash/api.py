@@ -19,7 +19,7 @@ from . import backend
 from .backward import delta_kernel, dkdv_kernel, dq_kernel
 from .config import BlockConfig, TensorCoreConfig, check_head_dim, default_config, default_tc_config
 from .forward import forward_kernel
-from .launch import launch
+from .launch import _pointer, launch
 from .masking import band
 from .philox import dropout_kernel_args, validate_dropout_p, validate_seed
 
@@ -37,6 +37,34 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+class DeviceView:
+    """The least a kernel launch needs of a device array: address, shape, byte strides, dtype.
+
+    What adapters hand the API instead of a CuPy array (numba_flash.torch wraps torch tensors in
+    these: building a ``cupy.ndarray`` costs ~25 us of host time per tensor). ``owner`` keeps the
+    memory alive; ``fill`` (optional) writes one value everywhere (used by ``POISON_OUTPUTS``)."""
+
+    __slots__ = ("ptr", "shape", "strides", "dtype", "owner", "_fill")
+
+    def __init__(self, ptr: int, shape: tuple, strides: tuple, dtype, owner=None, fill=None):
+        self.ptr, self.shape, self.strides, self.dtype = ptr, shape, strides, np.dtype(dtype)
+        self.owner, self._fill = owner, fill
+
+    ndim = property(lambda self: len(self.shape))
+    itemsize = property(lambda self: self.dtype.itemsize)
+    size = property(lambda self: math.prod(self.shape))
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "strides": self.strides, "typestr": self.dtype.str, "data": (self.ptr, False),
+                "version": 3}
+
+    def fill(self, value) -> None:
+        if self._fill is None:
+            raise TypeError("this DeviceView cannot be filled")
+        self._fill(value)
+
+
 def _as_array(name: str, x):
     """Return ``x`` as this backend's array type (CuPy on the GPU, NumPy on the simulator), no copy."""
     if backend.BACKEND == backend.SIMULATOR:
@@ -49,7 +77,7 @@ def _as_array(name: str, x):
             raise TypeError(f"{name}: expected a numpy.ndarray on the simulator backend, got {type(x).__name__}")
         return x  # _launch hands the simulator views, so strided arrays work as on the GPU
     cupy = backend.array_module()
-    if isinstance(x, cupy.ndarray):
+    if isinstance(x, (cupy.ndarray, DeviceView)):
         return x
     if isinstance(x, np.ndarray):
         raise TypeError(
@@ -72,9 +100,17 @@ def _as_array(name: str, x):
     )
 
 
-def _check_dtype(name: str, a) -> None:
-    if a.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name}: dtype {a.dtype} is not supported; expected float16 or float32")
+_BF16_BITS = np.dtype(np.uint16)  # bfloat16 travels as its bit patterns (CuPy and NumPy have no bfloat16)
+
+
+def _check_dtype(name: str, a, bf16: bool = False) -> None:
+    if bf16:
+        if a.dtype != _BF16_BITS:
+            raise TypeError(f"{name}: with bfloat16=True expected uint16 arrays of bfloat16 bit patterns, got dtype "
+                            f"{a.dtype}")
+    elif a.dtype not in SUPPORTED_DTYPES:
+        hint = " (bfloat16 data: pass its uint16 bit patterns and bfloat16=True)" if a.dtype == _BF16_BITS else ""
+        raise TypeError(f"{name}: dtype {a.dtype} is not supported; expected float16 or float32{hint}")
 
 
 def _check_heads(q_heads: int, kv_heads: int, shape_k) -> int:
@@ -87,12 +123,12 @@ def _check_heads(q_heads: int, kv_heads: int, shape_k) -> int:
     return q_heads // kv_heads
 
 
-def _check_qkv(q, k, v, ndim=4, what="(batch, heads, seqlen, head_dim)"):
+def _check_qkv(q, k, v, ndim=4, what="(batch, heads, seqlen, head_dim)", bf16=False):
     """Shapes, dtypes and head counts of q, k, v; returns the GQA group size."""
     for name, a in (("q", q), ("k", k), ("v", v)):
         if a.ndim != ndim:
             raise ValueError(f"{name}: expected {ndim} dimensions {what}, got shape {a.shape}")
-        _check_dtype(name, a)
+        _check_dtype(name, a, bf16)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     for name, a in (("q", q), ("k", k)):
@@ -147,6 +183,12 @@ def _check_scale(softmax_scale, head_dim: int):
     return value
 
 
+def _check_bool(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def _check_causal(causal):
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
@@ -159,7 +201,7 @@ def _tc_problem(arrays) -> str | None:
     for name, a in arrays:
         if a.strides[-1] != a.itemsize:
             return f"{name}: the tensor-core kernels need a contiguous last axis, got strides {a.strides}"
-        if a.data.ptr % 16 or any(st % 16 for n, st in zip(a.shape[:-1], a.strides[:-1]) if n > 1):
+        if _pointer(a) % 16 or any(st % 16 for n, st in zip(a.shape[:-1], a.strides[:-1]) if n > 1):
             return f"{name}: the tensor-core kernels need 16-byte aligned rows, got strides {a.strides}"
     return None
 
@@ -170,6 +212,17 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
     ``config=None`` takes the tensor-core kernels wherever they can run; a TensorCoreConfig or a
     BlockConfig forces that kernel (an error, saying why, if the tensor-core one cannot run).
     """
+    if np.dtype(dtype) == _BF16_BITS:  # bfloat16: the tensor-core kernels are the only ones
+        if config is not None and not isinstance(config, TensorCoreConfig):
+            raise ValueError(f"config: bfloat16 runs on the tensor-core kernels only; pass a TensorCoreConfig or None, "
+                             f"got {config!r}")
+        if backend.BACKEND != backend.GPU:
+            raise ValueError("bfloat16: runs on the tensor-core kernels only, which need the GPU backend")
+        config = config if config is not None else default_tc_config(head_dim, dropout, pass_)
+        why = _tc_problem(arrays) or "; ".join(config.problems(head_dim, pass_))
+        if why:
+            raise ValueError(f"bfloat16: the tensor-core kernels cannot run this problem: {why}")
+        return config.validate(head_dim, pass_)
     if isinstance(config, TensorCoreConfig):
         if backend.BACKEND != backend.GPU:
             raise ValueError("config: a TensorCoreConfig needs the GPU backend (inline PTX: the CUDA simulator "
@@ -231,16 +284,33 @@ def _empty(shape, dtype):
             a.fill(np.nan)
         return a
     xp = backend.array_module()
-    if POISON_OUTPUTS:
-        return xp.full(shape, np.nan, dtype=dtype)
+    if POISON_OUTPUTS:  # NaN; for bfloat16 bit patterns (uint16), a bfloat16 NaN's bits
+        return xp.full(shape, 0x7FC0 if np.dtype(dtype) == _BF16_BITS else np.nan, dtype=dtype)
     return xp.empty(shape, dtype=dtype)
+
+
+@contextlib.contextmanager
+def launch_on(stream: int, empty=None):
+    """Within the block, kernels go to the raw ``CUstream`` pointer ``stream`` (instead of CuPy's
+    current stream) and, if given, outputs come from ``empty`` (as :func:`allocate_with`)."""
+    previous = getattr(_ALLOCATOR, "stream", None), getattr(_ALLOCATOR, "empty", None)
+    _ALLOCATOR.stream = stream
+    if empty is not None:
+        _ALLOCATOR.empty = empty
+    try:
+        yield
+    finally:
+        _ALLOCATOR.stream, _ALLOCATOR.empty = previous
 
 
 def _launch(kernel, grid, threads, *args, shared=0):
     if backend.BACKEND == backend.GPU:
-        # On CuPy's current stream, so work stays ordered with the caller's CuPy/torch work; through a
-        # prepared launch (numba_flash.launch): numba's own costs ~30-60 us of host time per launch.
-        launch(kernel, grid, threads, backend.array_module().cuda.get_current_stream().ptr, *args, shared=shared)
+        # On CuPy's current stream (or launch_on's), so work stays ordered with the caller's CuPy/torch
+        # work; through a prepared launch (numba_flash.launch): numba's own costs ~30-60 us of host time.
+        stream = getattr(_ALLOCATOR, "stream", None)
+        if stream is None:
+            stream = backend.array_module().cuda.get_current_stream().ptr
+        launch(kernel, grid, threads, stream, *args, shared=shared)
     else:
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
@@ -277,7 +347,7 @@ def _run_forward(q, k, v, cu_q, cu_k, n_seq, max_q, varlen, group, scale, cfg, o
     if isinstance(cfg, TensorCoreConfig):
         from .tc_forward import tc_forward_kernel  # GPU only: inline PTX
 
-        kernel, shared = tc_forward_kernel(cfg, D, varlen, dropout), cfg.shared_memory_bytes(D)
+        kernel, shared = tc_forward_kernel(cfg, D, varlen, dropout, _elem(q)), cfg.shared_memory_bytes(D)
     else:
         kernel, shared = forward_kernel(cfg, D, varlen, dropout), 0
     _launch(kernel, grid, cfg.num_threads, view(q), view(k), view(v), view(out), view(lse), cu_q, cu_k,
@@ -292,8 +362,14 @@ def _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_q, max_k, varl
     qv, kv = view(q), view(k)
     H, H_kv, B = qv.shape[1], kv.shape[1], qv.shape[0]
     delta = _empty(lse.shape, np.float32)
-    _launch(delta_kernel(D), (_cdiv(qv.shape[2], _DELTA_THREADS), H, B), _DELTA_THREADS,
-            view(dout), view(out), view(delta))
+    if isinstance(cfg, TensorCoreConfig):
+        from .tc_backward import tc_delta_kernel, tc_delta_rows
+
+        _launch(tc_delta_kernel(D, _elem(q)), (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B), 128,
+                view(dout), view(out), view(delta))
+    else:
+        _launch(delta_kernel(D), (_cdiv(qv.shape[2], _DELTA_THREADS), H, B), _DELTA_THREADS,
+                view(dout), view(out), view(delta))
     dq, dk, dv = _empty(q.shape, q.dtype), _empty(k.shape, k.dtype), _empty(v.shape, v.dtype)
     s = np.float32(scale)
     common = (view(q), kv, view(v), view(dout), view(lse), view(delta))
@@ -301,8 +377,9 @@ def _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_q, max_k, varl
         from .tc_backward import tc_dkdv_kernel, tc_dq_kernel  # GPU only: inline PTX
 
         # dK/dV blocks own block_m keys, dQ blocks block_m queries (TensorCoreConfig's docstring)
-        dkdv, dkdv_grid = tc_dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_m), H_kv, n_seq)
-        dqk, dq_grid = tc_dq_kernel(cfg, D, varlen, dropout), (_cdiv(max_q, cfg.block_m), H, n_seq)
+        elem = _elem(q)
+        dkdv, dkdv_grid = tc_dkdv_kernel(cfg, D, varlen, dropout, elem), (_cdiv(max_k, cfg.block_m), H_kv, n_seq)
+        dqk, dq_grid = tc_dq_kernel(cfg, D, varlen, dropout, elem), (_cdiv(max_q, cfg.block_m), H, n_seq)
         shared = cfg.backward_shared_bytes(D, "dkdv"), cfg.backward_shared_bytes(D, "dq")
     else:
         dkdv, dkdv_grid = dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_n), H_kv, n_seq)
@@ -318,8 +395,13 @@ def _same(x):
     return x
 
 
+def _elem(a) -> str:
+    """The 16-bit element kind of the tensor-core kernels: uint16 arrays carry bfloat16."""
+    return "bf16" if a.dtype == _BF16_BITS else "f16"
+
+
 def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), dropout_p=0.0, seed=None,
-                    config=None, return_lse=False):
+                    config=None, return_lse=False, bfloat16=False):
     """Exact attention ``softmax(scale * q k^T + mask) v`` without materialising the N x N matrix.
 
     q: (B, H, Nq, D); k, v: (B, H_kv, Nk, D) with H_kv dividing H (GQA/MQA: query head h reads
@@ -332,14 +414,17 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     the mask from it); ``lse`` stays that of the undropped probabilities. ``config``: None picks
     the tensor-core kernel on a GPU for float16 (contiguous last axis, 16-byte aligned rows,
     head_dim <= 128) and the portable kernel otherwise; a :class:`TensorCoreConfig` or a
-    :class:`BlockConfig` forces that kernel.
+    :class:`BlockConfig` forces that kernel. ``bfloat16=True``: q, k, v are uint16 arrays holding
+    bfloat16 bit patterns (CuPy has no bfloat16 dtype; ``torch_tensor.view(torch.int16)`` or
+    ``ml_dtypes`` arrays viewed as uint16 give them); ``out`` comes back the same way. bfloat16 runs
+    on the tensor-core kernels only (GPU, head_dim <= 128, contiguous 16-byte aligned rows).
 
     Returns ``out`` (like q), or ``(out, lse)`` with ``lse`` float32 (B, H, Nq), the natural-log
     log-sum-exp of each row's scaled scores, when ``return_lse`` is true.
     """
     backend.warn_if_simulated()
     q, k, v = _as_array("q", q), _as_array("k", k), _as_array("v", v)
-    group = _check_qkv(q, k, v)
+    group = _check_qkv(q, k, v, bf16=_check_bool("bfloat16", bfloat16))
     B, H, n_q, D = q.shape
     n_k = k.shape[2]
     opts = _options(causal, window_size, dropout_p, seed)
@@ -363,18 +448,19 @@ def _check_saved(dout, out, lse, q, lse_shape, lse_what):
 
 
 def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=None, window_size=(-1, -1),
-                             dropout_p=0.0, seed=None, config=None):
+                             dropout_p=0.0, seed=None, config=None, bfloat16=False):
     """Gradients ``(dq, dk, dv)`` of ``sum(dout * out)``, recomputing P from ``lse`` tile by tile.
 
     ``out`` and ``lse`` are what :func:`flash_attention` returned (``return_lse=True``) for the same
     q, k, v and the same options (causal, softmax_scale, window_size, dropout_p, seed): the dropout
     mask is regenerated from ``seed``, never stored. With GQA, dk and dv have k's H_kv heads, summed
     over each group of query heads. Deterministic: no atomics, so repeated calls are bit-identical.
+    ``bfloat16=True`` as in :func:`flash_attention` (dout, out too; gradients come back as uint16).
     """
     backend.warn_if_simulated()
     q, k, v = _as_array("q", q), _as_array("k", k), _as_array("v", v)
     dout, out, lse = _as_array("dout", dout), _as_array("out", out), _as_array("lse", lse)
-    group = _check_qkv(q, k, v)
+    group = _check_qkv(q, k, v, bf16=_check_bool("bfloat16", bfloat16))
     B, H, n_q, D = q.shape
     n_k = k.shape[2]
     _check_saved(dout, out, lse, q, (B, H, n_q), "(batch, heads, seqlen_q)")

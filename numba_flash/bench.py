@@ -51,11 +51,18 @@ DEFAULT_L2_BYTES = 50 * 10**6
 MAX_INPUT_SETS = 8
 
 TORCH_BACKENDS = {  # impl name -> (SDPBackend member, dtypes it accepts among the ones we compare)
-    "torch_flash": ("FLASH_ATTENTION", ("float16",)),
-    "torch_efficient": ("EFFICIENT_ATTENTION", ("float16", "float32")),
-    "torch_cudnn": ("CUDNN_ATTENTION", ("float16",)),
-    "torch_math": ("MATH", ("float16", "float32")),
+    "torch_flash": ("FLASH_ATTENTION", ("float16", "bfloat16")),
+    "torch_efficient": ("EFFICIENT_ATTENTION", ("float16", "bfloat16", "float32")),
+    "torch_cudnn": ("CUDNN_ATTENTION", ("float16", "bfloat16")),
+    "torch_math": ("MATH", ("float16", "bfloat16", "float32")),
 }
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+def array_dtype(dtype) -> np.dtype:
+    """The device arrays' dtype for a benchmark dtype: bfloat16 travels as uint16 bit patterns
+    (CuPy has no bfloat16; numba_flash takes them with ``bfloat16=True``, torch views them)."""
+    return np.dtype(np.uint16) if str(dtype) == "bfloat16" else np.dtype(dtype)
 IMPL_NAMES = ("numba_flash", "cupy_standard", *TORCH_BACKENDS)
 
 
@@ -123,15 +130,16 @@ def _numba_flash_impl() -> Impl:
 
     def make(pass_, causal):
         if pass_ == "forward":
-            return lambda q, k, v, do: api.flash_attention(q, k, v, causal=causal)
+            return lambda q, k, v, do: api.flash_attention(q, k, v, causal=causal, bfloat16=q.dtype == np.uint16)
 
         def forward_backward(q, k, v, do):
-            out, lse = api.flash_attention(q, k, v, causal=causal, return_lse=True)
-            return api.flash_attention_backward(do, q, k, v, out, lse, causal=causal)
+            bf16 = q.dtype == np.uint16
+            out, lse = api.flash_attention(q, k, v, causal=causal, return_lse=True, bfloat16=bf16)
+            return api.flash_attention_backward(do, q, k, v, out, lse, causal=causal, bfloat16=bf16)
 
         return forward_backward
 
-    return Impl("numba_flash", "numba_flash kernels (this package)", ("float16", "float32"), make)
+    return Impl("numba_flash", "numba_flash kernels (this package)", DTYPES, make)
 
 
 def _numba_flash_configs(shape: Shape, dtype, causal: bool, pass_: str) -> dict | None:
@@ -141,8 +149,8 @@ def _numba_flash_configs(shape: Shape, dtype, causal: bool, pass_: str) -> dict 
 
     kernels = ("forward",) if pass_ == "forward" else ("forward", "backward")
     try:
-        pick = {"forward": lambda: api._pick_forward(None, shape.head_dim, np.dtype(dtype), causal, shape.seqlen, ()),
-                "backward": lambda: api._pick(None, "backward", shape.head_dim, np.dtype(dtype), causal,
+        pick = {"forward": lambda: api._pick_forward(None, shape.head_dim, array_dtype(dtype), causal, shape.seqlen, ()),
+                "backward": lambda: api._pick(None, "backward", shape.head_dim, array_dtype(dtype), causal,
                                               shape.seqlen, ())}
         return {k: str(pick[k]()) for k in kernels}
     except Exception:  # noqa: BLE001 - informational only; the API's private signature may change
@@ -189,6 +197,8 @@ def _torch_impl(name: str) -> Impl:
     def prepare(q, k, v, do):
         # Zero-copy views of the CuPy arrays; q, k, v become leaves that autograd differentiates.
         tq, tk, tv, tdo = (torch.from_dlpack(a) for a in (q, k, v, do))
+        if q.dtype == np.uint16:  # bfloat16 bit patterns
+            tq, tk, tv, tdo = (t.view(torch.bfloat16) for t in (tq, tk, tv, tdo))
         return tuple(t.requires_grad_(True) for t in (tq, tk, tv)) + (tdo,)
 
     def make(pass_, causal):
@@ -271,7 +281,7 @@ def n_input_sets(shape: Shape, dtype, l2_bytes: int | None = None) -> int:
     if backend.BACKEND != backend.GPU:
         return 1
     l2 = l2_bytes or _l2_bytes()
-    set_bytes = 4 * shape.batch * shape.heads * shape.seqlen * shape.head_dim * np.dtype(dtype).itemsize
+    set_bytes = 4 * shape.batch * shape.heads * shape.seqlen * shape.head_dim * array_dtype(dtype).itemsize
     if set_bytes >= l2:
         return 1
     return int(min(MAX_INPUT_SETS, math.ceil(2 * l2 / set_bytes)))
@@ -283,8 +293,17 @@ def make_inputs(shape: Shape, dtype, n_sets: int = 1, seed: int = 0) -> list[tup
     # CuPy's RandomState draws float32 on the device directly (no host round trip).
     rng = xp.random.RandomState(seed) if backend.BACKEND == backend.GPU else np.random.default_rng(seed)
     dims = (shape.batch, shape.heads, shape.seqlen, shape.head_dim)
+    if str(dtype) == "bfloat16":
+        return [tuple(_bf16_bits(xp, rng.standard_normal(dims, dtype=np.float32)) for _ in range(4))
+                for _ in range(n_sets)]
     return [tuple(rng.standard_normal(dims, dtype=np.float32).astype(dtype) for _ in range(4))
             for _ in range(n_sets)]
+
+
+def _bf16_bits(xp, x):
+    """float32 -> the uint16 bit patterns of the nearest bfloat16 (ties to even), on x's device."""
+    b = x.view(xp.uint32)
+    return ((b + xp.uint32(0x7FFF) + ((b >> xp.uint32(16)) & xp.uint32(1))) >> xp.uint32(16)).astype(xp.uint16)
 
 
 def _error_text(exc: BaseException, caught: Sequence[warnings.WarningMessage] = ()) -> str:
@@ -750,7 +769,7 @@ def build_parser(prog: str = "numba-flash bench") -> argparse.ArgumentParser:
                    help="tiny shapes, float32, numba_flash and cupy_standard only, 1 repeat (runs on the simulator)")
     p.add_argument("--shape", action="append", type=parse_shape, metavar="B,H,N,D",
                    help="time this shape instead of the standard sweep (repeatable)")
-    p.add_argument("--dtype", action="append", choices=("float16", "float32"),
+    p.add_argument("--dtype", action="append", choices=DTYPES,
                    help="repeatable; default float16 (float32 on the simulator)")
     p.add_argument("--impl", action="append", choices=IMPL_NAMES, help="repeatable; default all available")
     p.add_argument("--pass", dest="passes", action="append", choices=PASSES, help="repeatable; default both")

@@ -95,6 +95,9 @@ def param_layout(argtypes) -> tuple[str, list[int]]:
 
 
 def _pointer(a) -> int:
+    ptr = getattr(a, "ptr", None)  # api.DeviceView
+    if ptr is not None:
+        return ptr
     data = getattr(a, "data", None)
     if data is not None and hasattr(data, "ptr"):  # CuPy
         return data.ptr

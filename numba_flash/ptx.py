@@ -185,6 +185,14 @@ def pack_bf16x2(typingctx, lo, hi):
 
 
 @intrinsic
+def f32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is ``bits`` (uint32): bfloat16 ``b`` is ``f32_from_bits(b << 16)``."""
+    if not _is((bits,), [_U32]):
+        return None
+    return _asm(_F32, [_U32], "mov.b32 $0, $1;", "=f,r", actual=(bits,))
+
+
+@intrinsic
 def st_global_u32(typingctx, addr, value):
     """Store one 32-bit word at global address ``addr`` (uint64)."""
     if not _is((addr, value), [_U64, _U32]):
@@ -222,7 +230,7 @@ def shared_address(typingctx, ary):
     return _U32(ary), codegen
 
 
-__all__ = ["cp_async16", "cp_async4", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "global_address",
+__all__ = ["cp_async16", "cp_async4", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "f32_from_bits", "global_address",
            "ld_shared_f32", "ldmatrix_x4", "ldmatrix_x4_trans", "mma_16816_bf16", "mma_16816_f16", "pack_bf16x2", "pack_f16x2",
            "pack_half2", "shared_address", "st_global_u32", "warp_mma_kernel"]
 

@@ -33,7 +33,7 @@ from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TensorCoreConfig, tc_row_halves
 from .masking import key_span, query_span, sequence_bounds
-from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, global_address,
+from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, global_address,
                   ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2,
                   pack_f16x2, shared_address, st_global_u32)
 from .tc_forward import LOG2E, NEG_INF, keep_scale, masked, tile_copier
@@ -57,6 +57,54 @@ def _ops(elem: str):
 def kv_in_registers(head_dim: int) -> bool:
     """Whether the dkdv warps hold their K and V fragments in registers (else: re-read them)."""
     return head_dim <= 64
+
+
+@cuda.jit(device=True, forceinline=True)
+def from_f16(x):
+    return float32(x)
+
+
+@cuda.jit(device=True, forceinline=True)
+def from_bf16(x):
+    return f32_from_bits(uint32(x) << uint32(16))
+
+
+@functools.lru_cache(maxsize=None)
+def tc_delta_kernel(head_dim: int, elem: str = "f16"):
+    """``delta[b, h, i] = sum_d dout[b, h, i, d] * out[b, h, i, d]`` (16-bit inputs, ``elem``).
+
+    Launch with grid (cdiv(Nq, ROWS), H, B) and 128 threads, ``ROWS = tc_delta_rows(head_dim)``.
+    A row's 8-element chunks go to consecutive lanes (coalesced reads), reduced with ``shfl.xor``.
+    """
+    _ops(elem)
+    to_f32 = from_f16 if elem == "f16" else from_bf16
+    CH = head_dim // 8
+    LPR = 1 << (CH - 1).bit_length()  # lanes per row: a power of two >= CH (at most 32)
+    ROWS = 128 // LPR
+
+    @cuda.jit
+    def kernel(dout, out, delta):
+        tid = cuda.threadIdx.x
+        r = cuda.blockIdx.x * ROWS + tid // LPR
+        c = tid % LPR
+        h = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        acc = float32(0.0)
+        if r < out.shape[2] and c < CH:
+            for e in range(8):
+                acc += to_f32(dout[b, h, r, 8 * c + e]) * to_f32(out[b, h, r, 8 * c + e])
+        off = LPR // 2
+        while off > 0:
+            acc += cuda.shfl_xor_sync(0xFFFFFFFF, acc, off)
+            off //= 2
+        if c == 0 and r < out.shape[2]:
+            delta[b, h, r] = acc
+
+    return kernel
+
+
+def tc_delta_rows(head_dim: int) -> int:
+    return 128 // (1 << (head_dim // 8 - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=None)

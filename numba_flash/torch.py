@@ -6,15 +6,17 @@
 
 How it joins PyTorch:
 
-* Zero-copy both ways: q, k, v (strided views included) are read where they lie;
-  outputs and gradients are allocated by PyTorch's caching allocator (``api.allocate_with``), so
-  they are ordinary torch tensors and ``torch.cuda.max_memory_allocated`` counts them.
-* PyTorch's current CUDA stream: CuPy is pointed at it for the call, so the kernels queue behind
-  the model's work and nothing synchronises the device.
+* Zero-copy both ways: q, k, v (strided views included) are read where they lie (passed to the
+  API as ``api.DeviceView``: address, shape, strides, as DLPack would carry them); outputs and
+  gradients are allocated by PyTorch's caching allocator, so they are ordinary torch tensors and
+  ``torch.cuda.max_memory_allocated`` counts them.
+* PyTorch's current CUDA stream: the kernels are launched on it (``api.launch_on``), so they
+  queue behind the model's work and nothing synchronises the device.
 * Saved for backward: q, k, v, out and lse (float32, B*H*N), plus the dropout seed, a Python int
   drawn from torch's (CPU) default generator, so ``torch.manual_seed`` makes dropout repeatable.
-* dtypes: float16 and float32 run natively. bfloat16 runs through the float32 kernels: inputs
-  are upcast (a copy; exact) and the output rounded back to bfloat16; autograd handles the casts.
+* dtypes: float16, bfloat16 and float32 run natively (16-bit ones on the tensor-core kernels).
+  bfloat16 inputs the tensor-core kernels cannot read (head_dim > 128, rows not 16-byte aligned)
+  run through the float32 kernels on exact upcasts, the output rounded back to bfloat16.
   Under ``torch.autocast('cuda')`` inputs are cast to the autocast dtype first, as SDPA does.
 * GQA as SDPA's ``enable_gqa=True``: k, v with fewer heads, shared by groups of query heads.
 * Not supported (clear errors): ``attn_mask`` (use ``is_causal`` or the numba_flash-only
@@ -23,7 +25,6 @@ How it joins PyTorch:
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import numpy as np
@@ -33,8 +34,9 @@ from . import api, backend
 
 __all__ = ["scaled_dot_product_attention", "FlashAttentionFunction", "draw_seed"]
 
-_NUMPY_OF = {torch.float16: np.float16, torch.float32: np.float32}
-_TORCH_OF = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+_NUMPY_OF = {torch.float16: np.float16, torch.float32: np.float32, torch.bfloat16: np.uint16}
+_TORCH_OF = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
+             np.dtype(np.uint16): torch.bfloat16}
 
 
 def draw_seed() -> int:
@@ -42,57 +44,45 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
 
 
-_STREAMS = {}  # torch stream pointer -> the CuPy ExternalStream on it (made once: it is ~free, but not free)
+def _view(t: torch.Tensor) -> api.DeviceView:
+    """The API's view of a CUDA tensor: its address, shape, byte strides and dtype (no copy;
+    bfloat16 as uint16 bit patterns, the API's ``bfloat16=True`` form)."""
+    size = t.element_size()
+    return api.DeviceView(t.data_ptr(), tuple(t.shape), tuple(st * size for st in t.stride()), _NUMPY_OF[t.dtype],
+                          t, t.fill_)
 
 
 class _Bridge:
-    """CuPy views of torch tensors, on torch's current stream, with torch-owned outputs.
+    """Calls into the API on torch's current stream, with torch-owned outputs.
 
-    The views wrap the tensors' memory directly (``cupy.cuda.UnownedMemory``, the tensor kept as
-    owner), which is what DLPack does too, minus the exchange protocol's per-call bookkeeping
-    (device queries, stream hand-shakes): measurably cheaper for tiny calls.
+    Tensors go in as :class:`numba_flash.api.DeviceView` (address, shape, strides: what DLPack
+    exchanges, minus the protocol's per-call bookkeeping and CuPy's array construction, ~25 us of
+    host time per tensor); outputs are ``torch.empty`` (PyTorch's caching allocator, so torch's
+    memory statistics count them); kernels are launched on ``torch.cuda.current_stream()``.
     """
 
     def __init__(self, device: torch.device):
-        import cupy
-
-        self.cupy = cupy
         self.device = device
-        ptr = torch.cuda.current_stream(device).cuda_stream
-        if ptr not in _STREAMS:
-            _STREAMS[ptr] = cupy.cuda.ExternalStream(ptr, device.index)
-        self.stream = _STREAMS[ptr]
-        self.made = {}  # id(cupy view) -> (view, the torch tensor that owns its memory)
+        self.made = {}  # id(view) -> the torch tensor that owns its memory
+        self._ctx = api.launch_on(torch.cuda.current_stream(device).cuda_stream, self.empty)
 
-    def to_cupy(self, t: torch.Tensor):
-        cupy = self.cupy
-        t = t.detach()
-        extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0  # elements spanned
-        size = t.element_size()
-        memory = cupy.cuda.UnownedMemory(t.data_ptr(), extent * size, t, self.device.index)
-        return cupy.ndarray(tuple(t.shape), _NUMPY_OF[t.dtype], cupy.cuda.MemoryPointer(memory, 0),
-                            strides=tuple(s * size for s in t.stride()))
+    to_view = staticmethod(_view)
 
     def empty(self, shape, dtype):
         t = torch.empty(shape, dtype=_TORCH_OF[np.dtype(dtype)], device=self.device)
-        view = self.to_cupy(t)
-        self.made[id(view)] = (view, t)
+        view = _view(t)
+        self.made[id(view)] = t
         return view
 
     def to_torch(self, a) -> torch.Tensor:
-        view, t = self.made[id(a)]
-        assert view is a
-        return t
+        return self.made[id(a)]
 
     def __enter__(self):
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(self.cupy.cuda.Device(self.device.index))
-        self._stack.enter_context(self.stream)  # CuPy's current stream = torch's, for the launches
-        self._stack.enter_context(api.allocate_with(self.empty))
+        self._ctx.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self._stack.__exit__(*exc)
+        return self._ctx.__exit__(*exc)
 
 
 class FlashAttentionFunction(torch.autograd.Function):
@@ -100,25 +90,39 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, dropout_p, seed, window_size):
+        bf16 = q.dtype == torch.bfloat16
         with _Bridge(q.device) as br:
-            out, lse = api.flash_attention(br.to_cupy(q), br.to_cupy(k), br.to_cupy(v), causal=causal,
+            out, lse = api.flash_attention(br.to_view(q), br.to_view(k), br.to_view(v), causal=causal,
                                            softmax_scale=scale, dropout_p=dropout_p, seed=seed,
-                                           window_size=window_size, return_lse=True)
+                                           window_size=window_size, return_lse=True, bfloat16=bf16)
             out, lse = br.to_torch(out), br.to_torch(lse)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.options = dict(causal=causal, softmax_scale=scale, dropout_p=dropout_p, seed=seed,
-                           window_size=window_size)
+                           window_size=window_size, bfloat16=bf16)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
+        if not _tensor_core_ready(dout):  # e.g. the stride-0 gradient of a sum(): one copy, then fast kernels
+            dout = dout.contiguous()
         with _Bridge(q.device) as br:
-            grads = api.flash_attention_backward(br.to_cupy(dout), br.to_cupy(q), br.to_cupy(k), br.to_cupy(v),
-                                                 br.to_cupy(out), br.to_cupy(lse), **ctx.options)
+            grads = api.flash_attention_backward(br.to_view(dout), br.to_view(q), br.to_view(k), br.to_view(v),
+                                                 br.to_view(out), br.to_view(lse), **ctx.options)
             dq, dk, dv = (br.to_torch(g) for g in grads)
         return dq, dk, dv, None, None, None, None, None
+
+
+def _tensor_core_ready(*tensors) -> bool:
+    """Whether the tensor-core kernels can read these tensors: head_dim <= 128, contiguous last axis,
+    16-byte aligned rows (what ``api._tc_problem`` checks, on torch's metadata)."""
+    for t in tensors:
+        size = t.element_size()
+        if (t.shape[-1] > 128 or t.stride(-1) != 1 or (t.data_ptr() % 16)
+                or any(st * size % 16 for n, st in zip(t.shape[:-1], t.stride()[:-1]) if n > 1)):
+            return False
+    return True
 
 
 def _check_tensor(name: str, t) -> None:
@@ -164,7 +168,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise TypeError(f"query, key, value: expected one dtype, got {query.dtype}, {key.dtype}, {value.dtype}")
 
     out_dtype = query.dtype
-    if out_dtype == torch.bfloat16:  # no bf16 kernels yet: the fp32 ones, on exact upcasts
+    if out_dtype == torch.bfloat16 and not _tensor_core_ready(query, key, value):
+        # bfloat16 runs on the tensor-core kernels only; elsewhere the fp32 ones, on exact upcasts
         query, key, value = (t.float() for t in (query, key, value))
     with torch.autocast("cuda", enabled=False):
         out, _ = FlashAttentionFunction.apply(query, key, value, bool(is_causal), scale, float(dropout_p), seed,

@@ -13,7 +13,28 @@ from numba_flash.reference import _probabilities as ref_probabilities, default_s
 
 ON_GPU = backend.BACKEND == backend.GPU
 # Unit roundoff u = 2^-p of each storage precision: |fl(x) - x| <= u |x| for one rounding.
-UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0**-24, np.dtype(np.float16): 2.0**-11}
+BF16 = "bfloat16"  # NumPy has no bfloat16: the helpers round to it by hand (to_bf16) where a dtype is BF16
+UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0**-24, np.dtype(np.float16): 2.0**-11, BF16: 2.0**-8}
+
+
+def _key(dtype):
+    return BF16 if isinstance(dtype, str) and dtype == BF16 else np.dtype(dtype)
+
+
+def to_bf16(x) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float32."""
+    b = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(np.float32)
+
+
+def bf16_bits(x) -> np.ndarray:
+    """The uint16 bit patterns of ``to_bf16(x)`` (what the API's ``bfloat16=True`` takes)."""
+    return (to_bf16(x).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+
+
+def from_bf16_bits(u) -> np.ndarray:
+    """float32 values of bfloat16 bit patterns (exact)."""
+    return (np.asarray(u).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -43,7 +64,7 @@ def random_qkv(rng, B, H, n_q, n_k, D, dtype):
 
 
 def _round(x, dtype):
-    return x.astype(dtype).astype(np.float32)
+    return to_bf16(x) if _key(dtype) == BF16 else x.astype(dtype).astype(np.float32)
 
 
 def _group_sum(dx, group):
@@ -60,7 +81,7 @@ def naive_attention(q, k, v, dout, causal, scale, dtype, window_size=(-1, -1), z
     and rounded); ``z`` = dropout keep mask / (1 - p), applied to the rounded probabilities as a
     framework's dropout layer would. Returns (out, dq, dk, dv) as float64 for comparison.
     """
-    dtype = np.dtype(dtype)
+    dtype = _key(dtype)
     group = q.shape[1] // k.shape[1]
     f = lambda a: a.astype(np.float32)  # noqa: E731
     q, dout = f(q), f(dout)
@@ -167,7 +188,7 @@ def error_bound(naive_err, ref, dtype, n_terms, score_mag=0.0, abs_mag=0.0, delt
         2 u_dtype times ``delta_sens`` (see ``delta_sensitivity``; factor 2 headroom).
     """
     mag = float(np.max(np.abs(ref[np.isfinite(ref)]), initial=0.0))
-    u_out = UNIT_ROUNDOFF[np.dtype(dtype)]
+    u_out = UNIT_ROUNDOFF[_key(dtype)]
     u32 = UNIT_ROUNDOFF[np.dtype(np.float32)]
     floor = 2.0 * u_out * mag + 4.0 * u32 * (math.sqrt(n_terms) + float(score_mag)) * max(mag, abs_mag, 1e-30)
     floor += 2.0 * u_out * float(delta_sens)

@@ -50,9 +50,10 @@ def _inputs(rng, B, H, H_kv, n_q, n_k, D, dtype):
     return draw(H, n_q), draw(H_kv, n_k), draw(H_kv, n_k), draw(H, n_q)
 
 
-def check_against_oracle(q, k, v, do, out, lse, grads, causal, window, p, mask):
-    """out, lse, dq, dk, dv of one problem (4-D, host) against the oracle with the same options."""
-    dtype, D, n_q, n_k = q.dtype, q.shape[-1], q.shape[2], k.shape[2]
+def check_against_oracle(q, k, v, do, out, lse, grads, causal, window, p, mask, dtype=None):
+    """out, lse, dq, dk, dv of one problem (4-D, host) against the oracle with the same options;
+    ``dtype``: the kernels' precision when the host arrays do not say (helpers.BF16)."""
+    dtype, D, n_q, n_k = q.dtype if dtype is None else dtype, q.shape[-1], q.shape[2], k.shape[2]
     opts = dict(causal=causal, window_size=window, dropout_p=p, dropout_mask=mask)
     want_out, want_lse = ref.attention_forward(q, k, v, **opts)
     want_grads = ref.attention_backward(do, q, k, v, **opts)

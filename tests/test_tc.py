@@ -14,7 +14,7 @@ import pytest
 import numba_flash as nf
 from numba_flash.config import BlockConfig, TensorCoreConfig
 
-from helpers import ON_GPU, to_device, to_host
+from helpers import BF16, ON_GPU, bf16_bits, from_bf16_bits, to_bf16, to_device, to_host
 from test_compile import _have_toolchain
 from test_features import check_against_oracle
 from numba_flash.philox import reference_keep_mask
@@ -25,21 +25,21 @@ _CASES = [(TensorCoreConfig(128, 32, 2, 32), 64, False, False), (TensorCoreConfi
           (TensorCoreConfig(16, 16, 1), 128, True, True)]
 # The backward's defaults (plain and with varlen + dropout) and the smallest config.
 _BACKWARD_CASES = [(TensorCoreConfig(64, 64, 2, 16), 64, False, False), (TensorCoreConfig(64, 32, 2, 16), 128, False, False),
-                   (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True),
-                   (TensorCoreConfig(16, 16, 1), 128, True, True)]
+                   (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True)]
 _SCRIPT = r"""
 import json, sys
 from numba_flash.config import TensorCoreConfig
 from numba_flash.resources import tc_compile_report
-for kernel, (bm, bn, st, rw), d, varlen, dropout in json.loads(sys.argv[1]):
-    print(json.dumps(tc_compile_report(TensorCoreConfig(bm, bn, st, rw), d, varlen, dropout, kernel=kernel)))
+for kernel, (bm, bn, st, rw), d, varlen, dropout, elem in json.loads(sys.argv[1]):
+    print(json.dumps(tc_compile_report(TensorCoreConfig(bm, bn, st, rw), d, varlen, dropout, elem, kernel=kernel)))
 """
 
 
 def _compile(cases):
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
-    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp], d, vl, dr] for kernel, c, d, vl, dr in cases]
+    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp], d, vl, dr, elem]
+            for kernel, c, d, vl, dr, elem in cases]
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(args)], env=env, capture_output=True,
                           text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -55,8 +55,10 @@ def _compile(cases):
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_tensor_core_forward_compiles_to_mma_without_spills():
-    reports = _compile([("forward", *case) for case in _CASES])
-    for (cfg, d, _, _), r in zip(_CASES, reports):
+    cases = [("forward", *case, "f16") for case in _CASES] + [("forward", _CASES[0][0], 64, False, False, "bf16")]
+    reports = _compile(cases)
+    for (_, cfg, d, _, _, elem), r in zip(cases, reports):
+        assert any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
         ksteps, dt, nt, wm = -(-d // 16), d // 8, cfg.block_n // 8, cfg.rows_per_warp // 16
         # Per m-tile, Q K^T: ksteps x nt mma per tile; P V: (block_n / 16) x (head_dim / 8), the
         # padding columns' products being dead code; unrolled, each appears once.
@@ -65,8 +67,10 @@ def test_tensor_core_forward_compiles_to_mma_without_spills():
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_tensor_core_backward_compiles_to_mma_without_spills():
-    cases = [(kernel, *case) for case in _BACKWARD_CASES for kernel in ("dq", "dkdv")]
-    for (kernel, cfg, d, _, _), r in zip(cases, _compile(cases)):
+    cases = [(kernel, *case, "f16") for case in _BACKWARD_CASES for kernel in ("dq", "dkdv")]
+    cases += [(kernel, _BACKWARD_CASES[0][0], 64, False, False, "bf16") for kernel in ("dq", "dkdv")]
+    for (kernel, cfg, d, _, _, elem), r in zip(cases, _compile(cases)):
+        assert any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
         ksteps, dt, nt = -(-d // 16), d // 8, cfg.block_n // 8
         # Two products over head_dim (S and dP: ksteps x nt each), then one (dQ) or two (dK, dV)
         # over the streamed tile: (block_n / 16) x (head_dim / 8) each.
@@ -196,3 +200,36 @@ def test_default_backward_is_the_tensor_core_one_and_agrees_with_the_portable_on
         # does): allow twice the portable kernels' error (which only rounds the output) plus a floor
         # of a few float16 ulps of the gradient's scale.
         assert e_fast <= 2 * e_port + 8 * 2**-11 * np.abs(w).max(), (name, e_fast, e_port)
+
+
+def test_bfloat16_errors(rng):
+    q = rng.standard_normal((1, 1, 8, 16)).astype(np.float16)
+    bits = bf16_bits(q.astype(np.float32))
+    with pytest.raises(TypeError, match="bfloat16=True expected uint16"):
+        nf.flash_attention(to_device(q), to_device(q), to_device(q), bfloat16=True)
+    with pytest.raises(TypeError, match="pass its uint16 bit patterns and bfloat16=True"):
+        nf.flash_attention(to_device(bits), to_device(bits), to_device(bits))
+    with pytest.raises(TypeError, match="bfloat16: expected a bool"):
+        nf.flash_attention(to_device(bits), to_device(bits), to_device(bits), bfloat16="yes")
+    with pytest.raises(ValueError, match="bfloat16 runs on the tensor-core kernels only"):
+        nf.flash_attention(to_device(bits), to_device(bits), to_device(bits), bfloat16=True,
+                           config=BlockConfig(16, 16, 64))
+    if not ON_GPU:
+        with pytest.raises(ValueError, match="need the GPU backend"):
+            nf.flash_attention(bits, bits, bits, bfloat16=True)
+
+
+@gpu_only
+@pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 4, 257, 300, 64), (1, 2, 129, 129, 128)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_bfloat16_kernels_match_oracle(rng, shape, causal):
+    """bfloat16 in, bfloat16 out (as uint16 bit patterns), against the float64 oracle with the bounds
+    of a naive bfloat16 implementation (helpers: rounding to bfloat16, unit roundoff 2^-8)."""
+    B, H, n_q, n_k, D = shape
+    q, k, v, do = (to_bf16(rng.standard_normal((B, H, n, D)).astype(np.float32)) for n in (n_q, n_k, n_k, n_q))
+    dev = [to_device(bf16_bits(a)) for a in (q, k, v)]
+    out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True, bfloat16=True)
+    assert out.dtype == np.uint16
+    grads = nf.flash_attention_backward(to_device(bf16_bits(do)), *dev, out, lse, causal=causal, bfloat16=True)
+    check_against_oracle(q, k, v, do, from_bf16_bits(to_host(out)), to_host(lse),
+                         [from_bf16_bits(to_host(g)) for g in grads], causal, (-1, -1), 0.0, None, dtype=BF16)

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional extra; the adapter tests need it")
 
-from helpers import ON_GPU  # noqa: E402
+from helpers import BF16, ON_GPU  # noqa: E402
 
 if not ON_GPU or not torch.cuda.is_available():
     pytest.skip("numba_flash.torch needs a CUDA GPU (the simulator has no DLPack/CUDA tensors)",
@@ -79,9 +79,28 @@ def test_matches_sdpa_math_in_float64(shape, h_kv, n_k, dtype, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_bfloat16_runs_through_fp32_kernels(causal):
+@pytest.mark.parametrize("shape,h_kv,n_k", SHAPES[:5], ids=str)
+def test_bfloat16_matches_sdpa_math_in_float64(shape, h_kv, n_k, causal):
+    """bfloat16 runs natively on the tensor-core kernels: bounds of a naive bfloat16 implementation."""
+    if causal and shape[2] != n_k:
+        pytest.skip("SDPA aligns causal top-left, numba_flash bottom-right: compared where they agree (Nq == Nk)")
+    q, k, v, do = _inputs(shape, h_kv, n_k, torch.bfloat16, seed=shape[2] + n_k + 1)
+    gqa = h_kv != shape[1]
+    out, dq, dk, dv = _run(nf_sdpa, q, k, v, do, is_causal=causal, enable_gqa=gqa)
+    assert all(t.dtype == torch.bfloat16 for t in (out, dq, dk, dv))
+    hq, hk, hv, hdo = (_host(t) for t in (q, k, v, do))
+    lse = ref.attention_forward(hq, hk, hv, causal=causal)[1].astype(np.float32)
+    check_against_oracle(hq, hk, hv, hdo, _host(out), lse, [_host(g) for g in (dq, dk, dv)], causal, (-1, -1), 0.0,
+                         None, dtype=BF16)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bfloat16_the_tensor_cores_cannot_read_runs_through_fp32_kernels(causal):
     q, k, v, do = _inputs((2, 4, 130, 64), 2, 130, torch.bfloat16, seed=7)
-    out, dq, dk, dv = _run(nf_sdpa, q, k, v, do, is_causal=causal, enable_gqa=True)
+    # Rows 2 bytes off 16-byte alignment: the tensor-core kernels cannot copy them, the fp32 ones can.
+    shifted = [torch.nn.functional.pad(t.detach(), (1, 0))[..., 1:].requires_grad_() for t in (q, k, v)]
+    assert shifted[0].data_ptr() % 16 != 0
+    out, dq, dk, dv = _run(nf_sdpa, *shifted, do, is_causal=causal, enable_gqa=True)
     want = _math64(q, k, v, do, is_causal=causal, enable_gqa=True)
     assert all(t.dtype == torch.bfloat16 for t in (out, dq, dk, dv))
     for got, w in zip((out, dq, dk, dv), want):
