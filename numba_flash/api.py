@@ -241,10 +241,6 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
     return _check_config(config, head_dim, dtype, pass_, causal, seqlen)
 
 
-def _pick_forward(config, head_dim, dtype, causal, seqlen, arrays, dropout=False):
-    return _pick(config, "forward", head_dim, dtype, causal, seqlen, arrays, dropout)
-
-
 def _check_config(config, head_dim: int, dtype, pass_: str, causal: bool = False, seqlen: int | None = None) -> BlockConfig:
     if config is None:
         # A config stored by numba_flash.tune for this device and problem wins; without a tuning
@@ -429,7 +425,7 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     n_k = k.shape[2]
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _pick_forward(config, D, q.dtype, bool(causal), max(n_q, n_k), (("q", q), ("k", k), ("v", v)), opts[0])
+    cfg = _pick(config, "forward", D, q.dtype, bool(causal), max(n_q, n_k), (("q", q), ("k", k), ("v", v)), opts[0])
     none = _no_offsets()
     out, lse = _run_forward(q, k, v, none, none, B, n_q, False, group, scale, cfg, opts, q.shape, (B, H, n_q), _same)
     return (out, lse) if return_lse else out
@@ -541,7 +537,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     T, H, D = q.shape
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _pick_forward(config, D, q.dtype, bool(causal), max(max_seqlen_q, max_seqlen_k),
+    cfg = _pick(config, "forward", D, q.dtype, bool(causal), max(max_seqlen_q, max_seqlen_k),
                         (("q", q), ("k", k), ("v", v)), opts[0])
     out, lse = _run_forward(q, k, v, cu_q, cu_k, n_seq, max_seqlen_q, True, group, scale, cfg, opts, q.shape, (H, T),
                             _packed)

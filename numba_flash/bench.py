@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from . import backend
+from .reference import bfloat16_bits
 from .results import pyplot
 from .timing import attention_flops, time_ms
 
@@ -149,10 +150,8 @@ def _numba_flash_configs(shape: Shape, dtype, causal: bool, pass_: str) -> dict 
 
     kernels = ("forward",) if pass_ == "forward" else ("forward", "backward")
     try:
-        pick = {"forward": lambda: api._pick_forward(None, shape.head_dim, array_dtype(dtype), causal, shape.seqlen, ()),
-                "backward": lambda: api._pick(None, "backward", shape.head_dim, array_dtype(dtype), causal,
-                                              shape.seqlen, ())}
-        return {k: str(pick[k]()) for k in kernels}
+        return {k: str(api._pick(None, k, shape.head_dim, array_dtype(dtype), causal, shape.seqlen, ()))
+                for k in kernels}
     except Exception:  # noqa: BLE001 - informational only; the API's private signature may change
         return None
 
@@ -294,16 +293,10 @@ def make_inputs(shape: Shape, dtype, n_sets: int = 1, seed: int = 0) -> list[tup
     rng = xp.random.RandomState(seed) if backend.BACKEND == backend.GPU else np.random.default_rng(seed)
     dims = (shape.batch, shape.heads, shape.seqlen, shape.head_dim)
     if str(dtype) == "bfloat16":
-        return [tuple(_bf16_bits(xp, rng.standard_normal(dims, dtype=np.float32)) for _ in range(4))
+        return [tuple(bfloat16_bits(rng.standard_normal(dims, dtype=np.float32)) for _ in range(4))
                 for _ in range(n_sets)]
     return [tuple(rng.standard_normal(dims, dtype=np.float32).astype(dtype) for _ in range(4))
             for _ in range(n_sets)]
-
-
-def _bf16_bits(xp, x):
-    """float32 -> the uint16 bit patterns of the nearest bfloat16 (ties to even), on x's device."""
-    b = x.view(xp.uint32)
-    return ((b + xp.uint32(0x7FFF) + ((b >> xp.uint32(16)) & xp.uint32(1))) >> xp.uint32(16)).astype(xp.uint16)
 
 
 def _error_text(exc: BaseException, caught: Sequence[warnings.WarningMessage] = ()) -> str:

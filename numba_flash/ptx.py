@@ -114,24 +114,26 @@ def ldmatrix_x4_trans(typingctx, addr):
                 side_effect=True, actual=(addr,))
 
 
+def _cp_async(cache: str, size: int, operands):
+    """``cp.async.<cache>`` of ``size`` bytes with zero-fill past ``src_bytes`` (shared u32, global u64, u32)."""
+    if not _is(operands, [_U32, _U64, _U32]):
+        return None
+    return _asm(types.void, [_U32, _U64, _U32], f"cp.async.{cache}.shared.global [$0], [$1], {size}, $2;", "r,l,r",
+                side_effect=True, actual=operands)
+
+
 @intrinsic
 def cp_async16(typingctx, smem_addr, gmem_addr, src_bytes):
     """Asynchronous copy of 16 bytes global -> shared (``cp.async.cg``, bypassing L1); only the first
     ``src_bytes`` (0 or 16) are read, the rest of the 16 are zero-filled: ragged tiles need no branch."""
-    if not _is((smem_addr, gmem_addr, src_bytes), [_U32, _U64, _U32]):
-        return None
-    return _asm(types.void, [_U32, _U64, _U32], "cp.async.cg.shared.global [$0], [$1], 16, $2;", "r,l,r",
-                side_effect=True, actual=(smem_addr, gmem_addr, src_bytes,))
+    return _cp_async("cg", 16, (smem_addr, gmem_addr, src_bytes))
 
 
 @intrinsic
 def cp_async4(typingctx, smem_addr, gmem_addr, src_bytes):
     """As :func:`cp_async16` for one 4-byte word (``cp.async.ca``; ``src_bytes`` 0 or 4): per-row
     float32 values (lse, delta) land in shared memory with the tiles they belong to."""
-    if not _is((smem_addr, gmem_addr, src_bytes), [_U32, _U64, _U32]):
-        return None
-    return _asm(types.void, [_U32, _U64, _U32], "cp.async.ca.shared.global [$0], [$1], 4, $2;", "r,l,r",
-                side_effect=True, actual=(smem_addr, gmem_addr, src_bytes,))
+    return _cp_async("ca", 4, (smem_addr, gmem_addr, src_bytes))
 
 
 @intrinsic

@@ -49,6 +49,14 @@ __all__ = [
 NO_WINDOW = (-1, -1)
 
 
+def bfloat16_bits(x):
+    """The uint16 bit patterns of the bfloat16 values nearest (ties to even) to the float32 array
+    ``x`` (NumPy or CuPy: the arithmetic stays on x's device). What ``bfloat16=True`` takes, since
+    NumPy and CuPy have no bfloat16 dtype; ``(bits.astype(uint32) << 16).view(float32)`` reads them back."""
+    b = x.view(np.uint32)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
 def default_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)
 

@@ -33,10 +33,10 @@ from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TensorCoreConfig, tc_row_halves
 from .masking import key_span, query_span, sequence_bounds
-from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, global_address,
-                  ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2,
-                  pack_f16x2, shared_address, st_global_u32)
-from .tc_forward import LOG2E, NEG_INF, keep_scale, masked, tile_copier
+from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, ld_shared_f32,
+                  ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
+                  shared_address, st_global_u32)
+from .tc_forward import LOG2E, NEG_INF, keep_scale, masked, row_address, tile_copier
 from .unroll import static_range, unrolled
 
 POS_INF = float32(math.inf)
@@ -138,15 +138,11 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     def fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid):
         """cp.async query tile ``row0..`` of head ``h``: Q, dO and their lse, delta, into ``stage``."""
         sQ = s_base + uint32(SQ + stage * TILE_BYTES)
-        load_tile(sQ, global_address(q) + uint64(ab * q.strides[0] + h * q.strides[1] + row0 * q.strides[2]),
-                  q.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
+        load_tile(sQ, row_address(q, ab, h, row0), q.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
         sdO = s_base + uint32(SDO + stage * TILE_BYTES)
-        load_tile(sdO, global_address(dout) + uint64(ab * dout.strides[0] + h * dout.strides[1]
-                                                     + row0 * dout.strides[2]),
-                  dout.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
-        l_src = global_address(lse) + uint64(ab * lse.strides[0] + h * lse.strides[1] + row0 * lse.strides[2])
-        d_src = global_address(delta) + uint64(ab * delta.strides[0] + h * delta.strides[1]
-                                               + row0 * delta.strides[2])
+        load_tile(sdO, row_address(dout, ab, h, row0), dout.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
+        l_src = row_address(lse, ab, h, row0)
+        d_src = row_address(delta, ab, h, row0)
         dst = s_base + uint32(stage * ROWS_BYTES)
         for i in range(tid, BLOCK_M, NUM_THREADS):
             ok = i < rows_left
@@ -187,10 +183,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         total = group * m_tiles  # (query head, query tile) pairs, streamed in this order
 
         # Prologue: K and V of this block with the first query tile.
-        load_tile(sK, global_address(k) + uint64(ab * k.strides[0] + hk * k.strides[1] + (k_off + n0) * k.strides[2]),
-                  k.strides[2], n_k - n0, BLOCK_N, KV_ITERS, tid)
-        load_tile(sV, global_address(v) + uint64(ab * v.strides[0] + hk * v.strides[1] + (k_off + n0) * v.strides[2]),
-                  v.strides[2], n_k - n0, BLOCK_N, KV_ITERS, tid)
+        load_tile(sK, row_address(k, ab, hk, k_off + n0), k.strides[2], n_k - n0, BLOCK_N, KV_ITERS, tid)
+        load_tile(sV, row_address(v, ab, hk, k_off + n0), v.strides[2], n_k - n0, BLOCK_N, KV_ITERS, tid)
         if total > 0:
             fetch(s_base, 0, q, dout, lse, delta, ab, hk * group, q_off + m_start, n_q - m_start, tid)
         cp_async_commit()
@@ -314,8 +308,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         cp_async_wait_all()  # nothing in flight at exit (no query tile at all: K, V only)
 
         # Epilogue: dK (times scale) and dV of this warp's keys, 2 x 16 bits per store.
-        dk_base = global_address(dk) + uint64(ab * dk.strides[0] + hk * dk.strides[1] + k_off * dk.strides[2])
-        dv_base = global_address(dv) + uint64(ab * dv.strides[0] + hk * dv.strides[1] + k_off * dv.strides[2])
+        dk_base = row_address(dk, ab, hk, k_off)
+        dv_base = row_address(dv, ab, hk, k_off)
         for r in static_range(2):
             key = wkey + g + 8 * r
             if key < n_k:
@@ -383,14 +377,10 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
         diag = n_k - n_q
         n_start, n_end = key_span(m0, min(m0 + BLOCK_M, n_q) - 1, diag, left, right, n_k, BLOCK_N)
 
-        row_off = (q_off + m0) * q.strides[2]
-        load_tile(sQ, global_address(q) + uint64(ab * q.strides[0] + h * q.strides[1] + row_off), q.strides[2],
-                  n_q - m0, BLOCK_M, Q_ITERS, tid)
-        load_tile(sdO, global_address(dout) + uint64(ab * dout.strides[0] + h * dout.strides[1]
-                                                     + (q_off + m0) * dout.strides[2]),
-                  dout.strides[2], n_q - m0, BLOCK_M, Q_ITERS, tid)
-        k_src = global_address(k) + uint64(ab * k.strides[0] + hk * k.strides[1] + k_off * k.strides[2])
-        v_src = global_address(v) + uint64(ab * v.strides[0] + hk * v.strides[1] + k_off * v.strides[2])
+        load_tile(sQ, row_address(q, ab, h, q_off + m0), q.strides[2], n_q - m0, BLOCK_M, Q_ITERS, tid)
+        load_tile(sdO, row_address(dout, ab, h, q_off + m0), dout.strides[2], n_q - m0, BLOCK_M, Q_ITERS, tid)
+        k_src = row_address(k, ab, hk, k_off)
+        v_src = row_address(v, ab, hk, k_off)
         ks, vs = k.strides[2], v.strides[2]
         if n_start < n_end:
             load_tile(s_base + uint32(SK), k_src + uint64(n_start * ks), ks, n_k - n_start, BLOCK_N, KV_ITERS, tid)
@@ -505,7 +495,7 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
 
         cp_async_wait_all()
 
-        dq_base = global_address(dq) + uint64(ab * dq.strides[0] + h * dq.strides[1] + q_off * dq.strides[2])
+        dq_base = row_address(dq, ab, h, q_off)
         for r in static_range(2):
             row = row0 + 8 * r
             if row < n_q:

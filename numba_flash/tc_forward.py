@@ -80,6 +80,12 @@ def tile_copier(head_dim: int, num_threads: int):
 
 
 @cuda.jit(device=True, forceinline=True)
+def row_address(a, ab, h, row):
+    """Global address (uint64) of row ``row`` of head ``h`` of batch entry ``ab`` of a 3-D or 4-D array."""
+    return global_address(a) + uint64(ab * a.strides[0] + h * a.strides[1] + row * a.strides[2])
+
+
+@cuda.jit(device=True, forceinline=True)
 def masked(x, col, row, diag, left, right, n_k):
     """x, or -inf where key ``col`` is past the sequence or outside query ``row``'s band."""
     rel = col - row - diag
@@ -151,9 +157,9 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
         diag = n_k - n_q
         n_start, n_end = key_span(m0, min(m0 + BLOCK_M, n_q) - 1, diag, left, right, n_k, BLOCK_N)
 
-        q_src = global_address(q) + uint64(ab * q.strides[0] + h * q.strides[1] + (q_off + m0) * q.strides[2])
-        k_src = global_address(k) + uint64(ab * k.strides[0] + hk * k.strides[1] + k_off * k.strides[2])
-        v_src = global_address(v) + uint64(ab * v.strides[0] + hk * v.strides[1] + k_off * v.strides[2])
+        q_src = row_address(q, ab, h, q_off + m0)
+        k_src = row_address(k, ab, hk, k_off)
+        v_src = row_address(v, ab, hk, k_off)
         ks, vs = k.strides[2], v.strides[2]
 
         # Prologue: Q and the first K/V tile in flight together.
@@ -317,7 +323,7 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
         cp_async_wait_all()  # nothing left in flight when the block exits (e.g. no key tile at all)
 
         # Epilogue: row sums across the quad, normalise, store 2 x 16 bits per word, lse in natural log.
-        o_base = global_address(out) + uint64(ab * out.strides[0] + h * out.strides[1] + q_off * out.strides[2])
+        o_base = row_address(out, ab, h, q_off)
         os = out.strides[2]
         for mt in static_range(WM):
             row0 = wrow + mt * 16 + g

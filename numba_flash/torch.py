@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import api, backend
+from .config import TC_MAX_HEAD_DIM
 
 __all__ = ["scaled_dot_product_attention", "FlashAttentionFunction", "draw_seed"]
 
@@ -115,14 +116,10 @@ class FlashAttentionFunction(torch.autograd.Function):
 
 
 def _tensor_core_ready(*tensors) -> bool:
-    """Whether the tensor-core kernels can read these tensors: head_dim <= 128, contiguous last axis,
-    16-byte aligned rows (what ``api._tc_problem`` checks, on torch's metadata)."""
-    for t in tensors:
-        size = t.element_size()
-        if (t.shape[-1] > 128 or t.stride(-1) != 1 or (t.data_ptr() % 16)
-                or any(st * size % 16 for n, st in zip(t.shape[:-1], t.stride()[:-1]) if n > 1)):
-            return False
-    return True
+    """Whether the tensor-core kernels can read these tensors (the API's own layout check, and
+    head_dim <= 128)."""
+    return (all(t.shape[-1] <= TC_MAX_HEAD_DIM for t in tensors)
+            and api._tc_problem([("tensor", _view(t)) for t in tensors]) is None)
 
 
 def _check_tensor(name: str, t) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from numba_flash import backend
-from numba_flash.reference import _probabilities as ref_probabilities, default_scale, visibility_mask
+from numba_flash.reference import _probabilities as ref_probabilities, bfloat16_bits, default_scale, visibility_mask
 
 ON_GPU = backend.BACKEND == backend.GPU
 # Unit roundoff u = 2^-p of each storage precision: |fl(x) - x| <= u |x| for one rounding.
@@ -23,13 +23,12 @@ def _key(dtype):
 
 def to_bf16(x) -> np.ndarray:
     """float32 values rounded to the nearest bfloat16 (ties to even), as float32."""
-    b = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    return ((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(np.float32)
+    return from_bf16_bits(bf16_bits(x))
 
 
 def bf16_bits(x) -> np.ndarray:
     """The uint16 bit patterns of ``to_bf16(x)`` (what the API's ``bfloat16=True`` takes)."""
-    return (to_bf16(x).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    return bfloat16_bits(np.ascontiguousarray(x, np.float32))
 
 
 def from_bf16_bits(u) -> np.ndarray:

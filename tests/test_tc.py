@@ -169,8 +169,8 @@ def test_default_forward_is_the_tensor_core_one_and_agrees_with_the_portable_one
 
     q, k, v = (rng.standard_normal((2, 4, 512, 64)).astype(np.float16) for _ in range(3))
     dev = [to_device(a) for a in (q, k, v)]
-    assert isinstance(api._pick_forward(None, 64, np.float16, False, 512, (("q", dev[0]), ("k", dev[1]),
-                                                                        ("v", dev[2]))), TensorCoreConfig)
+    arrays = (("q", dev[0]), ("k", dev[1]), ("v", dev[2]))
+    assert isinstance(api._pick(None, "forward", 64, np.float16, False, 512, arrays), TensorCoreConfig)
     fast = to_host(nf.flash_attention(*dev, causal=True)).astype(np.float64)
     portable = to_host(nf.flash_attention(*dev, causal=True, config=BlockConfig(64, 16, 256))).astype(np.float64)
     want = nf.reference.attention_forward(q, k, v, causal=True)[0]
