@@ -133,12 +133,12 @@ def _is_oom(e: BaseException) -> bool:
 @contextlib.contextmanager
 def kernels_skipped():
     """Run the API with its kernel launches skipped: what it allocates, without waiting for the kernels."""
-    launch = api._launch
-    api._launch = lambda *a, **k: None
+    launch = api._launch_plan
+    api._launch_plan = lambda *a, **k: None
     try:
         yield
     finally:
-        api._launch = launch
+        api._launch_plan = launch
 
 
 def _inputs(xp, B, H, N, D, dtype, n):

@@ -8,6 +8,7 @@ only read, never written.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import os
@@ -21,7 +22,8 @@ from .config import BlockConfig, TensorCoreConfig, check_head_dim, default_confi
 from .forward import forward_kernel
 from .launch import _pointer, launch
 from .masking import band
-from .philox import dropout_kernel_args, validate_dropout_p, validate_seed
+from .philox import dropout_kernel_args, keep_threshold, validate_dropout_p, validate_seed
+from .plan import Plan, PlanCache
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 # Grid dimensions y and z (heads, batch) are limited to 65535 by CUDA.
@@ -326,49 +328,65 @@ def _no_offsets():
 
 
 def _options(causal, window_size, dropout_p, seed):
-    """Runtime kernel arguments shared by every pass: band, then the dropout words."""
+    """Checked options: ``(p, seed, band)`` with the band ``(left, right)`` as the kernels take it."""
     left, right = band(_check_causal(causal), _check_window(window_size))
     p, seed = _check_dropout(dropout_p, seed)
     # int64 explicitly: the simulator's NumPy would keep int32 offsets + UNBOUNDED in int32 and overflow.
-    return p > 0.0, (np.int64(left), np.int64(right), *dropout_kernel_args(seed, p), np.float32(1.0 / (1.0 - p)))
+    return p, seed, (np.int64(left), np.int64(right))
 
 
-def _run_forward(q, k, v, cu_q, cu_k, n_seq, max_q, varlen, group, scale, cfg, opts, out_shape, lse_shape, view):
-    """Launch the forward kernel on 4-D (batch, heads, seqlen, D) views; return out, lse."""
-    dropout, extra = opts
-    out = _empty(out_shape, q.dtype)
-    lse = _empty(lse_shape, np.float32)
+def _seed_words(p: float, seed) -> tuple:
+    """The per-call kernel arguments: the dropout seed's two Philox key words (0, 0 without dropout)."""
+    return dropout_kernel_args(seed, p)[:2] if p > 0.0 else (np.uint64(0), np.uint64(0))
+
+
+def _tail(plan: Plan, p: float, band_args) -> tuple:
+    """Runtime kernel arguments shared by every pass: band, then the dropout words (seed per call)."""
+    return (*band_args, plan.extra(0), plan.extra(1), np.uint64(keep_threshold(p)), np.float32(1.0 / (1.0 - p)))
+
+
+def _forward_plan(inputs, n_seq, max_q, varlen, group, scale, cfg, opts, lse_shape, view) -> Plan:
+    """The forward's plan; inputs ``(q, k, v)`` (+ ``cu_q, cu_k`` when varlen); outputs out, lse."""
+    p, seed, band_args = opts
+    q = inputs[0]
+    plan = Plan(inputs, functools.partial(_seed_words, p), (seed,))
+    out, lse = plan.output(q.shape, q.dtype), plan.output(lse_shape, np.float32)
     H, D = view(q).shape[1], q.shape[-1]
     grid = (_cdiv(max_q, cfg.block_m), H, n_seq)
     if isinstance(cfg, TensorCoreConfig):
         from .tc_forward import tc_forward_kernel  # GPU only: inline PTX
 
-        kernel, shared = tc_forward_kernel(cfg, D, varlen, dropout, _elem(q)), cfg.shared_memory_bytes(D)
+        kernel, shared = tc_forward_kernel(cfg, D, varlen, p > 0.0, _elem(q)), cfg.shared_memory_bytes(D)
     else:
-        kernel, shared = forward_kernel(cfg, D, varlen, dropout), 0
-    _launch(kernel, grid, cfg.num_threads, view(q), view(k), view(v), view(out), view(lse), cu_q, cu_k,
-            np.float32(scale), group, *extra, shared=shared)
-    return out, lse
+        kernel, shared = forward_kernel(cfg, D, varlen, p > 0.0), 0
+    cu = (plan.inp(3), plan.inp(4)) if varlen else (_no_offsets(), _no_offsets())
+    plan.launch(kernel, grid, cfg.num_threads, plan.inp(0, view), plan.inp(1, view), plan.inp(2, view),
+                plan.out(out, view), plan.out(lse, view), *cu, np.float32(scale), group, *_tail(plan, p, band_args),
+                shared=shared)
+    return plan
 
 
-def _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
-                  view):
-    dropout, extra = opts
+def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts, view) -> Plan:
+    """The backward's plan; inputs ``(dout, q, k, v, out, lse)`` (+ ``cu_q, cu_k``); outputs delta
+    (the rows' dout . out, a scratch array), dq, dk, dv."""
+    p, seed, band_args = opts
+    dout, q, k, v, out, lse = inputs[:6]
+    plan = Plan(inputs, functools.partial(_seed_words, p), (seed,))
     D = q.shape[-1]
     qv, kv = view(q), view(k)
     H, H_kv, B = qv.shape[1], kv.shape[1], qv.shape[0]
-    delta = _empty(lse.shape, np.float32)
+    delta = plan.output(lse.shape, np.float32)
+    dout_, q_, k_, v_, out_, lse_ = (plan.inp(i, view) for i in range(6))
     if isinstance(cfg, TensorCoreConfig):
         from .tc_backward import tc_delta_kernel, tc_delta_rows
 
-        _launch(tc_delta_kernel(D, _elem(q)), (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B), 128,
-                view(dout), view(out), view(delta))
+        plan.launch(tc_delta_kernel(D, _elem(q)), (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B), 128,
+                    dout_, out_, plan.out(delta, view))
     else:
-        _launch(delta_kernel(D), (_cdiv(qv.shape[2], _DELTA_THREADS), H, B), _DELTA_THREADS,
-                view(dout), view(out), view(delta))
-    dq, dk, dv = _empty(q.shape, q.dtype), _empty(k.shape, k.dtype), _empty(v.shape, v.dtype)
-    s = np.float32(scale)
-    common = (view(q), kv, view(v), view(dout), view(lse), view(delta))
+        plan.launch(delta_kernel(D), (_cdiv(qv.shape[2], _DELTA_THREADS), H, B), _DELTA_THREADS,
+                    dout_, out_, plan.out(delta, view))
+    dq, dk, dv = plan.output(q.shape, q.dtype), plan.output(k.shape, k.dtype), plan.output(v.shape, v.dtype)
+    dropout = p > 0.0
     if isinstance(cfg, TensorCoreConfig):
         from .tc_backward import tc_dkdv_kernel, tc_dq_kernel  # GPU only: inline PTX
 
@@ -381,10 +399,93 @@ def _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_q, max_k, varl
         dkdv, dkdv_grid = dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_n), H_kv, n_seq)
         dqk, dq_grid = dq_kernel(cfg, D, varlen, dropout), (_cdiv(max_q, cfg.block_m), H, n_seq)
         shared = 0, 0
-    _launch(dkdv, dkdv_grid, cfg.num_threads, *common, view(dk), view(dv), cu_q, cu_k, s, group, *extra,
-            shared=shared[0])
-    _launch(dqk, dq_grid, cfg.num_threads, *common, view(dq), cu_q, cu_k, s, group, *extra, shared=shared[1])
-    return dq, dk, dv
+    common = (q_, k_, v_, dout_, lse_, plan.out(delta, view))
+    cu = (plan.inp(6), plan.inp(7)) if varlen else (_no_offsets(), _no_offsets())
+    tail = (np.float32(scale), group, *_tail(plan, p, band_args))
+    plan.launch(dkdv, dkdv_grid, cfg.num_threads, *common, plan.out(dk, view), plan.out(dv, view), *cu, *tail,
+                shared=shared[0])
+    plan.launch(dqk, dq_grid, cfg.num_threads, *common, plan.out(dq, view), *cu, *tail, shared=shared[1])
+    return plan
+
+
+def _execute(plan: Plan, inputs, extras) -> list:
+    """Allocate the plan's outputs and launch its kernels on ``inputs``; returns the outputs."""
+    outputs = [_empty(shape, dtype) for shape, dtype in plan.outputs]
+    _launch_plan(plan, inputs, outputs, extras)
+    return outputs
+
+
+def _launch_plan(plan: Plan, inputs, outputs, extras) -> None:
+    if backend.BACKEND == backend.GPU:
+        # On CuPy's current stream (or launch_on's), so work stays ordered with the caller's CuPy/torch work
+        stream = getattr(_ALLOCATOR, "stream", None)
+        if stream is None:
+            stream = backend.array_module().cuda.get_current_stream().ptr
+        plan.run_gpu(stream, [_pointer(a) for a in inputs], [_pointer(a) for a in outputs], extras)
+    else:
+        plan.run(_launch, inputs, outputs, extras)
+
+
+# ---- the plan cache: a repeat call skips the checks and the configuration choice
+
+_PLANS = PlanCache()
+_FAST_TYPES: dict = {}
+
+
+def _fast_types() -> tuple:
+    """The array types a call key can describe: those ``_as_array`` passes through unchanged."""
+    types = _FAST_TYPES.get(backend.BACKEND)
+    if types is None:
+        types = _FAST_TYPES[backend.BACKEND] = (
+            (np.ndarray,) if backend.BACKEND == backend.SIMULATOR else (backend.array_module().ndarray, DeviceView))
+    return types
+
+
+def _call_key(pass_, arrays, options):
+    """Everything a call's checks and choices depend on (None: this call cannot be keyed).
+
+    Arrays by type, shape, strides, dtype and whether all are 16-byte aligned (the tensor-core
+    kernels' condition); options by type and value (``causal=1`` must still fail its check)."""
+    types = _fast_types()
+    try:
+        if not all(type(a) in types for a in arrays):
+            return None
+        aligned = True
+        if backend.BACKEND == backend.GPU:
+            aligned = not any(_pointer(a) & 15 for a in arrays)
+        key = (pass_, backend.BACKEND, aligned, *((type(a), a.shape, a.strides, a.dtype) for a in arrays),
+               *option_key(options))
+        hash(key)
+    except TypeError:  # an unhashable option (a list for window_size): take the checked path
+        return None
+    return key
+
+
+def option_key(options) -> tuple:
+    """Options as a cache key: by type and value, a tuple's items too (``(-1.0, -1)`` is not a window)."""
+    return tuple((type(o), tuple(map(type, o)) if type(o) is tuple else None, o) for o in options)
+
+
+def _cached_plan(key):
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is not None and plan.tuning is not False:
+        from .tune import state
+
+        if plan.tuning != state():  # the tuning cache changed since: choose again
+            return None
+    return plan
+
+
+def _keep(key, plan: Plan, config, cfg) -> Plan:
+    """Cache ``plan`` under ``key``, noting whether its config came from the tuning cache."""
+    plan.tuning = False
+    if config is None and not isinstance(cfg, TensorCoreConfig):
+        from .tune import state
+
+        plan.tuning = state()
+    if key is not None:
+        _PLANS.put(key, plan)
+    return plan
 
 
 def _same(x):
@@ -418,6 +519,19 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     Returns ``out`` (like q), or ``(out, lse)`` with ``lse`` float32 (B, H, Nq), the natural-log
     log-sum-exp of each row's scaled scores, when ``return_lse`` is true.
     """
+    key = _call_key("forward", (q, k, v), (causal, softmax_scale, window_size, dropout_p, seed is None, config,
+                                             bfloat16))
+    plan, arrays = _forward(key, q, k, v, causal, softmax_scale, window_size, dropout_p, seed, config, bfloat16)
+    out, lse = _execute(plan, arrays, plan.extras(seed))
+    return (out, lse) if return_lse else out
+
+
+def _forward(key, q, k, v, causal, softmax_scale, window_size, dropout_p, seed, config, bfloat16):
+    """The plan of a forward call and the arrays it runs on: from the cache, or checked and made
+    (and cached under ``key`` unless it is None)."""
+    plan = _cached_plan(key)
+    if plan is not None:
+        return plan, (q, k, v)
     backend.warn_if_simulated()
     q, k, v = _as_array("q", q), _as_array("k", k), _as_array("v", v)
     group = _check_qkv(q, k, v, bf16=_check_bool("bfloat16", bfloat16))
@@ -425,10 +539,10 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     n_k = k.shape[2]
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
-    cfg = _pick(config, "forward", D, q.dtype, bool(causal), max(n_q, n_k), (("q", q), ("k", k), ("v", v)), opts[0])
-    none = _no_offsets()
-    out, lse = _run_forward(q, k, v, none, none, B, n_q, False, group, scale, cfg, opts, q.shape, (B, H, n_q), _same)
-    return (out, lse) if return_lse else out
+    cfg = _pick(config, "forward", D, q.dtype, bool(causal), max(n_q, n_k), (("q", q), ("k", k), ("v", v)),
+                opts[0] > 0.0)
+    plan = _forward_plan((q, k, v), B, n_q, False, group, scale, cfg, opts, (B, H, n_q), _same)
+    return _keep(key, plan, config, cfg), (q, k, v)
 
 
 def _check_saved(dout, out, lse, q, lse_shape, lse_what):
@@ -453,6 +567,19 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_s
     over each group of query heads. Deterministic: no atomics, so repeated calls are bit-identical.
     ``bfloat16=True`` as in :func:`flash_attention` (dout, out too; gradients come back as uint16).
     """
+    key = _call_key("backward", (dout, q, k, v, out, lse), (causal, softmax_scale, window_size, dropout_p,
+                                                             seed is None, config, bfloat16))
+    plan, arrays = _backward(key, dout, q, k, v, out, lse, causal, softmax_scale, window_size, dropout_p, seed,
+                             config, bfloat16)
+    _, dq, dk, dv = _execute(plan, arrays, plan.extras(seed))
+    return dq, dk, dv
+
+
+def _backward(key, dout, q, k, v, out, lse, causal, softmax_scale, window_size, dropout_p, seed, config, bfloat16):
+    """As :func:`_forward`, for the backward (outputs: delta, dq, dk, dv)."""
+    plan = _cached_plan(key)
+    if plan is not None:
+        return plan, (dout, q, k, v, out, lse)
     backend.warn_if_simulated()
     q, k, v = _as_array("q", q), _as_array("k", k), _as_array("v", v)
     dout, out, lse = _as_array("dout", dout), _as_array("out", out), _as_array("lse", lse)
@@ -463,9 +590,10 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_s
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
     cfg = _pick(config, "backward", D, q.dtype, bool(causal), max(n_q, n_k),
-                (("q", q), ("k", k), ("v", v), ("dout", dout), ("out", out)), opts[0])
-    none = _no_offsets()
-    return _run_backward(dout, q, k, v, out, lse, none, none, B, n_q, n_k, False, group, scale, cfg, opts, _same)
+                (("q", q), ("k", k), ("v", v), ("dout", dout), ("out", out)), opts[0] > 0.0)
+    arrays = (dout, q, k, v, out, lse)
+    plan = _backward_plan(arrays, B, n_q, n_k, False, group, scale, cfg, opts, _same)
+    return _keep(key, plan, config, cfg), arrays
 
 
 # ---- packed variable-length batches ------------------------------------------------------------
@@ -538,9 +666,11 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
     cfg = _pick(config, "forward", D, q.dtype, bool(causal), max(max_seqlen_q, max_seqlen_k),
-                        (("q", q), ("k", k), ("v", v)), opts[0])
-    out, lse = _run_forward(q, k, v, cu_q, cu_k, n_seq, max_seqlen_q, True, group, scale, cfg, opts, q.shape, (H, T),
-                            _packed)
+                (("q", q), ("k", k), ("v", v)), opts[0] > 0.0)
+    # not cached: the offsets' values, which the checks read, change from call to call
+    inputs = (q, k, v, cu_q, cu_k)
+    plan = _forward_plan(inputs, n_seq, max_seqlen_q, True, group, scale, cfg, opts, (H, T), _packed)
+    out, lse = _execute(plan, inputs, plan.extras(seed))
     return (out, lse) if return_lse else out
 
 
@@ -557,6 +687,8 @@ def flash_attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_se
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
     cfg = _pick(config, "backward", D, q.dtype, bool(causal), max(max_seqlen_q, max_seqlen_k),
-                (("q", q), ("k", k), ("v", v), ("dout", dout), ("out", out)), opts[0])
-    return _run_backward(dout, q, k, v, out, lse, cu_q, cu_k, n_seq, max_seqlen_q, max_seqlen_k, True, group, scale,
-                         cfg, opts, _packed)
+                (("q", q), ("k", k), ("v", v), ("dout", dout), ("out", out)), opts[0] > 0.0)
+    inputs = (dout, q, k, v, out, lse, cu_q, cu_k)
+    plan = _backward_plan(inputs, n_seq, max_seqlen_q, max_seqlen_k, True, group, scale, cfg, opts, _packed)
+    _, dq, dk, dv = _execute(plan, inputs, plan.extras(seed))
+    return dq, dk, dv

@@ -150,8 +150,12 @@ class _Prepared:
         return vals
 
     def launch(self, grid, block, stream: int, args, shared: int = 0) -> None:
+        self.launch_values(grid, block, stream, self.values(args), shared)
+
+    def launch_values(self, grid, block, stream: int, values, shared: int = 0) -> None:
+        """Launch with the flattened parameter ``values`` (as :meth:`values` makes them)."""
         buf, params, _ = self._buffers()
-        struct.pack_into(self.fmt, buf, 0, *self.values(args))
+        struct.pack_into(self.fmt, buf, 0, *values)
         gx, gy, gz = grid
         lib = _libcuda()
         rc = lib.cuLaunchKernel(self.handle, gx, gy, gz, block, 1, 1, shared, stream, params, None)

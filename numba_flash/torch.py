@@ -6,12 +6,13 @@
 
 How it joins PyTorch:
 
-* Zero-copy both ways: q, k, v (strided views included) are read where they lie (passed to the
-  API as ``api.DeviceView``: address, shape, strides, as DLPack would carry them); outputs and
-  gradients are allocated by PyTorch's caching allocator, so they are ordinary torch tensors and
+* Zero-copy both ways: q, k, v (strided views included) are read where they lie (the API checks
+  them as ``api.DeviceView``: address, shape, strides, what DLPack would carry, and makes a launch
+  plan, reused for every later call of the same kind); outputs and gradients are allocated by
+  PyTorch's caching allocator, so they are ordinary torch tensors and
   ``torch.cuda.max_memory_allocated`` counts them.
-* PyTorch's current CUDA stream: the kernels are launched on it (``api.launch_on``), so they
-  queue behind the model's work and nothing synchronises the device.
+* PyTorch's current CUDA stream: the kernels are launched on it, so they queue behind the
+  model's work and nothing synchronises the device.
 * Saved for backward: q, k, v, out and lse (float32, B*H*N), plus the dropout seed, a Python int
   drawn from torch's (CPU) default generator, so ``torch.manual_seed`` makes dropout repeatable.
 * dtypes: float16, bfloat16 and float32 run natively (16-bit ones on the tensor-core kernels).
@@ -53,65 +54,58 @@ def _view(t: torch.Tensor) -> api.DeviceView:
                           t, t.fill_)
 
 
-class _Bridge:
-    """Calls into the API on torch's current stream, with torch-owned outputs.
+def _key(t: torch.Tensor) -> tuple:
+    """What a launch plan depends on of a tensor: shape, strides, dtype, 16-byte alignment."""
+    return t.shape, t.stride(), t.dtype, not t.data_ptr() & 15
 
-    Tensors go in as :class:`numba_flash.api.DeviceView` (address, shape, strides: what DLPack
-    exchanges, minus the protocol's per-call bookkeeping and CuPy's array construction, ~25 us of
-    host time per tensor); outputs are ``torch.empty`` (PyTorch's caching allocator, so torch's
-    memory statistics count them); kernels are launched on ``torch.cuda.current_stream()``.
-    """
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.made = {}  # id(view) -> the torch tensor that owns its memory
-        self._ctx = api.launch_on(torch.cuda.current_stream(device).cuda_stream, self.empty)
-
-    to_view = staticmethod(_view)
-
-    def empty(self, shape, dtype):
-        t = torch.empty(shape, dtype=_TORCH_OF[np.dtype(dtype)], device=self.device)
-        view = _view(t)
-        self.made[id(view)] = t
-        return view
-
-    def to_torch(self, a) -> torch.Tensor:
-        return self.made[id(a)]
-
-    def __enter__(self):
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+def _run(plan, tensors, extras, device) -> list:
+    """Run a launch plan on torch's current stream, its outputs allocated by torch's caching allocator."""
+    outs = [torch.empty(shape, dtype=_TORCH_OF[dtype], device=device) for shape, dtype in plan.outputs]
+    if api.POISON_OUTPUTS:  # as the API does: an element no kernel writes shows up as NaN
+        for o in outs:
+            o.fill_(float("nan"))
+    plan.run_gpu(torch.cuda.current_stream(device).cuda_stream, [t.data_ptr() for t in tensors],
+                 [o.data_ptr() for o in outs], extras)
+    return outs
 
 
 class FlashAttentionFunction(torch.autograd.Function):
-    """out = flash_attention(q, k, v); backward = flash_attention_backward, recomputing P from lse."""
+    """out = flash_attention(q, k, v); backward = flash_attention_backward, recomputing P from lse.
+
+    Each direction runs an API launch plan (``numba_flash.plan``), checked and made by the API on
+    the first call of its kind (from :class:`numba_flash.api.DeviceView` views of the tensors) and
+    looked up by shapes, strides, dtypes, alignment and options after that: a repeat call costs a
+    dictionary lookup, the output allocations and one driver call per kernel.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, dropout_p, seed, window_size):
         bf16 = q.dtype == torch.bfloat16
-        with _Bridge(q.device) as br:
-            out, lse = api.flash_attention(br.to_view(q), br.to_view(k), br.to_view(v), causal=causal,
-                                           softmax_scale=scale, dropout_p=dropout_p, seed=seed,
-                                           window_size=window_size, return_lse=True, bfloat16=bf16)
-            out, lse = br.to_torch(out), br.to_torch(lse)
+        options = (causal, scale, window_size, dropout_p, seed is None, None, bf16)
+        key = ("torch-forward", q.device, _key(q), _key(k), _key(v), *api.option_key(options))
+        plan = api._cached_plan(key)
+        if plan is None:
+            plan, _ = api._forward(key, _view(q), _view(k), _view(v), causal, scale, window_size, dropout_p, seed,
+                                   None, bf16)
+        out, lse = _run(plan, (q, k, v), plan.extras(seed), q.device)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.options = dict(causal=causal, softmax_scale=scale, dropout_p=dropout_p, seed=seed,
-                           window_size=window_size, bfloat16=bf16)
+        ctx.options = options, (causal, scale, window_size, dropout_p, seed, bf16)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        if not _tensor_core_ready(dout):  # e.g. the stride-0 gradient of a sum(): one copy, then fast kernels
-            dout = dout.contiguous()
-        with _Bridge(q.device) as br:
-            grads = api.flash_attention_backward(br.to_view(dout), br.to_view(q), br.to_view(k), br.to_view(v),
-                                                 br.to_view(out), br.to_view(lse), **ctx.options)
-            dq, dk, dv = (br.to_torch(g) for g in grads)
+        if not dout.is_contiguous() and not _tensor_core_ready(dout):
+            dout = dout.contiguous()  # e.g. the stride-0 gradient of a sum(): one copy, then the fast kernels
+        options, (causal, scale, window_size, dropout_p, seed, bf16) = ctx.options
+        tensors = (dout, q, k, v, out, lse)
+        key = ("torch-backward", q.device, *map(_key, tensors), *api.option_key(options))
+        plan = api._cached_plan(key)
+        if plan is None:
+            plan, _ = api._backward(key, *map(_view, tensors), causal, scale, window_size, dropout_p, seed, None, bf16)
+        _, dq, dk, dv = _run(plan, tensors, plan.extras(seed), q.device)
         return dq, dk, dv, None, None, None, None, None
 
 

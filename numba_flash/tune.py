@@ -176,6 +176,19 @@ def _load(path):
     return hit[1], hit[2]
 
 
+def state():
+    """What a config=None choice depends on: the cache file's path and its (mtime, size), or None
+    without a file. The API keeps launch plans made with a tuned choice while this stays the same."""
+    path = _path_str()
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path, None
+    return path, (st.st_mtime_ns, st.st_size)
+
+
 def lookup(head_dim: int, dtype, causal: bool, seqlen: int, pass_: str = "forward", *,
            device: str | None = None) -> BlockConfig | None:
     """The tuned config for this problem on this device, or None when none was stored.

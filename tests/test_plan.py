@@ -1,0 +1,172 @@
+"""Launch plans (numba_flash.plan) and the API's plan cache: a repeat call skips the checks, so the
+cache key must hold everything the checks and choices depend on."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import weakref
+
+import numpy as np
+import pytest
+
+import numba_flash as nf
+from numba_flash import BlockConfig, api, reference
+from numba_flash.plan import Plan, PlanCache
+
+from helpers import ON_GPU, random_qkv, to_device, to_host
+
+tune_mod = importlib.import_module("numba_flash.tune")
+
+
+def dev(*arrays):
+    return [to_device(a) for a in arrays]
+
+
+def _error(q, k, v, do, out, lse):
+    """Worst gap to the float64 oracle over out, dq, dk, dv (float32 inputs)."""
+    want_out, want_lse = reference.attention_forward(*(to_host(a) for a in (q, k, v)))
+    grads = reference.attention_backward(*(to_host(a) for a in (do, q, k, v)))
+    return max(float(np.max(np.abs(to_host(out) - want_out))),
+               *(float(np.max(np.abs(to_host(g) - w))) for g, w in zip(nf.flash_attention_backward(
+                   do, q, k, v, out, lse), grads)))
+
+
+def test_a_repeat_call_reuses_the_plan_and_is_right(rng):
+    shape = (1, 2, 11, 7, 16)
+    first = dev(*random_qkv(rng, *shape, np.float32))
+    out, lse = nf.flash_attention(*first[:3], return_lse=True)
+    assert _error(*first, out, lse) < 1e-5
+    plans = len(api._PLANS)
+    key = api._call_key("forward", first[:3], (False, None, (-1, -1), 0.0, True, None, False))
+    assert api._PLANS.get(key) is not None
+    second = dev(*random_qkv(rng, *shape, np.float32))  # new data, same kind of call: the cached plan
+    out2, lse2 = nf.flash_attention(*second[:3], return_lse=True)
+    assert len(api._PLANS) == plans
+    assert _error(*second, out2, lse2) < 1e-5  # 1e-5: float32 on O(1) values; the oracle test derives bounds
+    assert not np.allclose(to_host(out), to_host(out2))
+
+
+def test_each_kind_of_call_gets_its_own_plan(rng):
+    q, k, v, _ = dev(*random_qkv(rng, 1, 1, 9, 9, 16, np.float32))
+    nf.flash_attention(q, k, v)
+    before = len(api._PLANS)
+    for kw in ({"causal": True}, {"window_size": (2, 1)}, {"softmax_scale": 0.5},
+               {"dropout_p": 0.25, "seed": 3}, {"config": BlockConfig(8, 8, 16)}):
+        nf.flash_attention(q, k, v, **kw)
+    q2 = dev(*random_qkv(rng, 1, 1, 10, 9, 16, np.float32))[0]
+    nf.flash_attention(q2, k, v)
+    assert len(api._PLANS) == before + 6
+
+
+@pytest.mark.parametrize("kw,exc,words", [
+    ({"causal": 1}, TypeError, "causal"),
+    ({"window_size": (-1.0, -1)}, TypeError, "window_size"),
+    ({"window_size": [-1, -1]}, None, None),  # unhashable: takes the checked path, and a list is fine there
+    ({"dropout_p": 0.25, "seed": None}, ValueError, "seed"),
+    ({"dropout_p": 0.25, "seed": -1}, ValueError, "seed"),
+    ({"dropout_p": 0.25, "seed": 1.0}, TypeError, "seed"),
+    ({"softmax_scale": float("nan")}, ValueError, "softmax_scale"),
+    ({"bfloat16": 0}, TypeError, "bfloat16"),
+])
+def test_checks_still_run_after_a_good_call_was_cached(rng, kw, exc, words):
+    q, k, v, _ = dev(*random_qkv(rng, 1, 1, 6, 6, 8, np.float32))
+    good = {"causal": True, "window_size": (-1, -1), "dropout_p": 0.25, "seed": 5, "softmax_scale": 0.3,
+            "bfloat16": False}
+    nf.flash_attention(q, k, v, **good)  # cached: a key equal (==, hash) to the bad call's but for types
+    bad = {**good, **kw}
+    if exc is None:
+        nf.flash_attention(q, k, v, **bad)
+        return
+    with pytest.raises(exc, match=words):
+        nf.flash_attention(q, k, v, **bad)
+
+
+def test_dropout_seed_changes_per_call_through_a_cached_plan(rng):
+    q, k, v, _ = dev(*random_qkv(rng, 1, 1, 12, 12, 8, np.float32))
+    a = to_host(nf.flash_attention(q, k, v, dropout_p=0.5, seed=1))
+    b = to_host(nf.flash_attention(q, k, v, dropout_p=0.5, seed=2))
+    a_again = to_host(nf.flash_attention(q, k, v, dropout_p=0.5, seed=1))
+    np.testing.assert_array_equal(a, a_again)
+    assert not np.array_equal(a, b)
+    for seed, got in ((1, a), (2, b)):
+        mask = to_host(nf.dropout_mask(seed, 0.5, 1, 1, 12, 12))
+        want, _ = reference.attention_forward(*(to_host(x) for x in (q, k, v)), dropout_p=0.5, dropout_mask=mask)
+        assert np.max(np.abs(got - want)) < 1e-5
+
+
+def test_plans_do_not_keep_the_callers_arrays(rng):
+    if ON_GPU:
+        pytest.skip("CuPy arrays are not weak-referenceable; the plan code is shared by both backends")
+    q, k, v, do = random_qkv(rng, 1, 1, 5, 5, 8, np.float32)
+    out, lse = nf.flash_attention(q, k, v, return_lse=True)
+    nf.flash_attention_backward(do, q, k, v, out, lse)
+    refs = [weakref.ref(a) for a in (q, k, v, do, out, lse)]
+    del q, k, v, do, out, lse
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_a_changed_tuning_cache_is_seen_by_cached_calls(rng, monkeypatch, tmp_path):
+    monkeypatch.setenv(tune_mod.CACHE_ENV, str(tmp_path / "tuning.json"))
+    D, n = 16, 8
+    q, k, v, _ = dev(*random_qkv(rng, 1, 1, n, n, D, np.float32))
+    used = []
+    real = api.forward_kernel
+    monkeypatch.setattr(api, "forward_kernel", lambda cfg, *rest: used.append(cfg) or real(cfg, *rest))
+    nf.flash_attention(q, k, v)
+    tuned = BlockConfig(8, 8, 64)
+    assert used and used[-1] != tuned
+    tune_mod.store(D, np.float32, False, n, "forward", tuned)
+    nf.flash_attention(q, k, v)
+    assert used[-1] == tuned
+
+
+def test_plan_cache_is_bounded():
+    cache = PlanCache(limit=3)
+    for i in range(10):
+        cache.put(i, Plan(()))
+    assert len(cache) <= 3 and cache.get(9) is not None
+
+
+def test_plan_views_give_output_metadata_without_memory():
+    plan = Plan([np.zeros((4, 2, 8), np.float16)])
+    j = plan.output((4, 2, 8), np.float16)
+    packed = api._packed
+    out = plan.out(j, packed)
+    real = packed(np.empty((4, 2, 8), np.float16))
+    assert out.example.shape == real.shape == (1, 2, 4, 8) and out.example.strides == real.strides
+    assert plan.inp(0, packed).example.strides == real.strides
+    assert plan.inp(0).example.base is not None  # a stand-in over one element, not a copy
+
+
+@pytest.mark.skipif(not ON_GPU, reason="prepared launches (the GPU path of a plan) need the GPU; the simulator runs "
+                                       "plans through numba's launch")
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_gpu_parameter_template_matches_the_arguments(rng, monkeypatch, dtype):
+    """The packed template with this call's addresses filled in equals the flattened arguments."""
+    from numba_flash import launch
+
+    q, k, v, do = dev(*random_qkv(rng, 1, 2, 33, 17, 64, dtype))
+    seen = []
+    real = launch._Prepared.launch_values
+    monkeypatch.setattr(launch._Prepared, "launch_values",
+                        lambda self, grid, block, stream, values, shared=0: seen.append((self, list(values)))
+                        or real(self, grid, block, stream, values, shared))
+    for _ in range(2):  # the first call makes the plan, the second takes it from the cache
+        seen.clear()
+        out, lse = nf.flash_attention(q, k, v, causal=True, dropout_p=0.2, seed=7, return_lse=True)
+        dq, dk, dv = nf.flash_attention_backward(do, q, k, v, out, lse, causal=True, dropout_p=0.2, seed=7)
+        assert len(seen) == 4  # forward; delta, dK/dV, dQ
+        fwd = api._PLANS.get(api._call_key("forward", (q, k, v), (True, None, (-1, -1), 0.2, False, None, False)))
+        bwd = api._PLANS.get(api._call_key("backward", (do, q, k, v, out, lse),
+                                           (True, None, (-1, -1), 0.2, False, None, False)))
+        extras = fwd.extras(7)
+        calls = [(fwd, (q, k, v), [out, lse])] + [(bwd, (do, q, k, v, out, lse), [None, dq, dk, dv])] * 3
+        steps = fwd._gpu + bwd._gpu
+        for (p, values), (plan, ins, outs), step, launched in zip(seen, calls, steps, fwd.launches + bwd.launches):
+            assert p is step[0]
+            args = plan.arguments(launched[4], ins, outs, extras)
+            if any(a is None for a in args):  # the delta scratch array is not returned: compare the rest
+                continue
+            assert values == p.values(args)
