@@ -1,10 +1,13 @@
-"""A small run of the tensor-core forward for compute-sanitizer (racecheck, memcheck):
+"""A small run of the tensor-core kernels, forward and backward, for compute-sanitizer:
 
     compute-sanitizer --tool racecheck python experiments/sanitize_tc.py
     compute-sanitizer --tool memcheck  python experiments/sanitize_tc.py
 
 Ragged sizes (97 queries, 83 keys: partial tiles on both sides, zero-filled copies), causal and
-not, the default config and the one-buffer one, varlen with dropout. Prints the max error.
+not, the default config and the one-buffer one, varlen with dropout; the backward (delta, dK/dV,
+dQ kernels) on the default config, causal, and varlen with dropout. Prints the max errors.
+
+``--backward-only`` skips the forward variants (the forward still runs to give out and lse).
 """
 
 import sys
@@ -18,21 +21,31 @@ import numpy as np  # noqa: E402
 import numba_flash as nf  # noqa: E402
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    backward_only = "--backward-only" in (sys.argv[1:] if argv is None else argv)
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, 2, n, 64)).astype(np.float16) for n in (97, 83, 83))
+    do = rng.standard_normal(q.shape).astype(np.float16)
+    dq_, dk_, dv_, ddo = (cupy.asarray(a) for a in (q, k, v, do))
     worst = 0.0
-    for config in (None, nf.TensorCoreConfig(16, 16, 1)):
+    for config in (None,) if backward_only else (None, nf.TensorCoreConfig(16, 16, 1)):
         for causal in (False, True):
-            out = nf.flash_attention(*(cupy.asarray(a) for a in (q, k, v)), causal=causal, config=config)
+            out = nf.flash_attention(dq_, dk_, dv_, causal=causal, config=config)
             want = nf.reference.attention_forward(q, k, v, causal=causal)[0]
             worst = max(worst, float(np.abs(cupy.asnumpy(out).astype(np.float64) - want).max()))
+    out, lse = nf.flash_attention(dq_, dk_, dv_, causal=True, return_lse=True)
+    grads = nf.flash_attention_backward(ddo, dq_, dk_, dv_, out, lse, causal=True)
+    want = nf.reference.attention_backward(do, q, k, v, causal=True)
+    worst_grad = max(float(np.abs(cupy.asnumpy(g).astype(np.float64) - w).max()) for g, w in zip(grads, want))
     cu = cupy.asarray(np.array([0, 40, 97], np.int32))
     cuk = cupy.asarray(np.array([0, 50, 83], np.int32))
-    pq, pk, pv = (cupy.asarray(a[0].transpose(1, 0, 2).copy()) for a in (q, k, v))
-    nf.flash_attention_varlen(pq, pk, pv, cu, cuk, 57, 50, causal=True, dropout_p=0.2, seed=7)
+    pq, pk, pv, pdo = (cupy.asarray(a[0].transpose(1, 0, 2).copy()) for a in (q, k, v, do))
+    out, lse = nf.flash_attention_varlen(pq, pk, pv, cu, cuk, 57, 50, causal=True, dropout_p=0.2, seed=7,
+                                         return_lse=True)
+    nf.flash_attention_varlen_backward(pdo, pq, pk, pv, out, lse, cu, cuk, 57, 50, causal=True, dropout_p=0.2,
+                                       seed=7)
     cupy.cuda.get_current_stream().synchronize()
-    print(f"max abs error {worst:.3e}")
+    print(f"max abs error: forward {worst:.3e}, gradients {worst_grad:.3e}")
     return 0
 
 
