@@ -408,20 +408,23 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     return plan
 
 
-def _execute(plan: Plan, inputs, extras) -> list:
-    """Allocate the plan's outputs and launch its kernels on ``inputs``; returns the outputs."""
+def _execute(plan: Plan, inputs, extras, in_ptrs=None) -> list:
+    """Allocate the plan's outputs and launch its kernels on ``inputs`` (at ``in_ptrs`` if known);
+    returns the outputs."""
     outputs = [_empty(shape, dtype) for shape, dtype in plan.outputs]
-    _launch_plan(plan, inputs, outputs, extras)
+    _launch_plan(plan, inputs, outputs, extras, in_ptrs)
     return outputs
 
 
-def _launch_plan(plan: Plan, inputs, outputs, extras) -> None:
+def _launch_plan(plan: Plan, inputs, outputs, extras, in_ptrs=None) -> None:
     if backend.BACKEND == backend.GPU:
         # On CuPy's current stream (or launch_on's), so work stays ordered with the caller's CuPy/torch work
         stream = getattr(_ALLOCATOR, "stream", None)
         if stream is None:
             stream = backend.array_module().cuda.get_current_stream().ptr
-        plan.run_gpu(stream, [_pointer(a) for a in inputs], [_pointer(a) for a in outputs], extras)
+        if in_ptrs is None:
+            in_ptrs = [_pointer(a) for a in inputs]
+        plan.run_gpu(stream, in_ptrs, [_pointer(a) for a in outputs], extras)
     else:
         plan.run(_launch, inputs, outputs, extras)
 
@@ -442,28 +445,32 @@ def _fast_types() -> tuple:
 
 
 def _call_key(pass_, arrays, options):
-    """Everything a call's checks and choices depend on (None: this call cannot be keyed).
+    """Everything a call's checks and choices depend on, and the arrays' addresses on the GPU
+    (``(None, None)``: this call cannot be keyed).
 
     Arrays by type, shape, strides, dtype and whether all are 16-byte aligned (the tensor-core
     kernels' condition); options by type and value (``causal=1`` must still fail its check)."""
     types = _fast_types()
+    if not all(type(a) in types for a in arrays):
+        return None, None
+    ptrs, aligned = None, True
+    if backend.BACKEND == backend.GPU:  # the fast types: DeviceView, or CuPy's ndarray
+        ptrs = [a.ptr if type(a) is DeviceView else a.data.ptr for a in arrays]
+        aligned = not any(p & 15 for p in ptrs)
+    key = (pass_, backend.BACKEND, aligned, *((type(a), a.shape, a.strides, a.dtype) for a in arrays),
+           *option_key(options))
     try:
-        if not all(type(a) in types for a in arrays):
-            return None
-        aligned = True
-        if backend.BACKEND == backend.GPU:
-            aligned = not any(_pointer(a) & 15 for a in arrays)
-        key = (pass_, backend.BACKEND, aligned, *((type(a), a.shape, a.strides, a.dtype) for a in arrays),
-               *option_key(options))
         hash(key)
     except TypeError:  # an unhashable option (a list for window_size): take the checked path
-        return None
-    return key
+        return None, None
+    return key, ptrs
 
 
 def option_key(options) -> tuple:
-    """Options as a cache key: by type and value, a tuple's items too (``(-1.0, -1)`` is not a window)."""
-    return tuple((type(o), tuple(map(type, o)) if type(o) is tuple else None, o) for o in options)
+    """Options as a cache key: by value and type, a tuple's items' types too (``(-1.0, -1)`` is not a
+    window, though it equals ``(-1, -1)``)."""
+    return (options, tuple(map(type, options)),
+            tuple(tuple(map(type, o)) for o in options if type(o) is tuple))
 
 
 def _cached_plan(key):
@@ -519,10 +526,10 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     Returns ``out`` (like q), or ``(out, lse)`` with ``lse`` float32 (B, H, Nq), the natural-log
     log-sum-exp of each row's scaled scores, when ``return_lse`` is true.
     """
-    key = _call_key("forward", (q, k, v), (causal, softmax_scale, window_size, dropout_p, seed is None, config,
-                                             bfloat16))
+    key, ptrs = _call_key("forward", (q, k, v), (causal, softmax_scale, window_size, dropout_p, seed is None,
+                                                   config, bfloat16))
     plan, arrays = _forward(key, q, k, v, causal, softmax_scale, window_size, dropout_p, seed, config, bfloat16)
-    out, lse = _execute(plan, arrays, plan.extras(seed))
+    out, lse = _execute(plan, arrays, plan.extras(seed), ptrs)
     return (out, lse) if return_lse else out
 
 
@@ -567,11 +574,11 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_s
     over each group of query heads. Deterministic: no atomics, so repeated calls are bit-identical.
     ``bfloat16=True`` as in :func:`flash_attention` (dout, out too; gradients come back as uint16).
     """
-    key = _call_key("backward", (dout, q, k, v, out, lse), (causal, softmax_scale, window_size, dropout_p,
-                                                             seed is None, config, bfloat16))
+    key, ptrs = _call_key("backward", (dout, q, k, v, out, lse), (causal, softmax_scale, window_size, dropout_p,
+                                                                   seed is None, config, bfloat16))
     plan, arrays = _backward(key, dout, q, k, v, out, lse, causal, softmax_scale, window_size, dropout_p, seed,
                              config, bfloat16)
-    _, dq, dk, dv = _execute(plan, arrays, plan.extras(seed))
+    _, dq, dk, dv = _execute(plan, arrays, plan.extras(seed), ptrs)
     return dq, dk, dv
 
 

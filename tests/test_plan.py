@@ -38,7 +38,7 @@ def test_a_repeat_call_reuses_the_plan_and_is_right(rng):
     out, lse = nf.flash_attention(*first[:3], return_lse=True)
     assert _error(*first, out, lse) < 1e-5
     plans = len(api._PLANS)
-    key = api._call_key("forward", first[:3], (False, None, (-1, -1), 0.0, True, None, False))
+    key, _ = api._call_key("forward", first[:3], (False, None, (-1, -1), 0.0, True, None, False))
     assert api._PLANS.get(key) is not None
     second = dev(*random_qkv(rng, *shape, np.float32))  # new data, same kind of call: the cached plan
     out2, lse2 = nf.flash_attention(*second[:3], return_lse=True)
