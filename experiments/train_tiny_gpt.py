@@ -581,8 +581,10 @@ def table_rows(runs: dict) -> list[dict]:
     return rows
 
 
-def plot(runs: dict, args, path: Path) -> str | None:
-    """Train (smoothed, raw faint) and validation losses of every run on one chart, and the gaps."""
+def plot(runs: dict, args, path: Path, device: str | None = None) -> str | None:
+    """Train (smoothed, raw faint) and validation losses of every run on one chart, and the gaps.
+
+    ``device``: the name in the title (default: this machine's; a redraw from a run's JSON passes its own)."""
     plt = results.pyplot()
     if plt is None:
         return "matplotlib is not installed: plot skipped (pip install matplotlib)"
@@ -628,7 +630,7 @@ def plot(runs: dict, args, path: Path) -> str | None:
     ax.grid(True, alpha=0.3)
     fig.suptitle(f"tiny GPT on the stdlib sources: {args.layers} layers, width {args.width}, {args.heads} heads "
                  f"({args.kv_heads} kv), seq {args.seq}, batch {args.batch}, {args.dtype}, attn dropout {args.attn_dropout}"
-                 f" ({backend.device_name() if backend.BACKEND == backend.GPU else 'CPU'})", fontsize=10)
+                 f" ({device or (backend.device_name() if backend.BACKEND == backend.GPU else 'CPU')})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
