@@ -87,6 +87,19 @@ def main() -> int:
     print("adapter backward, inside the autograd thread:")
     print(top(bprof))
 
+    # The same backward timed when the engine runs it in the calling thread: is our Python slower
+    # on the engine's device thread, or is the rest of the step the engine's own hand-off?
+    spent.clear()
+    nft.FlashAttentionFunction.backward = staticmethod(timed)
+    with torch.autograd.set_multithreading_enabled(False):
+        t0 = time.perf_counter()
+        for _ in range(100):
+            torch.autograd.grad(nft.scaled_dot_product_attention(*tq), tq, do)
+        torch.cuda.synchronize()
+    nft.FlashAttentionFunction.backward = staticmethod(original)
+    print(f"adapter fwd+bwd, single-threaded autograd: {(time.perf_counter() - t0) / 100 * 1e6:.1f} us per step")
+    print(f"  of which FlashAttentionFunction.backward (calling thread): {sum(spent) / len(spent) * 1e6:.1f} us")
+
     # The whole step in one thread (the engine runs the backward in the calling thread), so one
     # profile sees all of its Python, torch's included.
     step = cProfile.Profile()

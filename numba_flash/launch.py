@@ -27,22 +27,33 @@ import threading
 
 import numpy as np
 
+_CUDA_ERROR_INVALID_VALUE = 1
 _CUDA_ERROR_INVALID_CONTEXT = 201
+# cuLaunchKernel's ``extra`` keys: the parameters as one packed buffer instead of one pointer each.
+_PARAM_BUFFER_POINTER, _PARAM_BUFFER_SIZE, _PARAM_END = 1, 2, 0
 
-_driver = None
+# How a launch reaches the driver (experiments/torch_overhead_breakdown.py times the choices):
+# PARAM_BUFFER: the packed buffer through ``extra`` (one copy in the driver) rather than a pointer
+# per parameter (a tensor-core backward kernel has ~100 flattened parameters); HOLD_GIL: call
+# through ctypes.PyDLL, which keeps the GIL over the ~µs call instead of releasing and retaking it.
+PARAM_BUFFER = True
+HOLD_GIL = False
+
+_driver = {}
 
 
-def _libcuda():
-    global _driver
-    if _driver is None:
-        lib = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+def _libcuda(hold_gil: bool = False):
+    lib = _driver.get(hold_gil)
+    if lib is None:
+        loader = ctypes.PyDLL if hold_gil else ctypes.CDLL
+        lib = loader("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
         u = ctypes.c_uint
         lib.cuLaunchKernel.argtypes = [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_void_p]
         lib.cuLaunchKernel.restype = ctypes.c_int
         lib.cuGetErrorString.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
-        _driver = lib
-    return _driver
+        _driver[hold_gil] = lib
+    return lib
 
 
 def _error(code: int) -> str:
@@ -121,15 +132,21 @@ class _Prepared:
         self.fmt, self.offsets = param_layout(argtypes)
         self.size = struct.calcsize(self.fmt)
         self.max_shared = 48 * 1024
+        self.by_buffer = True  # cleared if the driver refuses the packed buffer
         self._tls = threading.local()
 
     def _buffers(self):
+        """This thread's parameter buffer, the per-parameter pointer array into it and the ``extra``
+        array that hands the driver the whole buffer (addresses as ints, the objects kept alive)."""
         b = getattr(self._tls, "b", None)
         if b is None:
             buf = ctypes.create_string_buffer(max(self.size, 8))
             base = ctypes.addressof(buf)
             ptrs = (ctypes.c_void_p * len(self.offsets))(*(base + o for o in self.offsets))
-            b = self._tls.b = (buf, ctypes.addressof(ptrs), ptrs)
+            size = ctypes.c_size_t(self.size)
+            extra = (ctypes.c_void_p * 5)(_PARAM_BUFFER_POINTER, base, _PARAM_BUFFER_SIZE, ctypes.addressof(size),
+                                          _PARAM_END)
+            b = self._tls.b = (buf, ctypes.addressof(ptrs), ctypes.addressof(extra), (ptrs, size, extra))
         return b
 
     def set_max_shared(self, nbytes: int) -> None:
@@ -154,11 +171,16 @@ class _Prepared:
 
     def launch_values(self, grid, block, stream: int, values, shared: int = 0) -> None:
         """Launch with the flattened parameter ``values`` (as :meth:`values` makes them)."""
-        buf, params, _ = self._buffers()
+        buf, params, extra, _ = self._buffers()
         struct.pack_into(self.fmt, buf, 0, *values)
         gx, gy, gz = grid
-        lib = _libcuda()
-        rc = lib.cuLaunchKernel(self.handle, gx, gy, gz, block, 1, 1, shared, stream, params, None)
+        lib = _libcuda(HOLD_GIL)
+        by_buffer = PARAM_BUFFER and self.by_buffer
+        rc = lib.cuLaunchKernel(self.handle, gx, gy, gz, block, 1, 1, shared, stream, None if by_buffer else params,
+                                extra if by_buffer else None)
+        if rc == _CUDA_ERROR_INVALID_VALUE and by_buffer:  # a driver that wants the size another way: per pointer
+            self.by_buffer = False
+            rc = lib.cuLaunchKernel(self.handle, gx, gy, gz, block, 1, 1, shared, stream, params, None)
         if rc == _CUDA_ERROR_INVALID_CONTEXT:  # a thread that has not touched CUDA yet: bind the context
             from numba import cuda
 
