@@ -1,17 +1,33 @@
-"""Block-size tuning: find the fastest correct :class:`BlockConfig` for a problem, and remember it.
+"""Block-size tuning: find the fastest correct kernel configuration for a problem, and remember it.
+
+Two kinds of configuration are tuned (``kind=``):
+
+* ``"block"``: a :class:`~numba_flash.config.BlockConfig` ``(block_m, block_n, num_threads)`` of the
+  portable kernels (every dtype, GPU and simulator). Candidates: block sizes 8..128 by 1, 2, 4 or
+  8 threads per row, those that fit in 48 KiB of static shared memory.
+* ``"tensor_core"``: a :class:`~numba_flash.config.TensorCoreConfig` ``(block_m, block_n, stages,
+  rows_per_warp)`` of the tensor-core kernels (GPU only, float16, head_dim <= 128). Candidates:
+  block_m in (32, 64, 128), block_n in (16, 32, 64, 128), stages in (1, 2), rows_per_warp in (16,
+  32), less those whose ``problems`` say they cannot run (dynamic shared memory; the backward takes
+  rows_per_warp=16 only). The default is :func:`~numba_flash.config.default_tc_config`.
+
+:func:`tune`'s ``kind=None`` tunes the kernels ``config=None`` would run: ``"tensor_core"`` on the
+GPU backend with float16 and head_dim <= 128, else ``"block"`` (and, when ``configs`` are given,
+the kind of those configs).
 
 From a notebook::
 
     import numba_flash.tune as nft
     result = nft.tune(4, 16, 2048, 2048, 64, dtype="float16", pass_="forward", budget_s=60)
-    result.best            # BlockConfig, now stored in the tuning cache
-    nft.lookup(64, "float16", False, 2048, "forward")   # what config=None will use
+    result.best            # a TensorCoreConfig on the GPU, now stored in the tuning cache
+    nft.lookup(64, "float16", False, 2048, "forward", kind="tensor_core")   # what config=None will use
 
-From the shell: ``python -m numba_flash.tune --seqlen 2048 --head-dim 64 --budget 60``.
+From the shell: ``python -m numba_flash.tune --seqlen 2048 --head-dim 64 --budget 60`` (``--kind
+block`` tunes the portable kernels on the GPU too).
 
 What :func:`tune` does, per candidate configuration:
 
-1. skip it when it cannot run (``BlockConfig.problems``: shared memory, how threads split rows);
+1. skip it when it cannot run (``problems``: shared memory, how threads split rows, ...);
 2. run it on a reduced problem (one batch and head, at most ``check_seqlen`` tokens) and compare
    with the float64 oracle (:mod:`numba_flash.reference`); a wrong answer marks it *failed* and it
    is never timed or ranked. A launch the SM cannot hold (too many registers for the block,
@@ -19,16 +35,26 @@ What :func:`tune` does, per candidate configuration:
 3. time it on the full problem with :func:`numba_flash.timing.time_ms` (CUDA events, median),
    until ``budget_s`` is spent.
 
-The best one is stored per (device name, head_dim, dtype, causal, seqlen bucket, pass) in a small
-JSON file, ``~/.cache/numba_flash/tuning.json`` (``NUMBA_FLASH_TUNING_CACHE=PATH`` moves it,
+The best one is stored per (device name, head_dim, dtype, causal, seqlen bucket, pass, kind) in a
+small JSON file, ``~/.cache/numba_flash/tuning.json`` (``NUMBA_FLASH_TUNING_CACHE=PATH`` moves it,
 ``NUMBA_FLASH_TUNING_CACHE=off`` disables it). The seqlen bucket is the power of two at or above
-``max(seqlen_q, seqlen_k)``. ``flash_attention(..., config=None)`` asks :func:`lookup` first and
-falls back to :func:`numba_flash.config.default_config` when there is no entry for this device, so
-without a cache file nothing changes. Entries are keyed by device name, so tuning under the
+``max(seqlen_q, seqlen_k)``. Tensor-core entries have ``|tensor_core`` appended to their key (and
+``"kind": "tensor_core"``, ``"config": [block_m, block_n, stages, rows_per_warp]``), so a tuned
+BlockConfig and a tuned TensorCoreConfig coexist for the same problem; entries without a
+``"kind"`` are BlockConfigs (files written before tensor-core tuning still load).
+
+``flash_attention(..., config=None)`` asks :func:`lookup` first and falls back to the defaults when
+there is no entry for this device, so without a cache file nothing changes: on the GPU with
+float16 (and bfloat16, which reads the float16 tensor-core entry: same kernels, same instruction
+shapes) and *without dropout* it takes the tuned TensorCoreConfig, else
+:func:`~numba_flash.config.default_tc_config` (tuned configs are timed without dropout, and
+dropout's random numbers need registers); the portable kernels take the tuned BlockConfig, else
+:func:`~numba_flash.config.default_config`. Entries are keyed by device name, so tuning under the
 simulator never affects GPU runs (and the other way round).
 
 This module imports only the standard library, NumPy and the config at import time: the API
-calls :func:`lookup` on every ``config=None`` call.
+calls :func:`lookup` on every ``config=None`` call that makes a launch plan, and :func:`state`
+on every call that reuses one.
 """
 
 from __future__ import annotations
@@ -46,16 +72,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import MAX_THREADS_PER_BLOCK, PASSES, BlockConfig, check_head_dim, default_config
+from .config import (MAX_THREADS_PER_BLOCK, PASSES, TC_MAX_HEAD_DIM, BlockConfig, TensorCoreConfig,
+                     check_head_dim, default_config, default_tc_config)
 
 __all__ = ["tune", "lookup", "store", "clear_cache", "cache_path", "cache_entries", "enumerate_configs",
-           "seqlen_bucket", "TuneResult", "Trial", "main"]
+           "seqlen_bucket", "state", "TuneResult", "Trial", "main", "KINDS"]
 
 CACHE_ENV = "NUMBA_FLASH_TUNING_CACHE"
 _DISABLED = ("off", "none", "0", "false", "no")
 _CACHE_VERSION = 1
+KINDS = ("block", "tensor_core")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 THREADS_PER_ROW = (1, 2, 4, 8)
+# The tensor-core candidates: every combination, less those TensorCoreConfig.problems rules out.
+TC_BLOCK_M = (32, 64, 128)
+TC_BLOCK_N = (16, 32, 64, 128)
+TC_STAGES = (1, 2)
+TC_ROWS_PER_WARP = (16, 32)
 # A config passes the oracle check when max|got - ref| <= RTOL * max|ref| for every output. The
 # kernels compute in fp32; the budget covers the final rounding to the storage dtype (fp16: 2^-11)
 # with margin, and fp32 accumulation over up to a few thousand keys. A broken tiling (a skipped
@@ -102,9 +135,30 @@ def _dtype_name(dtype) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _key(device: str, head_dim: int, dtype, causal: bool, seqlen: int, pass_: str) -> str:
+def _key(device: str, head_dim: int, dtype, causal: bool, seqlen: int, pass_: str, kind: str = "block") -> str:
     return (f"{device}|head_dim={int(head_dim)}|{_dtype_name(dtype)}|causal={bool(causal)}"
-            f"|seqlen<={seqlen_bucket(seqlen)}|{pass_}")
+            f"|seqlen<={seqlen_bucket(seqlen)}|{pass_}" + ("|tensor_core" if kind == "tensor_core" else ""))
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    return kind
+
+
+def _kind_of(config) -> str:
+    """'tensor_core' for a TensorCoreConfig, 'block' for a BlockConfig."""
+    if isinstance(config, TensorCoreConfig):
+        return "tensor_core"
+    if isinstance(config, BlockConfig):
+        return "block"
+    raise TypeError(f"config: expected a BlockConfig or a TensorCoreConfig, got {type(config).__name__}")
+
+
+def _config_list(config) -> list:
+    if isinstance(config, TensorCoreConfig):
+        return [config.block_m, config.block_n, config.stages, config.rows_per_warp]
+    return [config.block_m, config.block_n, config.num_threads]
 
 
 _device_names: dict = {}
@@ -124,7 +178,7 @@ def _current_device_name() -> str:
     return _device_names[index]
 
 
-# path -> ((mtime_ns, size), raw entries, {key: BlockConfig}); re-read when the file changes.
+# path -> ((mtime_ns, size), raw entries, {key: config}); re-read when the file changes.
 _loaded: dict = {}
 _warned_paths: set = set()
 
@@ -148,11 +202,20 @@ def _read(path: Path) -> dict:
 
 
 def _parse(entries: dict) -> dict:
-    """{key: BlockConfig} for the entries that still describe a runnable config; others dropped."""
+    """{key: config} for the entries that still describe a runnable config; others dropped.
+
+    An entry's ``"kind"`` says which class (none: a BlockConfig, as in files written before the
+    tensor-core kernels were tuned); its key must agree (``|tensor_core`` at the end, or not)."""
     out = {}
     for key, entry in entries.items():
         try:
-            cfg = BlockConfig(*entry["config"])
+            kind, values = entry.get("kind", "block"), list(entry["config"])
+            if kind == "tensor_core" and len(values) == 4 and key.endswith("|tensor_core"):
+                cfg = TensorCoreConfig(*values)
+            elif kind == "block" and len(values) == 3 and not key.endswith("|tensor_core"):
+                cfg = BlockConfig(*values)
+            else:
+                continue
             if cfg.problems(int(entry["head_dim"]), entry["pass"]):
                 continue
         except (KeyError, TypeError, ValueError):
@@ -176,27 +239,52 @@ def _load(path):
     return hit[1], hit[2]
 
 
+# (monotonic time, path, state) of the last state() that stat'ed the file; None: ask again.
+_STATE_TTL_S = 1.0
+_state_memo = None
+
+
 def state():
     """What a config=None choice depends on: the cache file's path and its (mtime, size), or None
-    without a file. The API keeps launch plans made with a tuned choice while this stays the same."""
+    when the cache is disabled. The API keeps launch plans made by config=None calls while this
+    stays the same, and asks on every such call, so the answer is memoised for up to
+    ``_STATE_TTL_S`` = 1 second (per cache path): :func:`store` and :func:`clear_cache` in this
+    process reset the memo, so their changes are seen at once; a change another process makes to
+    the file is seen within a second."""
+    global _state_memo
     path = _path_str()
     if path is None:
         return None
+    now = time.monotonic()
+    memo = _state_memo
+    if memo is not None and memo[1] == path and now - memo[0] < _STATE_TTL_S:
+        return memo[2]
     try:
         st = os.stat(path)
+        value = path, (st.st_mtime_ns, st.st_size)
     except OSError:
-        return path, None
-    return path, (st.st_mtime_ns, st.st_size)
+        value = path, None
+    _state_memo = (now, path, value)
+    return value
+
+
+def _forget_state() -> None:
+    global _state_memo
+    _state_memo = None
 
 
 def lookup(head_dim: int, dtype, causal: bool, seqlen: int, pass_: str = "forward", *,
-           device: str | None = None) -> BlockConfig | None:
-    """The tuned config for this problem on this device, or None when none was stored.
+           device: str | None = None, kind: str = "block"):
+    """The tuned config of ``kind`` for this problem on this device, or None when none was stored.
 
-    ``seqlen`` is ``max(seqlen_q, seqlen_k)``; ``device`` defaults to the current device's name.
-    Never raises for a missing, unreadable or stale cache: it returns None and the caller falls
-    back to the default config.
+    ``kind``: "block" (a BlockConfig of the portable kernels) or "tensor_core" (a TensorCoreConfig,
+    stored under the key with ``|tensor_core`` appended). ``seqlen`` is ``max(seqlen_q, seqlen_k)``;
+    ``device`` defaults to the current device's name. Never raises for a missing, unreadable or
+    stale cache: it returns None and the caller falls back to the default config (an unknown
+    ``kind`` is a ValueError).
     """
+    if kind not in KINDS:
+        _check_kind(kind)
     path = _path_str()
     if path is None:
         return None
@@ -208,16 +296,20 @@ def lookup(head_dim: int, dtype, causal: bool, seqlen: int, pass_: str = "forwar
         return None
     try:
         name = device if device is not None else _current_device_name()
-        return configs.get(_key(name, head_dim, dtype, causal, seqlen, pass_))
+        cfg = configs.get(_key(name, head_dim, dtype, causal, seqlen, pass_, kind))
     except Exception:  # pragma: no cover - e.g. no current device; the default is always safe
         return None
+    want = TensorCoreConfig if kind == "tensor_core" else BlockConfig
+    return cfg if isinstance(cfg, want) else None
 
 
-def store(head_dim: int, dtype, causal: bool, seqlen: int, pass_: str, config: BlockConfig, *,
+def store(head_dim: int, dtype, causal: bool, seqlen: int, pass_: str, config, *,
           device: str | None = None, info: dict | None = None) -> Path | None:
-    """Record ``config`` as the tuned choice for this key; returns the file (None when disabled)."""
+    """Record ``config`` (a BlockConfig or a TensorCoreConfig: the kind follows its type) as the
+    tuned choice for this key; returns the file (None when disabled)."""
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
+    kind = _kind_of(config)
     config.validate(head_dim, pass_)
     path = cache_path()
     if path is None:
@@ -225,10 +317,10 @@ def store(head_dim: int, dtype, causal: bool, seqlen: int, pass_: str, config: B
     name = device if device is not None else _current_device_name()
     loaded = _load(path)
     entries = dict(loaded[0]) if loaded else {}
-    entries[_key(name, head_dim, dtype, causal, seqlen, pass_)] = {
-        "device": name, "head_dim": int(head_dim), "dtype": _dtype_name(dtype), "causal": bool(causal),
-        "seqlen_bucket": seqlen_bucket(seqlen), "pass": pass_,
-        "config": [config.block_m, config.block_n, config.num_threads], **(info or {}),
+    entries[_key(name, head_dim, dtype, causal, seqlen, pass_, kind)] = {
+        **(info or {}), "device": name, "head_dim": int(head_dim), "dtype": _dtype_name(dtype),
+        "causal": bool(causal), "seqlen_bucket": seqlen_bucket(seqlen), "pass": pass_, "kind": kind,
+        "config": _config_list(config),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write a temporary file and rename it, so a concurrent reader never sees half a file.
@@ -237,6 +329,7 @@ def store(head_dim: int, dtype, causal: bool, seqlen: int, pass_: str, config: B
         json.dump({"version": _CACHE_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
     _loaded.pop(str(path), None)
+    _forget_state()
     return path
 
 
@@ -258,6 +351,8 @@ def clear_cache() -> bool:
         return True
     except FileNotFoundError:
         return False
+    finally:
+        _forget_state()
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,19 +374,40 @@ def _all_configs(block_sizes=BLOCK_SIZES, threads_per_row=THREADS_PER_ROW):
     return out
 
 
-def enumerate_configs(head_dim: int, pass_: str = "forward", *, block_sizes=BLOCK_SIZES,
-                      threads_per_row=THREADS_PER_ROW, with_skipped: bool = False):
-    """The configs that can run ``pass_`` at ``head_dim`` (fit in shared memory, split evenly).
+def _all_tc_configs():
+    """Every TensorCoreConfig of the candidate grid (TC_BLOCK_M x TC_BLOCK_N x TC_STAGES x
+    TC_ROWS_PER_WARP) the constructor accepts (rows_per_warp must divide block_m)."""
+    out = []
+    for bm in TC_BLOCK_M:
+        for bn in TC_BLOCK_N:
+            for stages in TC_STAGES:
+                for rpw in TC_ROWS_PER_WARP:
+                    try:
+                        out.append(TensorCoreConfig(bm, bn, stages, rpw))
+                    except ValueError:  # pragma: no cover - every rows_per_warp divides every block_m here
+                        continue
+    return out
 
-    For the backward pass both kernels (dK/dV over key rows, dQ over query rows) use the config,
-    so it must fit both. With ``with_skipped=True`` returns ``(ok, [(config, reasons), ...])``.
+
+def enumerate_configs(head_dim: int, pass_: str = "forward", *, kind: str = "block", block_sizes=BLOCK_SIZES,
+                      threads_per_row=THREADS_PER_ROW, with_skipped: bool = False):
+    """The configs of ``kind`` that can run ``pass_`` at ``head_dim``.
+
+    ``kind="block"`` (the default): BlockConfigs that fit in shared memory and split evenly. For the
+    backward pass both kernels (dK/dV over key rows, dQ over query rows) use the config, so it
+    must fit both. ``kind="tensor_core"``: TensorCoreConfigs of the grid TC_BLOCK_M x TC_BLOCK_N x
+    TC_STAGES x TC_ROWS_PER_WARP (``block_sizes`` and ``threads_per_row`` do not apply) that pass
+    ``TensorCoreConfig.problems``: dynamic shared memory, rows_per_warp=16 for the backward, head_dim
+    <= 128 (so none at larger head_dim). These can be listed anywhere; only the GPU runs them.
+    With ``with_skipped=True`` returns ``(ok, [(config, reasons), ...])``.
     Register limits are only known after compiling for a device; :func:`tune` checks those.
     """
     check_head_dim(head_dim)
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
+    _check_kind(kind)
     ok, skipped = [], []
-    for cfg in _all_configs(block_sizes, threads_per_row):
+    for cfg in (_all_tc_configs() if kind == "tensor_core" else _all_configs(block_sizes, threads_per_row)):
         why = cfg.problems(head_dim, pass_)
         (skipped.append((cfg, why)) if why else ok.append(cfg))
     return (ok, skipped) if with_skipped else ok
@@ -305,10 +421,31 @@ def _heuristic_order(configs):
     return sorted(configs, key=score)
 
 
-def _as_config(c) -> BlockConfig:
-    if isinstance(c, BlockConfig):
+def _tc_heuristic_order(configs):
+    """Tensor-core candidates, most promising first: two stages (the next tile's copy overlaps the
+    math), 4 warps per block (the default's; 2 or 8 next), block_n of 32, then 64 (16 wastes the
+    mma's width, 128 costs registers), then larger block_m (fewer K/V re-reads)."""
+    def score(c):
+        return (c.stages != 2, abs(math.log2(c.warps / 4)), abs(math.log2(c.block_n / 40)), -c.block_m)
+    return sorted(configs, key=score)
+
+
+def _as_config(c):
+    """A BlockConfig or TensorCoreConfig as is; a 3-tuple ``(block_m, block_n, num_threads)`` as a
+    BlockConfig; a 4-tuple ``(block_m, block_n, stages, rows_per_warp)`` as a TensorCoreConfig."""
+    if isinstance(c, (BlockConfig, TensorCoreConfig)):
         return c
-    return BlockConfig(*c)
+    try:
+        values = tuple(c)
+    except TypeError:
+        raise TypeError(f"config: expected a BlockConfig, a TensorCoreConfig or a tuple of 3 or 4 ints, "
+                        f"got {c!r}") from None
+    if len(values) == 3:
+        return BlockConfig(*values)
+    if len(values) == 4:
+        return TensorCoreConfig(*values)
+    raise ValueError(f"config: expected (block_m, block_n, num_threads) for a BlockConfig or (block_m, block_n, "
+                     f"stages, rows_per_warp) for a TensorCoreConfig, got {c!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +518,7 @@ class _Problem:
                 out, lse = flash_attention(q, k, v, causal=causal, config=fwd_cfg, return_lse=True)
                 self.inputs.append((do, q, k, v, out, lse))
 
-    def compute(self, config: BlockConfig, which: str = "check"):
+    def compute(self, config, which: str = "check"):
         """Run ``config`` on the reduced problem; return its outputs as host arrays."""
         from . import backend
         from .api import flash_attention, flash_attention_backward
@@ -395,12 +532,12 @@ class _Problem:
         xp = backend.array_module()
         return tuple(np.asarray(xp.asnumpy(o)) if xp is not np else np.asarray(o) for o in outs)
 
-    def check(self, config: BlockConfig) -> float:
+    def check(self, config) -> float:
         """The largest relative error of ``config``'s outputs against the float64 oracle."""
         got = self.compute(config)
         return max(_max_rel_err(g, r) for g, r in zip(got, self.check_ref))
 
-    def timed_fn(self, config: BlockConfig):
+    def timed_fn(self, config):
         """``(fn, inputs)`` for :func:`numba_flash.timing.time_ms` on the full problem."""
         from .api import flash_attention, flash_attention_backward
 
@@ -412,10 +549,23 @@ class _Problem:
 
 
 def _kernels_of(config, head_dim, causal, pass_):
+    """The kernels (Numba dispatchers) that ``config`` runs ``pass_`` with, as the API makes them."""
+    # causal is a runtime argument of the kernels now (their band): one compiled kernel serves both.
+    if isinstance(config, TensorCoreConfig):
+        # GPU only (inline PTX: these modules import only there). The arguments are the API's,
+        # positionally (dense, so varlen False; no dropout; float16), so the lru_cache hands back
+        # the very dispatchers the check and the timing compiled.
+        if pass_ == "forward":
+            from .tc_forward import tc_forward_kernel
+
+            return [tc_forward_kernel(config, head_dim, False, False, "f16")]
+        from .tc_backward import tc_dkdv_kernel, tc_dq_kernel
+
+        return [tc_dkdv_kernel(config, head_dim, False, False, "f16"),
+                tc_dq_kernel(config, head_dim, False, False, "f16")]
     from .backward import dkdv_kernel, dq_kernel
     from .forward import forward_kernel
 
-    # causal is a runtime argument of the kernels now (their band): one compiled kernel serves both.
     if pass_ == "forward":
         return [forward_kernel(config, head_dim)]
     return [dkdv_kernel(config, head_dim), dq_kernel(config, head_dim)]
@@ -463,7 +613,7 @@ class Trial:
     """What happened to one config: ``status`` is 'ok' (checked and timed), 'failed' (wrong result
     or error: never ranked), 'skipped' (cannot run here) or 'not run' (budget spent)."""
 
-    config: BlockConfig
+    config: BlockConfig | TensorCoreConfig
     status: str = "not run"
     reason: str = ""
     max_rel_err: float | None = None
@@ -475,11 +625,19 @@ class Trial:
     seconds: float = 0.0
 
     def row(self, head_dim: int, pass_: str) -> dict:
+        """The trial as a flat dict: ``threads_per_row`` is None for a TensorCoreConfig, ``stages``
+        and ``rows_per_warp`` None for a BlockConfig; ``smem_kib`` the most any of its kernels uses."""
         c = self.config
         kernels = ("forward",) if pass_ == "forward" else ("dq", "dkdv")
-        smem = max(c.shared_memory_bytes(head_dim, k) for k in kernels)
-        return {"block_m": c.block_m, "block_n": c.block_n, "num_threads": c.num_threads,
-                "threads_per_row": c.threads_per_row(c.block_m), "smem_kib": smem / 1024,
+        if isinstance(c, TensorCoreConfig):
+            smem = (c.shared_memory_bytes(head_dim) if pass_ == "forward"
+                    else max(c.backward_shared_bytes(head_dim, k) for k in kernels))
+            tpr, stages, rpw = None, c.stages, c.rows_per_warp
+        else:
+            smem = max(c.shared_memory_bytes(head_dim, k) for k in kernels)
+            tpr, stages, rpw = c.threads_per_row(c.block_m), None, None
+        return {"kind": _kind_of(c), "block_m": c.block_m, "block_n": c.block_n, "num_threads": c.num_threads,
+                "threads_per_row": tpr, "stages": stages, "rows_per_warp": rpw, "smem_kib": smem / 1024,
                 "registers": self.registers, "median_ms": self.median_ms, "min_ms": self.min_ms,
                 "repeat": self.repeat, "tflops": self.tflops, "max_rel_err": self.max_rel_err,
                 "status": self.status, "reason": self.reason}
@@ -487,19 +645,21 @@ class Trial:
 
 @dataclasses.dataclass
 class TuneResult:
-    """The outcome of :func:`tune`: ``best`` (None when nothing passed), every trial, the cache key."""
+    """The outcome of :func:`tune`: ``best`` (None when nothing passed), every trial, the cache key,
+    and the ``kind`` tuned ("block": BlockConfigs; "tensor_core": TensorCoreConfigs)."""
 
     device: str
     shape: dict
     pass_: str
-    best: BlockConfig | None
-    default: BlockConfig
+    best: BlockConfig | TensorCoreConfig | None
+    default: BlockConfig | TensorCoreConfig
     trials: list
     key: str
     cache_file: str | None
     stored: bool
     elapsed_s: float
     budget_s: float
+    kind: str = "block"
 
     @property
     def ranked(self) -> list:
@@ -527,7 +687,7 @@ class TuneResult:
         return out
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "shape": self.shape, "pass": self.pass_,
+        return {"device": self.device, "shape": self.shape, "pass": self.pass_, "kind": self.kind,
                 "best": None if self.best is None else dataclasses.asdict(self.best),
                 "default": dataclasses.asdict(self.default), "speedup_vs_default": self.speedup_vs_default(),
                 "key": self.key, "cache_file": self.cache_file, "stored": self.stored,
@@ -539,28 +699,33 @@ class TuneResult:
         from rich.table import Table
 
         s = self.shape
+        tc = self.kind == "tensor_core"
         title = (f"{self.pass_} B={s['batch']} H={s['heads']} Nq={s['seqlen_q']} Nk={s['seqlen_k']} "
-                 f"D={s['head_dim']} {s['dtype']}{' causal' if s['causal'] else ''} on {self.device}")
+                 f"D={s['head_dim']} {s['dtype']}{' causal' if s['causal'] else ''} on {self.device}"
+                 f"{' (tensor-core kernels)' if tc else ''}")
         t = Table(title=title)
-        for col in ("#", "BM", "BN", "thr", "thr/row", "smem KiB", "regs", "ms", "TFLOP/s", "vs default",
+        shape_cols = ("stages", "rows/warp") if tc else ("thr/row",)
+        for col in ("#", "BM", "BN", "thr", *shape_cols, "smem KiB", "regs", "ms", "TFLOP/s", "vs default",
                     "max err", "status"):
             t.add_column(col, justify="right" if col not in ("status",) else "left")
+
+        def head(r):
+            cells = (r["stages"], r["rows_per_warp"]) if tc else (r["threads_per_row"],)
+            return (str(r["block_m"]), str(r["block_n"]), str(r["num_threads"]), *(_fmt(x, "d") for x in cells),
+                    f"{r['smem_kib']:.1f}", _fmt(r["registers"], "d"))
+
         default = self.trial(self.default)
         base = default.median_ms if default is not None and default.status == "ok" else None
         ranked = self.ranked
         for i, tr in enumerate(ranked[:top] if top else ranked):
             r = tr.row(s["head_dim"], self.pass_)
             mark = " (default)" if tr.config == self.default else ""
-            t.add_row(str(i + 1), str(r["block_m"]), str(r["block_n"]), str(r["num_threads"]),
-                      str(r["threads_per_row"]), f"{r['smem_kib']:.1f}", _fmt(r["registers"], "d"),
-                      f"{tr.median_ms:.4g}", _fmt(tr.tflops, ".3g"),
+            t.add_row(str(i + 1), *head(r), f"{tr.median_ms:.4g}", _fmt(tr.tflops, ".3g"),
                       f"{base / tr.median_ms:.2f}x" if base else "", _fmt(tr.max_rel_err, ".1e"), "ok" + mark)
         for tr in self.trials:
             if tr.status == "failed":
                 r = tr.row(s["head_dim"], self.pass_)
-                t.add_row("-", str(r["block_m"]), str(r["block_n"]), str(r["num_threads"]),
-                          str(r["threads_per_row"]), f"{r['smem_kib']:.1f}", _fmt(r["registers"], "d"), "", "", "",
-                          _fmt(tr.max_rel_err, ".1e"), f"[red]FAILED[/red]: {tr.reason}")
+                t.add_row("-", *head(r), "", "", "", _fmt(tr.max_rel_err, ".1e"), f"[red]FAILED[/red]: {tr.reason}")
         return t
 
     def summary(self) -> str:
@@ -591,19 +756,66 @@ def _fmt(x, spec):
 # tune()
 # --------------------------------------------------------------------------------------------
 
+def _resolve_kind(kind, configs, head_dim: int, dtype) -> str:
+    """The kind :func:`tune` tunes: ``kind`` when given; else that of ``configs`` (all one kind);
+    else "tensor_core" on the GPU backend with float16 and head_dim <= TC_MAX_HEAD_DIM (what
+    config=None runs there), "block" otherwise. Raises ValueError when the tensor-core kernels
+    cannot run here (the simulator, a dtype other than float16) or ``configs`` mix kinds or
+    disagree with ``kind``."""
+    from . import backend
+
+    dtype = np.dtype(dtype)
+    if kind is not None:
+        _check_kind(kind)
+    kinds = {_kind_of(c) for c in configs} if configs is not None else set()
+    if len(kinds) > 1:
+        raise ValueError("configs: BlockConfigs and TensorCoreConfigs (3- and 4-tuples) mixed; tune one kind at a time")
+    if kind is None:
+        if kinds:
+            kind = kinds.pop()
+        elif backend.BACKEND == backend.GPU and dtype == np.float16 and head_dim <= TC_MAX_HEAD_DIM:
+            kind = "tensor_core"
+        else:
+            kind = "block"
+    elif kinds and kinds != {kind}:
+        wanted = "TensorCoreConfigs" if kind == "tensor_core" else "BlockConfigs"
+        raise ValueError(f"configs: kind={kind!r} tunes {wanted}, got {kinds.pop()} configs")
+    if kind == "tensor_core":
+        if dtype != np.float16:
+            raise ValueError(f"kind='tensor_core': the tensor-core kernels take float16 (the tuned config also serves "
+                             f"bfloat16), got dtype={dtype.name}; use kind='block'")
+        if backend.BACKEND != backend.GPU:
+            raise ValueError(f"kind='tensor_core': the tensor-core kernels need the GPU backend (inline PTX: the CUDA "
+                             f"simulator cannot run them; this is the {backend.BACKEND} backend); use kind='block'")
+    return kind
+
+
+def _label(config) -> str:
+    if isinstance(config, TensorCoreConfig):
+        return f"{config.block_m}x{config.block_n} s{config.stages} r{config.rows_per_warp}"
+    return f"{config.block_m}x{config.block_n}/{config.num_threads}"
+
+
 def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, head_dim: int = 64,
          dtype="float16", causal: bool = False, pass_: str = "forward", budget_s: float = 60.0,
          configs=None, cache: bool = True, progress: bool = True, *, show: bool = True, top: int | None = 10,
-         check_seqlen: int = 1024, repeat: int | None = None, seed: int = 0) -> TuneResult:
+         check_seqlen: int = 1024, repeat: int | None = None, seed: int = 0, kind: str | None = None) -> TuneResult:
     """Check and time the candidate configs for one problem; rank them; store the best.
 
-    ``configs``: the candidates (BlockConfigs or ``(block_m, block_n, num_threads)`` tuples), tried
-    in the given order; default: :func:`enumerate_configs`, the cached and the default config first,
-    then the most promising. ``budget_s`` bounds the time spent checking and timing (past it,
-    configs are still tried until one has passed and been timed, so there is always a result).
-    ``cache``: read the cached config as a candidate and store the winner. ``progress``: show a
-    progress bar; ``show``: print the ranked table (``top`` rows).
-    ``repeat``: timed calls per config (default: about 0.3 s worth, 3 to 20).
+    ``kind``: "block" (BlockConfigs of the portable kernels) or "tensor_core" (TensorCoreConfigs of
+    the tensor-core kernels: GPU backend and float16 only, else ValueError). None: the kind of
+    ``configs`` when given, else "tensor_core" on the GPU with float16 and head_dim <= 128 (what
+    ``config=None`` runs there), "block" otherwise.
+    ``configs``: the candidates (BlockConfigs, TensorCoreConfigs, ``(block_m, block_n, num_threads)``
+    or ``(block_m, block_n, stages, rows_per_warp)`` tuples; one kind), tried in the given order;
+    default: :func:`enumerate_configs` of ``kind``, the cached and the default config first
+    (:func:`~numba_flash.config.default_config`, or :func:`~numba_flash.config.default_tc_config`
+    without dropout), then the most promising. ``budget_s`` bounds the time spent checking and
+    timing (past it, configs are still tried until one has passed and been timed, so there is
+    always a result). ``cache``: read the cached config as a candidate and store the winner (a
+    TensorCoreConfig under the ``|tensor_core`` key). ``progress``: show a progress bar; ``show``:
+    print the ranked table (``top`` rows). ``repeat``: timed calls per config (default: about 0.3 s
+    worth, 3 to 20).
     """
     from . import backend
     from .timing import attention_flops, time_ms
@@ -613,22 +825,28 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
     dtype = np.dtype(dtype)
+    if configs is not None:
+        configs = [_as_config(c) for c in configs]
+    kind = _resolve_kind(kind, configs, head_dim, dtype)
     t_start = time.perf_counter()
     seqlen = max(seqlen_q, seqlen_k)
     device = _current_device_name()
-    default = default_config(head_dim, dtype, pass_)
-    cached = lookup(head_dim, dtype, causal, seqlen, pass_) if cache else None
+    if kind == "tensor_core":
+        default = default_tc_config(head_dim, False, pass_)
+    else:
+        default = default_config(head_dim, dtype, pass_)
+    cached = lookup(head_dim, dtype, causal, seqlen, pass_, kind=kind) if cache else None
 
     if configs is None:
-        candidates, skipped = enumerate_configs(head_dim, pass_, with_skipped=True)
-        front = [c for c in (cached, default) if c is not None]
-        candidates = front + [c for c in _heuristic_order(candidates) if c not in front]
+        candidates, skipped = enumerate_configs(head_dim, pass_, kind=kind, with_skipped=True)
+        front = [c for c in (cached, default) if c is not None and not c.problems(head_dim, pass_)]
+        order = _tc_heuristic_order if kind == "tensor_core" else _heuristic_order
+        candidates = front + [c for c in order(candidates) if c not in front]
         trials = [Trial(c) for c in candidates]
-        trials += [Trial(c, "skipped", "; ".join(why)) for c, why in skipped]
+        trials += [Trial(c, "skipped", "; ".join(why)) for c, why in skipped if c not in front]
     else:
         trials = []
         for c in configs:
-            c = _as_config(c)
             if any(t.config == c for t in trials):
                 continue
             why = c.problems(head_dim, pass_)
@@ -661,7 +879,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
                 t.reason = "CUDA context lost after a failed launch" if context_lost else "budget spent"
                 continue
             if bar is not None:
-                bar.update(task, description=f"{pass_} {t.config.block_m}x{t.config.block_n}/{t.config.num_threads}",
+                bar.update(task, description=f"{pass_} {_label(t.config)}",
                            note=f"{max(0.0, budget_s - elapsed):.0f} s left")
             t0 = time.perf_counter()
             _run_trial(t, problem, head_dim, causal, pass_, tol, flops, repeat, time_ms)
@@ -678,7 +896,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
     ranked = sorted((t for t in trials if t.status == "ok"), key=lambda t: t.median_ms)
     best = ranked[0].config if ranked else None
     path = cache_path() if cache else None
-    key = _key(device, head_dim, dtype, causal, seqlen, pass_)
+    key = _key(device, head_dim, dtype, causal, seqlen, pass_, kind)
     stored = False
     if best is not None and path is not None:
         top_trial = ranked[0]
@@ -693,7 +911,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
         shape={"batch": batch, "heads": heads, "seqlen_q": seqlen_q, "seqlen_k": seqlen_k, "head_dim": head_dim,
                "dtype": dtype.name, "causal": bool(causal), "backend": backend.BACKEND},
         cache_file=str(path) if path is not None else None, stored=stored,
-        elapsed_s=time.perf_counter() - t_start, budget_s=budget_s)
+        elapsed_s=time.perf_counter() - t_start, budget_s=budget_s, kind=kind)
     if show:
         from rich.console import Console
 
@@ -742,6 +960,7 @@ def _run_trial(t: Trial, problem: _Problem, head_dim, causal, pass_, tol, flops,
 # --------------------------------------------------------------------------------------------
 
 _SMOKE_CONFIGS = ((8, 8, 16), (8, 8, 32), (16, 16, 32))
+_SMOKE_TC_CONFIGS = ((64, 32, 2, 16), (64, 64, 2, 16), (32, 32, 1, 16))  # GPU only; all run both passes
 
 
 def main(argv=None) -> int:
@@ -749,7 +968,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="numba-flash tune",
         description="Check and time the block configurations of numba_flash for one problem, print them ranked, "
-                    "and store the fastest correct one in the tuning cache that config=None uses.")
+                    "and store the fastest correct one in the tuning cache that config=None uses. On the GPU "
+                    "with float16 this tunes the tensor-core kernels' TensorCoreConfig (--kind tensor_core) "
+                    "unless --kind block.")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=2048, help="query length (and key length unless --seqlen-k)")
@@ -758,13 +979,19 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--causal", action="store_true")
     parser.add_argument("--pass", dest="pass_", choices=PASSES, default="forward")
+    parser.add_argument("--kind", choices=KINDS, default=None,
+                        help="block: BlockConfigs of the portable kernels; tensor_core: TensorCoreConfigs of the "
+                             "tensor-core kernels (GPU, float16). Default: that of --config, else tensor_core on "
+                             "the GPU with float16 and head_dim <= 128, else block")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds to spend checking and timing (default 60)")
     parser.add_argument("--top", type=int, default=10, help="ranked rows to print")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per config (default: ~0.3 s worth)")
     parser.add_argument("--check-seqlen", type=int, default=1024,
                         help="tokens of the reduced problem checked against the float64 oracle")
-    parser.add_argument("--config", dest="configs", action="append", default=None, metavar="BM,BN,THREADS",
-                        help="try only these configs (repeatable)")
+    parser.add_argument("--config", dest="configs", action="append", default=None,
+                        metavar="BM,BN,THREADS|BM,BN,STAGES,ROWS_PER_WARP",
+                        help="try only these configs (repeatable): 3 numbers for a BlockConfig, 4 for a "
+                             "TensorCoreConfig")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the tuning cache")
     parser.add_argument("--cache-file", default=None, help=f"cache file to use (default: ${CACHE_ENV} or "
                         "~/.cache/numba_flash/tuning.json)")
@@ -792,15 +1019,23 @@ def main(argv=None) -> int:
             print(f"{key}: config={entry.get('config')} median_ms={entry.get('median_ms')}")
         return 0
 
-    configs = [tuple(int(x) for x in c.split(",")) for c in args.configs] if args.configs else None
+    try:
+        configs = [_as_config(int(x) for x in c.split(",")) for c in args.configs] if args.configs else None
+    except (TypeError, ValueError) as e:
+        parser.error(f"--config: {e}")
     use_cache = not args.no_cache
     if args.smoke:
         args.batch, args.heads, args.seqlen, args.seqlen_k, args.head_dim = 1, 1, 16, None, 16
         args.budget, args.repeat = min(args.budget, 30.0), args.repeat or 1
-        configs = configs or list(_SMOKE_CONFIGS)
+        smoke = _SMOKE_TC_CONFIGS if args.kind == "tensor_core" else _SMOKE_CONFIGS
+        configs = configs or [_as_config(c) for c in smoke]
         if not args.cache_file:
             use_cache = False
             print("smoke mode: not touching the default tuning cache (give --cache-file to test it)")
+    try:
+        kind = _resolve_kind(args.kind, configs, args.head_dim, args.dtype)
+    except ValueError as e:
+        parser.error(str(e))
     if use_cache and path is None:
         print(f"{CACHE_ENV} disables the tuning cache: the result is not stored")
 
@@ -809,11 +1044,12 @@ def main(argv=None) -> int:
         result = tune(args.batch, args.heads, args.seqlen, args.seqlen_k, args.head_dim, dtype=args.dtype,
                       causal=args.causal, pass_=args.pass_, budget_s=args.budget, configs=configs, cache=use_cache,
                       progress=not args.no_progress, top=args.top, check_seqlen=args.check_seqlen,
-                      repeat=args.repeat)
+                      repeat=args.repeat, kind=kind)
     if args.out:
         from .results import markdown_table, save
 
-        cols = ["block_m", "block_n", "num_threads", "threads_per_row", "smem_kib", "registers", "median_ms",
+        shape_cols = ["stages", "rows_per_warp"] if kind == "tensor_core" else ["threads_per_row"]
+        cols = ["block_m", "block_n", "num_threads", *shape_cols, "smem_kib", "registers", "median_ms",
                 "tflops", "max_rel_err", "status", "reason"]
         body = result.summary().replace("\n", "\n\n") + "\n\n" + markdown_table(result.rows(), cols) + "\n"
         name = f"tune_{args.pass_}"

@@ -3,6 +3,7 @@
 import importlib
 import importlib.util
 import json
+import types
 import warnings
 
 import numpy as np
@@ -10,9 +11,9 @@ import pytest
 
 import numba_flash as nf
 from numba_flash import BlockConfig, api, reference
-from numba_flash.config import MAX_THREADS_PER_BLOCK, default_config
+from numba_flash.config import MAX_THREADS_PER_BLOCK, TensorCoreConfig, default_config, default_tc_config
 
-from helpers import load_experiment, to_device, to_host
+from helpers import ON_GPU, load_experiment, to_device, to_host
 
 # importlib, not `import numba_flash.tune`: the package may export a function named `tune`.
 tune_mod = importlib.import_module("numba_flash.tune")
@@ -232,3 +233,289 @@ def test_block_size_sweep_smoke(tmp_path):
     if importlib.util.find_spec("matplotlib"):
         pngs = sorted(out.glob("*.png"))
         assert len(pngs) == 2 and all(p.stat().st_size > 1000 for p in pngs)
+
+
+# ---- the tensor-core configs (TensorCoreConfig) ------------------------------------------------
+# They cannot run on the simulator (inline PTX), but they can be listed, ordered, stored, parsed
+# and rendered anywhere; the tests that run them are GPU-only.
+
+NEEDS_GPU = "the tensor-core kernels are inline PTX: they run only on the GPU backend, not on the simulator"
+
+
+@pytest.mark.parametrize("head_dim", [16, 64, 128, 256])
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
+    ok, skipped = tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core", with_skipped=True)
+    grid = (len(tune_mod.TC_BLOCK_M) * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES)
+            * len(tune_mod.TC_ROWS_PER_WARP))
+    assert len(ok) + len(skipped) == grid == 48
+    assert len(set(ok)) == len(ok) and not set(ok) & {c for c, _ in skipped}
+    assert tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core") == ok
+    for cfg in ok:
+        assert isinstance(cfg, TensorCoreConfig) and cfg.problems(head_dim, pass_) == []
+        cfg.validate(head_dim, pass_)
+        assert (cfg.block_m in (32, 64, 128) and cfg.block_n in (16, 32, 64, 128) and cfg.stages in (1, 2)
+                and cfg.rows_per_warp in (16, 32))
+    for cfg, why in skipped:
+        assert why and cfg.problems(head_dim, pass_) == why
+    if head_dim > 128:
+        assert ok == [] and all("head_dim must be at most 128" in " ".join(why) for _, why in skipped)
+        return
+    assert default_tc_config(head_dim, False, pass_) in ok
+    if pass_ == "backward":
+        assert {c.rows_per_warp for c in ok} == {16}
+        assert all(any("rows_per_warp=16" in w for w in why) for c, why in skipped if c.rows_per_warp == 32)
+        assert len(ok) == 24  # every rows_per_warp=16 config fits at head_dim <= 128
+    else:
+        assert {c.rows_per_warp for c in ok} == {16, 32} and len(ok) == 48
+
+
+def test_enumerate_configs_kind_block_is_the_default():
+    assert tune_mod.enumerate_configs(64, "forward") == tune_mod.enumerate_configs(64, "forward", kind="block")
+    assert all(isinstance(c, BlockConfig) for c in tune_mod.enumerate_configs(64, "backward"))
+    with pytest.raises(ValueError, match="kind"):
+        tune_mod.enumerate_configs(64, "forward", kind="tensorcore")
+
+
+def test_tc_heuristic_order():
+    ok = tune_mod.enumerate_configs(64, "forward", kind="tensor_core")
+    ordered = tune_mod._tc_heuristic_order(ok)
+    assert sorted(ordered, key=repr) == sorted(ok, key=repr)
+    stages = [c.stages for c in ordered]
+    assert stages == sorted(stages, reverse=True)  # every 2-stage config before any 1-stage one
+    assert ordered[0].warps == 4 and ordered[0].block_m in (64, 128) and ordered[0].block_n == 32
+    assert ordered.index(TensorCoreConfig(64, 32, 2, 16)) < ordered.index(TensorCoreConfig(32, 128, 2, 16))
+
+
+def test_as_config_of_tuples():
+    assert tune_mod._as_config((32, 16, 128)) == BlockConfig(32, 16, 128)
+    assert tune_mod._as_config([64, 32, 2, 16]) == TensorCoreConfig(64, 32, 2, 16)
+    assert type(tune_mod._as_config((64, 32, 2, 16))) is TensorCoreConfig
+    cfg = TensorCoreConfig(128, 32, 2, 32)
+    assert tune_mod._as_config(cfg) is cfg
+    for bad in [(64, 32), (64, 32, 2, 16, 1)]:
+        with pytest.raises(ValueError, match="TensorCoreConfig"):
+            tune_mod._as_config(bad)
+    with pytest.raises(ValueError):
+        tune_mod._as_config((64, 32, 3, 16))  # stages must be 1 or 2
+    with pytest.raises(TypeError):
+        tune_mod._as_config(64)
+
+
+def test_tc_cache_entry_coexists_with_a_block_entry(private_cache):
+    block, tc = BlockConfig(32, 16, 128), TensorCoreConfig(64, 64, 2, 16)
+    problem = (64, "float16", False, 2048, "forward")
+    assert tune_mod.lookup(*problem, kind="tensor_core") is None
+    tune_mod.store(*problem, block)
+    tune_mod.store(*problem, tc, info={"median_ms": 1.0})
+    assert tune_mod.lookup(*problem) == block  # kind="block" by default
+    assert tune_mod.lookup(*problem, kind="block") == block
+    assert tune_mod.lookup(*problem, kind="tensor_core") == tc
+    assert tune_mod.lookup(64, "float16", False, 1100, "forward", kind="tensor_core") == tc  # same bucket
+    for miss in [(64, "float16", True, 2048, "forward"), (64, "float16", False, 2048, "backward"),
+                 (64, "float32", False, 2048, "forward"), (64, "float16", False, 4096, "forward")]:
+        assert tune_mod.lookup(*miss, kind="tensor_core") is None, miss
+    with pytest.raises(ValueError, match="kind"):
+        tune_mod.lookup(*problem, kind="tc")
+    entries = json.loads(private_cache.read_text())["entries"]
+    assert len(entries) == 2
+    (tc_key,) = [k for k in entries if k.endswith("|tensor_core")]
+    (block_key,) = [k for k in entries if not k.endswith("|tensor_core")]
+    assert tc_key == block_key + "|tensor_core"
+    assert entries[tc_key]["kind"] == "tensor_core" and entries[tc_key]["config"] == [64, 64, 2, 16]
+    assert entries[tc_key]["median_ms"] == 1.0 and entries[tc_key]["head_dim"] == 64
+    assert entries[block_key]["config"] == [32, 16, 128] and entries[block_key].get("kind", "block") == "block"
+    # replacing the TC entry leaves the block one alone
+    tune_mod.store(*problem, TensorCoreConfig(128, 32, 2, 32))
+    assert tune_mod.lookup(*problem, kind="tensor_core") == TensorCoreConfig(128, 32, 2, 32)
+    assert tune_mod.lookup(*problem) == block and len(tune_mod.cache_entries()) == 2
+
+
+def test_store_validates_a_tc_config(private_cache):
+    with pytest.raises(ValueError, match="rows_per_warp=16"):  # the backward takes 16 rows per warp
+        tune_mod.store(64, "float16", False, 2048, "backward", TensorCoreConfig(128, 32, 2, 32))
+    with pytest.raises(ValueError, match="head_dim must be at most"):
+        tune_mod.store(256, "float16", False, 2048, "forward", TensorCoreConfig(64, 32, 2, 16))
+    with pytest.raises(TypeError):
+        tune_mod.store(64, "float16", False, 2048, "forward", (64, 32, 2, 16))
+    assert not private_cache.exists()
+
+
+def test_parse_drops_tc_entries_that_no_longer_fit(private_cache):
+    dev = tune_mod._current_device_name()
+
+    def key(d, pass_, kind="tensor_core"):
+        return tune_mod._key(dev, d, "float16", False, 512, pass_, kind)
+
+    def entry(d, pass_, config, **kw):
+        return {"head_dim": d, "pass": pass_, "config": config, "kind": "tensor_core", **kw}
+
+    private_cache.parent.mkdir(parents=True)
+    entries = {
+        key(64, "forward"): entry(64, "forward", [128, 32, 2, 32]),             # fine
+        key(64, "backward"): entry(64, "backward", [128, 32, 2, 32]),           # backward needs 16 rows per warp
+        key(128, "forward"): entry(128, "forward", [64, 32, 2]),                # 3 numbers: not a TC config
+        key(16, "forward"): entry(16, "forward", [64, 40, 2, 16]),              # block_n not a multiple of 16
+        key(32, "forward", "block"): entry(32, "forward", [64, 32, 2, 16]),     # a TC entry under a block key
+        key(8, "forward", "block"): {"head_dim": 8, "pass": "forward", "config": [8, 8, 16]},  # old style: block
+        key(8, "forward"): {"head_dim": 8, "pass": "forward", "config": [8, 8, 16]},  # block entry under a TC key
+    }
+    private_cache.write_text(json.dumps({"version": 1, "entries": entries}))
+    assert tune_mod.lookup(64, "float16", False, 512, "forward", kind="tensor_core") == TensorCoreConfig(128, 32, 2, 32)
+    assert tune_mod.lookup(64, "float16", False, 512, "backward", kind="tensor_core") is None
+    assert tune_mod.lookup(128, "float16", False, 512, "forward", kind="tensor_core") is None
+    assert tune_mod.lookup(16, "float16", False, 512, "forward", kind="tensor_core") is None
+    assert tune_mod.lookup(32, "float16", False, 512, "forward") is None
+    assert tune_mod.lookup(32, "float16", False, 512, "forward", kind="tensor_core") is None
+    assert tune_mod.lookup(8, "float16", False, 512, "forward") == BlockConfig(8, 8, 16)
+    assert tune_mod.lookup(8, "float16", False, 512, "forward", kind="tensor_core") is None
+    assert set(tune_mod._parse(entries)) == {key(64, "forward"), key(8, "forward", "block")}
+
+
+def test_state_is_memoised_for_a_second_and_reset_by_store(private_cache, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(tune_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    assert tune_mod.state() == (str(private_cache), None)
+    tune_mod.store(16, "float32", False, 8, "forward", BlockConfig(8, 8, 16))  # this process: seen at once
+    first = tune_mod.state()
+    assert first[0] == str(private_cache) and first[1] is not None
+    # another process rewrites the file: seen once the memo is a second old
+    private_cache.write_text(private_cache.read_text() + "\n")
+    clock[0] += 0.5
+    assert tune_mod.state() == first
+    clock[0] += 0.6
+    second = tune_mod.state()
+    assert second != first and second[1][1] == first[1][1] + 1
+    assert tune_mod.clear_cache()
+    assert tune_mod.state() == (str(private_cache), None)  # cleared here: seen at once
+    monkeypatch.setenv(tune_mod.CACHE_ENV, "off")
+    assert tune_mod.state() is None  # another path: not the memo's
+
+
+def _tc_result(pass_, head_dim=64):
+    cfgs = [TensorCoreConfig(64, 32, 2, 16), TensorCoreConfig(64, 64, 1, 16), TensorCoreConfig(32, 16, 2, 16)]
+    trials = [tune_mod.Trial(cfgs[0], "ok", max_rel_err=1e-3, median_ms=2.0, tflops=100.0, registers=96),
+              tune_mod.Trial(cfgs[1], "ok", max_rel_err=1e-3, median_ms=1.0, tflops=200.0, registers=128),
+              tune_mod.Trial(cfgs[2], "failed", "wrong result", max_rel_err=0.5)]
+    shape = {"batch": 1, "heads": 2, "seqlen_q": 256, "seqlen_k": 256, "head_dim": head_dim, "dtype": "float16",
+             "causal": False, "backend": "gpu"}
+    return tune_mod.TuneResult(device="GPU", shape=shape, pass_=pass_, best=cfgs[1], default=cfgs[0], trials=trials,
+                               key="k|tensor_core", cache_file=None, stored=False, elapsed_s=1.0, budget_s=60.0,
+                               kind="tensor_core"), cfgs
+
+
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_tc_trials_render(pass_):
+    result, cfgs = _tc_result(pass_)
+    rows = result.rows()
+    assert [r["block_n"] for r in rows] == [64, 32, 16]  # ranked, then the failed one
+    r = rows[0]
+    assert r["kind"] == "tensor_core" and r["stages"] == 1 and r["rows_per_warp"] == 16
+    assert r["threads_per_row"] is None and r["num_threads"] == 128
+    want = (cfgs[1].shared_memory_bytes(64) if pass_ == "forward"
+            else max(cfgs[1].backward_shared_bytes(64, k) for k in ("dq", "dkdv")))
+    assert r["smem_kib"] == want / 1024
+    if pass_ == "backward":
+        assert want == cfgs[1].backward_shared_bytes(64, "dkdv") > cfgs[1].backward_shared_bytes(64, "dq")
+    assert result.speedup_vs_default() == 2.0
+    assert result.trial((64, 64, 1, 16)) is result.trials[1]
+    table = result.table()
+    headers = [c.header for c in table.columns]
+    assert "stages" in headers and "rows/warp" in headers and "thr/row" not in headers
+    assert table.row_count == 3
+    d = result.to_dict()
+    assert d["kind"] == "tensor_core" and d["best"] == {"block_m": 64, "block_n": 64, "stages": 1, "rows_per_warp": 16}
+    block_row = tune_mod.Trial(BlockConfig(32, 16, 128)).row(64, pass_)
+    assert block_row["kind"] == "block" and block_row["stages"] is None and block_row["rows_per_warp"] is None
+    assert block_row["threads_per_row"] == 4
+
+
+def test_resolve_kind():
+    # kind=None: the kernels config=None runs (tensor-core on the GPU with float16 and head_dim <= 128)
+    assert tune_mod._resolve_kind(None, None, 64, "float16") == ("tensor_core" if ON_GPU else "block")
+    assert tune_mod._resolve_kind(None, None, 256, "float16") == "block"
+    assert tune_mod._resolve_kind(None, None, 64, "float32") == "block"
+    assert tune_mod._resolve_kind("block", None, 64, "float16") == "block"
+    # configs given: their kind
+    assert tune_mod._resolve_kind(None, [BlockConfig(8, 8, 16)], 64, "float16") == "block"
+    with pytest.raises(ValueError, match="mixed"):
+        tune_mod._resolve_kind(None, [BlockConfig(8, 8, 16), TensorCoreConfig()], 64, "float16")
+    with pytest.raises(ValueError, match="kind='block'"):
+        tune_mod._resolve_kind("block", [TensorCoreConfig()], 64, "float16")
+    with pytest.raises(ValueError, match="kind"):
+        tune_mod._resolve_kind("portable", None, 64, "float16")
+    with pytest.raises(ValueError, match="float16"):
+        tune_mod._resolve_kind("tensor_core", None, 64, "float32")
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the refusal on the simulator; the GPU runs tensor-core tuning")
+def test_tune_tensor_core_on_the_simulator_is_a_clear_error(private_cache):
+    for kw in ({"kind": "tensor_core"}, {"configs": [TensorCoreConfig(64, 32, 2, 16)]},
+               {"configs": [(64, 32, 2, 16)]}):
+        with pytest.raises(ValueError, match=r"kind='tensor_core'.*need the GPU"):
+            tune_mod.tune(1, 1, 16, 16, 16, dtype="float16", budget_s=1, progress=False, show=False, **kw)
+    assert not private_cache.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        tune_mod.main(["--smoke", "--no-progress", "--kind", "tensor_core"])
+    assert exit_info.value.code == 2
+    # kind=None on the simulator tunes BlockConfigs and records that
+    result = tune_mod.tune(1, 1, 16, 16, 16, dtype="float16", configs=[(8, 8, 16)], budget_s=30, progress=False,
+                           show=False, repeat=1)
+    assert result.kind == "block" and result.to_dict()["kind"] == "block" and result.best == BlockConfig(8, 8, 16)
+    assert not result.key.endswith("|tensor_core")
+    assert tune_mod.lookup(16, "float16", False, 16, "forward") == result.best
+    assert tune_mod.lookup(16, "float16", False, 16, "forward", kind="tensor_core") is None
+
+
+def test_tune_cli_rejects_bad_configs(capsys):
+    for argv in (["--config", "64,32"], ["--config", "8,8,16", "--config", "64,32,2,16"],
+                 ["--kind", "block", "--config", "64,32,2,16"]):
+        with pytest.raises(SystemExit) as exit_info:
+            tune_mod.main(["--smoke", "--no-progress", *argv])
+        assert exit_info.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert "--config" in err and "mixed" in err and "kind='block'" in err
+
+
+@pytest.mark.skipif(ON_GPU, reason="on the GPU config=None picks tensor-core configs for float16")
+def test_pick_on_the_simulator_ignores_tc_entries(private_cache, monkeypatch, rng):
+    D, n = 16, 8
+    q, k, v = (to_device(rng.standard_normal((1, 1, n, D)).astype(np.float16)) for _ in range(3))
+    arrays = (("q", q), ("k", k), ("v", v))
+    default = default_config(D, np.float16, "forward")
+    tune_mod.store(D, np.float16, False, n, "forward", TensorCoreConfig(64, 32, 2, 16))
+    assert tune_mod.lookup(D, np.float16, False, n, "forward", kind="tensor_core") is not None
+    assert api._pick(None, "forward", D, np.float16, False, n, arrays) == default
+    tuned = BlockConfig(8, 8, 64)
+    assert tuned != default
+    tune_mod.store(D, np.float16, False, n, "forward", tuned)
+    assert api._pick(None, "forward", D, np.float16, False, n, arrays) == tuned
+
+    used = []
+    real = api.forward_kernel
+    monkeypatch.setattr(api, "forward_kernel", lambda cfg, *rest: used.append(cfg) or real(cfg, *rest))
+    nf.flash_attention(q, k, v)
+    assert used == [tuned]
+
+
+# ---- GPU only: the tensor-core configs run --------------------------------------------------------
+
+@pytest.mark.skipif(not ON_GPU, reason=NEEDS_GPU)
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_tune_tensor_core_configs_on_the_gpu(pass_):
+    default = default_tc_config(64, False, pass_)
+    # (64, 64, 2, 16) is the backward's default at head_dim 64: there the other is (64, 32, 2, 16)
+    other = TensorCoreConfig(64, 64, 2, 16) if pass_ == "forward" else TensorCoreConfig(64, 32, 2, 16)
+    assert other != default
+    # The budget counts compiling too, 20-50 s per tensor-core config (more with other tests compiling
+    # beside this one): a 60 s budget would leave the second config "not run" after the first.
+    result = tune_mod.tune(1, 2, 256, 256, 64, dtype="float16", pass_=pass_, kind="tensor_core",
+                           configs=[default, other], budget_s=600, cache=False, show=False, progress=False)
+    assert result.kind == "tensor_core" and result.default == default and result.key.endswith("|tensor_core")
+    for cfg in (default, other):
+        t = result.trial(cfg)
+        assert t.status == "ok", (cfg, t.reason)
+        assert t.max_rel_err < tune_mod.RTOL["float16"] and t.median_ms > 0 and t.tflops > 0
+        assert t.registers is not None and t.registers > 0  # the dispatchers the API compiled
+    assert result.best in (default, other) and not result.stored
+    assert result.table().row_count == 2 and result.to_dict()["kind"] == "tensor_core"
