@@ -211,16 +211,29 @@ def _tc_problem(arrays) -> str | None:
 def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False):
     """The config of ``pass_``: a TensorCoreConfig (GPU, float16, layout fits) or a BlockConfig (portable).
 
-    ``config=None`` takes the tensor-core kernels wherever they can run; a TensorCoreConfig or a
-    BlockConfig forces that kernel (an error, saying why, if the tensor-core one cannot run).
+    ``config=None`` takes the tensor-core kernels wherever they can run: without dropout the
+    TensorCoreConfig :mod:`numba_flash.tune` stored for this problem (the float16 entry, for bfloat16
+    too: same kernels, same instruction shapes), else (and always with dropout: tuned configs are
+    timed without it, and its random numbers need registers) ``default_tc_config``. Elsewhere the
+    tuned BlockConfig, else ``default_config``. A TensorCoreConfig or a BlockConfig forces that
+    kernel (an error, saying why, if the tensor-core one cannot run).
     """
+    def tc_choice():
+        if not dropout and seqlen is not None:
+            from .tune import lookup
+
+            tuned = lookup(head_dim, np.float16, causal, seqlen, pass_, kind="tensor_core")
+            if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_):
+                return tuned
+        return default_tc_config(head_dim, dropout, pass_)
+
     if np.dtype(dtype) == _BF16_BITS:  # bfloat16: the tensor-core kernels are the only ones
         if config is not None and not isinstance(config, TensorCoreConfig):
             raise ValueError(f"config: bfloat16 runs on the tensor-core kernels only; pass a TensorCoreConfig or None, "
                              f"got {config!r}")
         if backend.BACKEND != backend.GPU:
             raise ValueError("bfloat16: runs on the tensor-core kernels only, which need the GPU backend")
-        config = config if config is not None else default_tc_config(head_dim, dropout, pass_)
+        config = config if config is not None else tc_choice()
         why = _tc_problem(arrays) or "; ".join(config.problems(head_dim, pass_))
         if why:
             raise ValueError(f"bfloat16: the tensor-core kernels cannot run this problem: {why}")
@@ -237,7 +250,7 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
             raise ValueError(f"config: {why}")
         return config.validate(head_dim, pass_)
     if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16:
-        fast = default_tc_config(head_dim, dropout, pass_)
+        fast = tc_choice()
         if not fast.problems(head_dim, pass_) and _tc_problem(arrays) is None:
             return fast
     return _check_config(config, head_dim, dtype, pass_, causal, seqlen)
@@ -484,9 +497,12 @@ def _cached_plan(key):
 
 
 def _keep(key, plan: Plan, config, cfg) -> Plan:
-    """Cache ``plan`` under ``key``, noting whether its config came from the tuning cache."""
+    """Cache ``plan`` under ``key``, noting whether its config came from the tuning cache: every
+    ``config=None`` choice (a tuned BlockConfig or TensorCoreConfig, or the default one without an
+    entry) may change with it, so such plans carry ``tune.state()`` and are remade when it changes.
+    ``cfg`` (the config chosen) does not matter for that today."""
     plan.tuning = False
-    if config is None and not isinstance(cfg, TensorCoreConfig):
+    if config is None:
         from .tune import state
 
         plan.tuning = state()

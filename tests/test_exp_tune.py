@@ -477,7 +477,8 @@ def test_tune_cli_rejects_bad_configs(capsys):
     assert "--config" in err and "mixed" in err and "kind='block'" in err
 
 
-@pytest.mark.skipif(ON_GPU, reason="on the GPU config=None picks tensor-core configs for float16")
+@pytest.mark.skipif(ON_GPU, reason="on the GPU config=None picks tensor-core configs for float16 "
+                                   "(test_pick_takes_the_tuned_tc_config_on_the_gpu)")
 def test_pick_on_the_simulator_ignores_tc_entries(private_cache, monkeypatch, rng):
     D, n = 16, 8
     q, k, v = (to_device(rng.standard_normal((1, 1, n, D)).astype(np.float16)) for _ in range(3))
@@ -499,6 +500,44 @@ def test_pick_on_the_simulator_ignores_tc_entries(private_cache, monkeypatch, rn
 
 
 # ---- GPU only: the tensor-core configs run --------------------------------------------------------
+
+@pytest.mark.skipif(not ON_GPU, reason=NEEDS_GPU)
+def test_pick_takes_the_tuned_tc_config_on_the_gpu(private_cache, monkeypatch, rng):
+    import numba_flash.tc_forward as tc_forward
+    from helpers import bf16_bits
+
+    D, n = 64, 256
+    host = [rng.standard_normal((1, 2, n, D)).astype(np.float32) for _ in range(3)]
+    q, k, v = (to_device(a.astype(np.float16)) for a in host)
+    arrays = (("q", q), ("k", k), ("v", v))
+    default = default_tc_config(D, False, "forward")
+    tuned = TensorCoreConfig(64, 64, 2, 16)
+    assert tuned != default
+    assert api._pick(None, "forward", D, np.float16, False, n, arrays) == default  # no cache: as before
+
+    used = []
+    real = tc_forward.tc_forward_kernel
+    monkeypatch.setattr(tc_forward, "tc_forward_kernel", lambda cfg, *rest: used.append(cfg) or real(cfg, *rest))
+    out0 = to_host(nf.flash_attention(q, k, v))
+    assert used == [default]
+    tune_mod.store(D, np.float16, False, n, "forward", tuned)
+    assert api._pick(None, "forward", D, np.float16, False, n, arrays) == tuned
+    assert api._pick(None, "forward", D, np.float16, True, n, arrays) == default  # causal: another key
+    # with dropout: the default for dropout, never the tuned config
+    assert api._pick(None, "forward", D, np.float16, False, n, arrays, True) == default_tc_config(D, True, "forward")
+    bf = tuple((name, to_device(bf16_bits(a))) for name, a in zip("qkv", host))
+    assert api._pick(None, "forward", D, np.uint16, False, n, bf) == tuned  # bfloat16 reads the float16 entry
+    # the cached launch plan of the first call is remade: the tuning cache changed
+    out1 = to_host(nf.flash_attention(q, k, v))
+    assert used == [default, tuned]
+    want, _ = reference.attention_forward(*(a.astype(np.float16) for a in host))
+    for out in (out0, out1):
+        assert np.max(np.abs(out.astype(np.float64) - want)) < 1e-2 * np.max(np.abs(want))
+    # the portable path still reads the block entry
+    tune_mod.store(D, np.float32, False, n, "forward", BlockConfig(32, 16, 128))
+    q32 = (("q", to_device(host[0])), ("k", to_device(host[1])), ("v", to_device(host[2])))
+    assert api._pick(None, "forward", D, np.float32, False, n, q32) == BlockConfig(32, 16, 128)
+
 
 @pytest.mark.skipif(not ON_GPU, reason=NEEDS_GPU)
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
