@@ -155,8 +155,8 @@ def test_gpu_parameter_template_matches_the_arguments(rng, monkeypatch, dtype):
                         or real(self, grid, block, stream, values, shared))
     real_execute = api._execute
 
-    def execute(plan, inputs, extras):
-        outputs = real_execute(plan, inputs, extras)
+    def execute(plan, inputs, extras, in_ptrs=None):
+        outputs = real_execute(plan, inputs, extras, in_ptrs)
         runs.append((plan, inputs, outputs, extras))
         return outputs
 
