@@ -13,8 +13,8 @@ one synchronisation at the end, median of 5 loops):
   so the backward runs in the calling thread instead of the engine's device thread.
 * ``python_loop_*``: a fixed piece of pure Python (summing 2000 ints) timed in the main thread and
   inside a backward (the engine's thread): whether Python itself runs slower there.
-* ``*_param_buffer|param_pointers_hold_gil|release_gil``: the ways ``numba_flash.launch`` can hand
-  a launch to the driver (``launch.PARAM_BUFFER``, ``launch.HOLD_GIL``).
+* ``*_param_buffer|param_pointers``: the two ways ``numba_flash.launch`` can hand a launch's
+  parameters to the driver (``launch.PARAM_BUFFER``).
 
     bash .gpu/env.sh python experiments/torch_overhead_breakdown.py --out $OUT/breakdown
 """
@@ -107,16 +107,14 @@ def measure(shape, torch, cupy):
             lambda: torch.autograd.grad(Identity.apply(leaves[0]), leaves[0], do), sync)
     from numba_flash import launch
 
-    default = launch.PARAM_BUFFER, launch.HOLD_GIL
+    default = launch.PARAM_BUFFER
     for buffer in (False, True):
-        for hold in (False, True):
-            launch.PARAM_BUFFER, launch.HOLD_GIL = buffer, hold
-            how = f"{'param_buffer' if buffer else 'param_pointers'}_{'hold_gil' if hold else 'release_gil'}"
-            res[f"direct_forward_{how}"] = _per_call_us(lambda: nf.flash_attention(cq, ck, cv, causal=True), sync)
-            res[f"direct_backward_{how}"] = _per_call_us(
-                lambda: nf.flash_attention_backward(cdo, cq, ck, cv, co, cl, causal=True), sync)
-            res[f"adapter_fwd_bwd_{how}"] = _per_call_us(step(nf_sdpa), sync)
-    launch.PARAM_BUFFER, launch.HOLD_GIL = default
+        launch.PARAM_BUFFER = buffer
+        how = "param_buffer" if buffer else "param_pointers"
+        res[f"direct_forward_{how}"] = _per_call_us(lambda: nf.flash_attention(cq, ck, cv, causal=True), sync)
+        res[f"direct_backward_{how}"] = _per_call_us(
+            lambda: nf.flash_attention_backward(cdo, cq, ck, cv, co, cl, causal=True), sync)
+    launch.PARAM_BUFFER = default
     main = sorted(_python_work() for _ in range(200))
     for _ in range(200):
         torch.autograd.grad(Probe.apply(leaves[0]), leaves[0], do)

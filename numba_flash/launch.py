@@ -32,28 +32,26 @@ _CUDA_ERROR_INVALID_CONTEXT = 201
 # cuLaunchKernel's ``extra`` keys: the parameters as one packed buffer instead of one pointer each.
 _PARAM_BUFFER_POINTER, _PARAM_BUFFER_SIZE, _PARAM_END = 1, 2, 0
 
-# How a launch reaches the driver (experiments/torch_overhead_breakdown.py times the choices):
-# PARAM_BUFFER: the packed buffer through ``extra`` (one copy in the driver) rather than a pointer
-# per parameter (a tensor-core backward kernel has ~100 flattened parameters); HOLD_GIL: call
-# through ctypes.PyDLL, which keeps the GIL over the ~µs call instead of releasing and retaking it.
+# PARAM_BUFFER: hand the driver the packed parameter buffer through cuLaunchKernel's ``extra`` (one
+# copy) rather than one pointer per parameter (a tensor-core backward kernel has ~100 flattened
+# parameters). Measured on the H100 (experiments/results/plans-2026-11-24/breakdown): ~2 us less
+# per launch. Keeping the GIL over the call (ctypes.PyDLL) was also tried and cost 30-60 us more.
 PARAM_BUFFER = True
-HOLD_GIL = False
 
-_driver = {}
+_driver = None
 
 
-def _libcuda(hold_gil: bool = False):
-    lib = _driver.get(hold_gil)
-    if lib is None:
-        loader = ctypes.PyDLL if hold_gil else ctypes.CDLL
-        lib = loader("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+def _libcuda():
+    global _driver
+    if _driver is None:
+        lib = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
         u = ctypes.c_uint
         lib.cuLaunchKernel.argtypes = [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_void_p]
         lib.cuLaunchKernel.restype = ctypes.c_int
         lib.cuGetErrorString.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
-        _driver[hold_gil] = lib
-    return lib
+        _driver = lib
+    return _driver
 
 
 def _error(code: int) -> str:
@@ -174,7 +172,7 @@ class _Prepared:
         buf, params, extra, _ = self._buffers()
         struct.pack_into(self.fmt, buf, 0, *values)
         gx, gy, gz = grid
-        lib = _libcuda(HOLD_GIL)
+        lib = _libcuda()
         by_buffer = PARAM_BUFFER and self.by_buffer
         rc = lib.cuLaunchKernel(self.handle, gx, gy, gz, block, 1, 1, shared, stream, None if by_buffer else params,
                                 extra if by_buffer else None)

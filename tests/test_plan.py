@@ -174,18 +174,16 @@ def test_gpu_parameter_template_matches_the_arguments(rng, monkeypatch, dtype):
 
 @pytest.mark.skipif(not ON_GPU, reason="the driver launch modes exist on the GPU only")
 def test_gpu_launch_modes_give_identical_results(rng, monkeypatch):
-    """Parameters as one packed buffer (``extra``) or one pointer each; GIL kept or released: the
-    same launch, bit for bit, and the driver takes the packed buffer (no fallback)."""
+    """Parameters as one packed buffer (``extra``) or one pointer each: the same launch, bit for
+    bit, and the driver takes the packed buffer (no fallback)."""
     from numba_flash import launch
 
     q, k, v, do = dev(*random_qkv(rng, 1, 2, 70, 45, 64, np.float16))
     got = []
-    for buffer, hold in ((False, False), (True, False), (True, True)):
+    for buffer in (False, True):
         monkeypatch.setattr(launch, "PARAM_BUFFER", buffer)
-        monkeypatch.setattr(launch, "HOLD_GIL", hold)
         out, lse = nf.flash_attention(q, k, v, causal=True, return_lse=True)
         got.append([to_host(a) for a in (out, lse, *nf.flash_attention_backward(do, q, k, v, out, lse, causal=True))])
-    for other in got[1:]:
-        for a, b in zip(got[0], other):
-            np.testing.assert_array_equal(a, b)
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
     assert all(p.by_buffer for p in launch._PREPARED.values())
