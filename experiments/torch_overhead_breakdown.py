@@ -9,6 +9,8 @@ one synchronisation at the end, median of 5 loops):
 * ``direct``: the CuPy API; ``adapter``: numba_flash.torch; ``sdpa``: torch's default SDPA.
 * ``identity_fn``: an ``autograd.Function`` that only clones its input (one tiny kernel each way):
   the floor any Python-level autograd Function pays.
+* ``*_cuda_graph``: the step through ``torch.cuda.make_graphed_callables`` (launches recorded once,
+  replayed per step).
 * ``*_single_thread``: the same steps with ``torch.autograd.set_multithreading_enabled(False)``,
   so the backward runs in the calling thread instead of the engine's device thread.
 * ``python_loop_*``: a fixed piece of pure Python (summing 2000 ints) timed in the main thread and
@@ -100,6 +102,11 @@ def measure(shape, torch, cupy):
         "identity_fn_fwd_bwd": _per_call_us(lambda: torch.autograd.grad(Identity.apply(leaves[0]), leaves[0], do),
                                             sync),
     }
+    # Under CUDA graphs (torch.cuda.make_graphed_callables): the step replays recorded launches,
+    # so neither our Python nor the engine's hand-off is paid per step any more.
+    for name, f in (("adapter", nf_sdpa), ("sdpa", F.scaled_dot_product_attention)):
+        g = torch.cuda.make_graphed_callables(lambda a, b, c, f=f: f(a, b, c, is_causal=True), tuple(leaves))
+        res[f"{name}_fwd_bwd_cuda_graph"] = _per_call_us(lambda: torch.autograd.grad(g(*leaves), leaves, do), sync)
     with torch.autograd.set_multithreading_enabled(False):
         res["adapter_fwd_bwd_single_thread"] = _per_call_us(step(nf_sdpa), sync)
         res["sdpa_fwd_bwd_single_thread"] = _per_call_us(step(F.scaled_dot_product_attention), sync)
