@@ -34,9 +34,11 @@ _PARAM_BUFFER_POINTER, _PARAM_BUFFER_SIZE, _PARAM_END = 1, 2, 0
 
 # PARAM_BUFFER: hand the driver the packed parameter buffer through cuLaunchKernel's ``extra`` (one
 # copy) rather than one pointer per parameter (a tensor-core backward kernel has ~100 flattened
-# parameters). Measured on the H100 (experiments/results/plans-2026-11-24/breakdown): ~2 us less
-# per launch. Keeping the GIL over the call (ctypes.PyDLL) was also tried and cost 30-60 us more.
-PARAM_BUFFER = True
+# parameters). Both give bit-identical launches (tests/test_plan.py); on the H100 neither was
+# consistently faster (experiments/results/plans-2026-11-24: tiny forward 34.7 vs 36.7 us in one
+# run, 45.5 vs 36.6 in another), so the default is the common per-pointer form. Keeping the GIL
+# over the call (ctypes.PyDLL) was also tried and cost 30-60 us more.
+PARAM_BUFFER = False
 
 _driver = None
 
