@@ -20,7 +20,7 @@ from . import backend
 from .backward import delta_kernel, dkdv_kernel, dq_kernel
 from .config import BlockConfig, TensorCoreConfig, check_head_dim, default_config, default_tc_config
 from .forward import forward_kernel
-from .launch import _pointer, launch
+from .launch import _pointer
 from .masking import band
 from .philox import dropout_kernel_args, keep_threshold, validate_dropout_p, validate_seed
 from .plan import Plan, PlanCache
@@ -315,18 +315,11 @@ def launch_on(stream: int, empty=None):
 
 
 def _launch(kernel, grid, threads, *args, shared=0):
-    if backend.BACKEND == backend.GPU:
-        # On CuPy's current stream (or launch_on's), so work stays ordered with the caller's CuPy/torch
-        # work; through a prepared launch (numba_flash.launch): numba's own costs ~30-60 us of host time.
-        stream = getattr(_ALLOCATOR, "stream", None)
-        if stream is None:
-            stream = backend.array_module().cuda.get_current_stream().ptr
-        launch(kernel, grid, threads, stream, *args, shared=shared)
-    else:
-        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    """Numba's own launch, for the simulator (on the GPU, plans launch through numba_flash.launch)."""
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
-        # Wrapped, the simulator indexes the NumPy memory itself (views included) instead of copying.
-        kernel[grid, threads](*(FakeCUDAArray(a) if isinstance(a, np.ndarray) else a for a in args))
+    # Wrapped, the simulator indexes the NumPy memory itself (views included) instead of copying.
+    kernel[grid, threads](*(FakeCUDAArray(a) if isinstance(a, np.ndarray) else a for a in args))
 
 
 _NO_OFFSETS = {}

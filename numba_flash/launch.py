@@ -15,7 +15,8 @@ Numba flattens an array argument into ``meminfo, parent, nitems, itemsize, data,
 strides...`` (``numba.cuda.dispatcher._Kernel._prepare_args``), each a separate kernel parameter
 at its natural alignment, which is what ``struct``'s native mode lays out.
 
-GPU only; the simulator keeps numba's own launch (``api._launch``).
+GPU only (the API's launch plans, ``numba_flash.plan``, call it); the simulator keeps numba's own
+launch (``api._launch``).
 """
 
 from __future__ import annotations
@@ -204,15 +205,3 @@ def prepared(dispatcher, args) -> _Prepared:
             if p is None:
                 p = _PREPARED[key] = _Prepared(dispatcher, args)
     return p
-
-
-def launch(dispatcher, grid, block: int, stream: int, *args, shared: int = 0) -> None:
-    """``dispatcher[grid, block, stream, shared](*args)`` on a raw ``CUstream`` pointer, minus numba's per-call work.
-
-    ``grid`` is a 3-tuple, ``block`` a thread count (1-D blocks), ``shared`` dynamic shared memory
-    in bytes (above 48 KB the kernel's limit is raised once).
-    """
-    p = prepared(dispatcher, args)
-    if shared > p.max_shared:
-        p.set_max_shared(shared)
-    p.launch(grid, block, stream, args, shared)
