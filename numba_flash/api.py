@@ -7,12 +7,10 @@ only read, never written.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import numbers
 import os
-import threading
 
 import numpy as np
 
@@ -44,7 +42,7 @@ class DeviceView:
 
     What adapters hand the API instead of a CuPy array (numba_flash.torch wraps torch tensors in
     these: building a ``cupy.ndarray`` costs ~25 us of host time per tensor). ``owner`` keeps the
-    memory alive; ``fill`` (optional) writes one value everywhere (used by ``POISON_OUTPUTS``)."""
+    memory alive; ``fill`` (optional) writes one value everywhere."""
 
     __slots__ = ("ptr", "shape", "strides", "dtype", "owner", "_fill")
 
@@ -270,48 +268,12 @@ def _check_config(config, head_dim: int, dtype, pass_: str, causal: bool = False
     return config.validate(head_dim, pass_)
 
 
-# Where outputs come from: None = this backend's array module (CuPy's memory pool on the GPU). An
-# adapter can route them to its own allocator (numba_flash.torch: PyTorch's caching allocator, so
-# outputs are torch memory and torch's memory statistics see them) with ``allocate_with``.
-_ALLOCATOR = threading.local()
-
-
-@contextlib.contextmanager
-def allocate_with(empty):
-    """Within the block, outputs are ``empty(shape, numpy_dtype)`` (a device array this backend takes)."""
-    previous = getattr(_ALLOCATOR, "empty", None)
-    _ALLOCATOR.empty = empty
-    try:
-        yield
-    finally:
-        _ALLOCATOR.empty = previous
-
-
 def _empty(shape, dtype):
-    custom = getattr(_ALLOCATOR, "empty", None)
-    if custom is not None:
-        a = custom(tuple(shape), np.dtype(dtype))
-        if POISON_OUTPUTS:
-            a.fill(np.nan)
-        return a
+    """An output array of this backend (CuPy's memory pool on the GPU); NaN-filled under POISON_OUTPUTS."""
     xp = backend.array_module()
     if POISON_OUTPUTS:  # NaN; for bfloat16 bit patterns (uint16), a bfloat16 NaN's bits
         return xp.full(shape, 0x7FC0 if np.dtype(dtype) == _BF16_BITS else np.nan, dtype=dtype)
     return xp.empty(shape, dtype=dtype)
-
-
-@contextlib.contextmanager
-def launch_on(stream: int, empty=None):
-    """Within the block, kernels go to the raw ``CUstream`` pointer ``stream`` (instead of CuPy's
-    current stream) and, if given, outputs come from ``empty`` (as :func:`allocate_with`)."""
-    previous = getattr(_ALLOCATOR, "stream", None), getattr(_ALLOCATOR, "empty", None)
-    _ALLOCATOR.stream = stream
-    if empty is not None:
-        _ALLOCATOR.empty = empty
-    try:
-        yield
-    finally:
-        _ALLOCATOR.stream, _ALLOCATOR.empty = previous
 
 
 def _launch(kernel, grid, threads, *args, shared=0):
@@ -424,10 +386,9 @@ def _execute(plan: Plan, inputs, extras, in_ptrs=None) -> list:
 
 def _launch_plan(plan: Plan, inputs, outputs, extras, in_ptrs=None) -> None:
     if backend.BACKEND == backend.GPU:
-        # On CuPy's current stream (or launch_on's), so work stays ordered with the caller's CuPy/torch work
-        stream = getattr(_ALLOCATOR, "stream", None)
-        if stream is None:
-            stream = backend.array_module().cuda.get_current_stream().ptr
+        # On CuPy's current stream, so work stays ordered with the caller's CuPy work (the PyTorch
+        # adapter runs plans on torch's stream itself)
+        stream = backend.array_module().cuda.get_current_stream().ptr
         if in_ptrs is None:
             in_ptrs = [_pointer(a) for a in inputs]
         plan.run_gpu(stream, in_ptrs, [_pointer(a) for a in outputs], extras)
