@@ -21,7 +21,7 @@ from .forward import forward_kernel
 from .launch import _pointer
 from .masking import band
 from .philox import dropout_kernel_args, keep_threshold, validate_dropout_p, validate_seed
-from .plan import Plan, PlanCache
+from .plan import Plan, PlanCache, _same
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 # Grid dimensions y and z (heads, batch) are limited to 65535 by CUDA.
@@ -42,13 +42,13 @@ class DeviceView:
 
     What adapters hand the API instead of a CuPy array (numba_flash.torch wraps torch tensors in
     these: building a ``cupy.ndarray`` costs ~25 us of host time per tensor). ``owner`` keeps the
-    memory alive; ``fill`` (optional) writes one value everywhere."""
+    memory alive."""
 
-    __slots__ = ("ptr", "shape", "strides", "dtype", "owner", "_fill")
+    __slots__ = ("ptr", "shape", "strides", "dtype", "owner")
 
-    def __init__(self, ptr: int, shape: tuple, strides: tuple, dtype, owner=None, fill=None):
+    def __init__(self, ptr: int, shape: tuple, strides: tuple, dtype, owner=None):
         self.ptr, self.shape, self.strides, self.dtype = ptr, shape, strides, np.dtype(dtype)
-        self.owner, self._fill = owner, fill
+        self.owner = owner
 
     ndim = property(lambda self: len(self.shape))
     itemsize = property(lambda self: self.dtype.itemsize)
@@ -58,11 +58,6 @@ class DeviceView:
     def __cuda_array_interface__(self):
         return {"shape": self.shape, "strides": self.strides, "typestr": self.dtype.str, "data": (self.ptr, False),
                 "version": 3}
-
-    def fill(self, value) -> None:
-        if self._fill is None:
-            raise TypeError("this DeviceView cannot be filled")
-        self._fill(value)
 
 
 def _as_array(name: str, x):
@@ -463,10 +458,6 @@ def _keep(key, plan: Plan, config, cfg) -> Plan:
     if key is not None:
         _PLANS.put(key, plan)
     return plan
-
-
-def _same(x):
-    return x
 
 
 def _elem(a) -> str:

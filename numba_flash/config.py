@@ -268,11 +268,6 @@ class TensorCoreConfig:
         return self
 
 
-def _row_halves(head_dim: int) -> int:
-    """16-bit words per shared-memory row: head_dim rounded up to 16 (whole mma k-steps), + 8 pad."""
-    return -(-head_dim // 16) * 16 + 8
-
-
 def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward") -> TensorCoreConfig:
     """The tensor-core config used when ``config=None`` on the GPU: the fastest one that compiles
     without register spills (experiments/results/tc_sweep, H100, N = 4096: at D = 64 (128, 32, 2, 32)

@@ -167,9 +167,6 @@ class _Prepared:
                 vals.append(a)
         return vals
 
-    def launch(self, grid, block, stream: int, args, shared: int = 0) -> None:
-        self.launch_values(grid, block, stream, self.values(args), shared)
-
     def launch_values(self, grid, block, stream: int, values, shared: int = 0) -> None:
         """Launch with the flattened parameter ``values`` (as :meth:`values` makes them)."""
         buf, params, extra, _ = self._buffers()

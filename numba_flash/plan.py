@@ -173,8 +173,5 @@ class PlanCache:
         self._plans[key] = plan
         return plan
 
-    def clear(self) -> None:
-        self._plans.clear()
-
     def __len__(self) -> int:
         return len(self._plans)

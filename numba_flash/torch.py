@@ -50,8 +50,7 @@ def _view(t: torch.Tensor) -> api.DeviceView:
     """The API's view of a CUDA tensor: its address, shape, byte strides and dtype (no copy;
     bfloat16 as uint16 bit patterns, the API's ``bfloat16=True`` form)."""
     size = t.element_size()
-    return api.DeviceView(t.data_ptr(), tuple(t.shape), tuple(st * size for st in t.stride()), _NUMPY_OF[t.dtype],
-                          t, t.fill_)
+    return api.DeviceView(t.data_ptr(), tuple(t.shape), tuple(st * size for st in t.stride()), _NUMPY_OF[t.dtype], t)
 
 
 def _key(t: torch.Tensor) -> tuple:
