@@ -31,19 +31,29 @@ over the steps all runs completed: max |numba_flash - sdpa| against max |sdpa_no
 the final validation losses at the last common evaluation step. Verdict line:
 "numba_flash vs SDPA differs by X, within/outside the noise of two SDPA seeds Y".
 
-The numba_flash run is slow: its attention runs ~40x slower than SDPA's and each of its kernel launches
-costs ~0.35-0.5 ms of host time (1 launch per layer forward, 3 per backward). Estimate at the defaults
-(B=32, H=6, N=256, D=64, causal, 6 layers, fp16): attention fwd+bwd = 3.5 * 4*B*H*N^2*D/2 = 5.6 GFLOP
-per layer, ~2 ms at ~3 TFLOP/s, so ~12 ms of GPU time per step; ~2 ms of launch overhead per layer,
-~12 ms per step (partly overlapped with the GPU work); the rest of the model ~6-10 ms (what an SDPA
-step costs): ~20-35 ms/step, ~40-70 s for 2000 steps, against ~15-20 s for an SDPA run.
+Speed: at the defaults an eager step is bound by host time (Python, autograd, kernel launches), not
+by the GPU. Measured on an H100 (``experiments/results/train_tiny_gpt/train_tiny_gpt.md``, README "A real
+client"): SDPA 471,483 tokens/s, numba_flash 416,563 (0.88x); the gap is the adapter's extra host time
+per layer, most of it PyTorch's price for any Python ``autograd.Function`` (README, "Adapter overhead").
+
+``--cuda-graphs`` takes the host time of the forward and backward out of every run: the model and its
+loss are wrapped in one module and passed through ``torch.cuda.make_graphed_callables``, which warms it
+up on a side stream, captures its forward and backward, and copies each step's batch into the graph's
+static inputs. The optimizer step, GradScaler, gradient clipping and the evaluations (eval mode runs
+the eager forward) stay eager; autocast runs with ``cache_enabled=False``, as make_graphed_callables
+requires. It needs a CUDA GPU, and refuses ``--attn-dropout > 0``: numba_flash's adapter draws its
+dropout seed on the host at each call, so a graph would replay one mask forever (the SDPA runs are
+refused too, to stay comparable). The mode is recorded in the JSON (``mode``), the Markdown and the
+plot's title.
+
 ``--max-minutes`` (default 1.6) caps each run: it stops cleanly and records the steps it did, and
-the agreement is computed over the steps every run completed. The kernels are compiled in a warm-up
-outside that cap.
+the agreement is computed over the steps every run completed. The kernels are compiled in a warm-up,
+and the graphs captured, outside that cap.
 
     bash .gpu/env.sh python experiments/train_tiny_gpt.py --out $OUT/train                       # H100, ~3 min
     python experiments/train_tiny_gpt.py --out experiments/results/train_tiny_gpt                # GPU, ~3 min
     python experiments/train_tiny_gpt.py --attn-dropout 0.1 --kv-heads 2 --out /tmp/train_gqa    # dropout + GQA
+    python experiments/train_tiny_gpt.py --cuda-graphs --out experiments/results/train_tiny_gpt_graphs  # graphed steps
     python experiments/train_tiny_gpt.py --smoke --out /tmp/train_tiny_gpt                       # CPU: seconds, SDPA runs only
 
 Without PyTorch the script prints why and exits with status 0. ``--smoke`` on a machine without a
@@ -88,6 +98,18 @@ NO_TORCH = ("PyTorch is not installed: the training experiment needs it (pip ins
             "nothing to do, exiting.")
 NO_GPU_NF = "numba_flash needs a CUDA GPU"
 DTYPES = ("fp16", "bf16", "fp32")
+EAGER, GRAPHS = "eager", "cuda_graphs"  # the training modes, as recorded in the JSON
+NO_GPU_GRAPHS = "--cuda-graphs needs a CUDA GPU (CUDA graphs are a CUDA feature); nothing to do, exiting."
+
+
+def mode_of(args) -> str:
+    """The training mode of ``args`` (a namespace without the option, e.g. an older run's, is eager)."""
+    return GRAPHS if getattr(args, "cuda_graphs", False) else EAGER
+
+
+def mode_text(mode: str) -> str:
+    """How the Markdown and the plot name a mode."""
+    return {EAGER: "eager", GRAPHS: "CUDA graphs"}[mode]
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +224,17 @@ if torch is not None:
                 x = block(x)
             return self.head(self.ln_f(x))
 
+    class LossOf(nn.Module):
+        """The model and its training loss as one module: what --cuda-graphs captures, so the
+        cross-entropy runs in the graph too (the graph's output is the loss)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, y):
+            return loss_fn(self.model, x, y)
+
 
 def initial_state(args, seed: int) -> dict:
     """The model's initial weights from ``seed`` (built on the CPU: the same on every device), copied."""
@@ -279,10 +312,12 @@ def make_val_batches(val: np.ndarray, args, device) -> list:
     return out
 
 
-def _autocast(device, dtype):
+def _autocast(device, dtype, cache=True):
+    """Autocast to ``dtype`` (None: off). ``cache=False`` for CUDA graphs: make_graphed_callables
+    refuses autocast's cache of cast weights (a replay must redo the casts after each optimizer step)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def loss_fn(model, x, y):
@@ -302,9 +337,10 @@ def evaluate(model, val_batches, device, dtype) -> float:
     return total / len(val_batches)
 
 
-def attention_fwd_bwd_ms(attn_fn, args, device, dtype, dropout_p, repeat):
+def attention_fwd_bwd_ms(attn_fn, args, device, dtype, dropout_p, repeat, graphed=False):
     """Milliseconds of one forward + backward of ``attn_fn`` alone on the training shape (CUDA events,
-    mean of ``repeat`` after one untimed call, which also compiles numba_flash's kernels)."""
+    mean of ``repeat`` after one untimed call, which also compiles numba_flash's kernels). ``graphed``:
+    replayed from a CUDA graph, as a --cuda-graphs step runs it (CUDA only)."""
     B, H, Hkv, N, D = args.batch, args.heads, args.kv_heads, args.seq, args.width // args.heads
     dt = dtype or torch.float32
     q = torch.randn(B, H, N, D, device=device, dtype=dt, requires_grad=True)
@@ -313,9 +349,14 @@ def attention_fwd_bwd_ms(attn_fn, args, device, dtype, dropout_p, repeat):
     dout = torch.randn(B, H, N, D, device=device, dtype=dt)
     extra = {"enable_gqa": True} if Hkv != H else {}
 
+    def call(a, b, c):
+        return attn_fn(a, b, c, is_causal=True, dropout_p=dropout_p, **extra)
+
+    if graphed:
+        call = torch.cuda.make_graphed_callables(call, (q, k, v))
+
     def once():
-        out = attn_fn(q, k, v, is_causal=True, dropout_p=dropout_p, **extra)
-        out.backward(dout)
+        call(q, k, v).backward(dout)
 
     once()
     _sync(device)
@@ -349,7 +390,7 @@ def warm_up(attn_fn, args, device, dtype) -> float:
 def train_run(name, attn_fn, state, train_data, offsets, val_batches, run_seed, args, device, progress, console):
     """Train from ``state`` on the batches at ``offsets``; returns the run's record (curves included)."""
     dtype = amp_dtype(args, device)
-    rec = {"name": name, "status": "running", "steps_planned": args.steps, "seed": run_seed}
+    rec = {"name": name, "status": "running", "steps_planned": args.steps, "seed": run_seed, "mode": mode_of(args)}
     free_memory(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -363,6 +404,20 @@ def train_run(name, attn_fn, state, train_data, offsets, val_batches, run_seed, 
     opt = make_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
     ar = torch.arange(args.seq + 1, device=device)
+
+    def batch(step):
+        off = torch.from_numpy(offsets[step]).to(device)
+        chunk = train_data[off[:, None] + ar].long()
+        return chunk[:, :-1], chunk[:, 1:]
+
+    graphs = mode_of(args) == GRAPHS
+    net = LossOf(model)
+    if graphs:  # capture forward + loss + backward once; each step copies its batch into the static inputs
+        t0 = time.perf_counter()
+        sample = tuple(t.contiguous().clone() for t in batch(0))  # valid token ids: the warm-up runs the model
+        with _autocast(device, dtype, cache=False):
+            net = torch.cuda.make_graphed_callables(net, sample)
+        rec["graph_capture_s"] = time.perf_counter() - t0
     losses, val_curve, step_s = [], [], []
     cupy_used_max = 0
     skipped_updates = 0
@@ -385,11 +440,9 @@ def train_run(name, attn_fn, state, train_data, offsets, val_batches, run_seed, 
             g["lr"] = args.lr * lr_at(step, args)
         _sync(device)
         t0 = time.perf_counter()
-        off = torch.from_numpy(offsets[step]).to(device)
-        chunk = train_data[off[:, None] + ar].long()
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        with _autocast(device, dtype):
-            loss = loss_fn(model, x, y)
+        x, y = batch(step)
+        with _autocast(device, dtype, cache=not graphs):
+            loss = net(x, y)  # graphs: a replay of the captured forward (the backward replays in .backward())
         if pool is not None:
             cupy_used_max = max(cupy_used_max, pool.used_bytes())  # what the forward holds for the backward
         opt.zero_grad(set_to_none=True)
@@ -434,7 +487,7 @@ def train_run(name, attn_fn, state, train_data, offsets, val_batches, run_seed, 
         rec["cupy_pool_total_bytes"] = int(pool.total_bytes())
     if device.type == "cuda" and args.attn_repeat > 0:
         try:
-            ms = attention_fwd_bwd_ms(attn_fn, args, device, dtype, args.attn_dropout, args.attn_repeat)
+            ms = attention_fwd_bwd_ms(attn_fn, args, device, dtype, args.attn_dropout, args.attn_repeat, graphs)
             rec["attn_fwd_bwd_ms_per_layer"] = ms
             if ms is not None and rec["step_ms"]:
                 rec["attn_share"] = ms * args.layers / rec["step_ms"]
@@ -442,7 +495,7 @@ def train_run(name, attn_fn, state, train_data, offsets, val_batches, run_seed, 
             rec["attn_share_error"] = f"{type(exc).__name__}: {exc}"[:300]
     if losses:
         progress.update(task, info=f"train {rec['final_train_loss']:.3f} val {rec['final_val_loss']:.3f}")
-    del model, opt, scaler
+    del model, net, opt, scaler  # net holds the graphs and their memory pool
     free_memory(device)
     return rec
 
@@ -562,6 +615,18 @@ COLUMNS = ["run", "attention", "init seed", "data seed", "steps", "final train l
            "tokens/s", "ms/step", "peak torch mem", "CuPy pool (max used / held)", "attention share", "status"]
 
 
+def mode_line(args, runs: dict) -> str:
+    """The Markdown line saying which mode produced the numbers (and what graph capture cost)."""
+    if mode_of(args) == EAGER:
+        return "Mode: **eager** (every step runs the model's forward and backward op by op from Python)."
+    capture = ", ".join(f"{k} {r['graph_capture_s']:.1f} s" for k, r in runs.items()
+                        if r.get("graph_capture_s") is not None)
+    return ("Mode: **CUDA graphs**: every run replays the model's forward, loss and backward from a CUDA graph "
+            "(`torch.cuda.make_graphed_callables`, autocast without its cache); the optimizer step, GradScaler, "
+            "gradient clipping, batch gathering and evaluations run eagerly; the attention share's timing replays "
+            "a graph too." + (f" Capture (before each run, not timed): {capture}." if capture else ""))
+
+
 def table_rows(runs: dict) -> list[dict]:
     rows = []
     for name, r in runs.items():
@@ -628,7 +693,8 @@ def plot(runs: dict, args, path: Path, device: str | None = None) -> str | None:
     ax.set_xlabel("step")
     ax.set_title(f"|difference| of the window-{args.smooth} mean train loss", fontsize=10)
     ax.grid(True, alpha=0.3)
-    fig.suptitle(f"tiny GPT on the stdlib sources: {args.layers} layers, width {args.width}, {args.heads} heads "
+    fig.suptitle(f"tiny GPT on the stdlib sources, {mode_text(mode_of(args))}: {args.layers} layers, "
+                 f"width {args.width}, {args.heads} heads "
                  f"({args.kv_heads} kv), seq {args.seq}, batch {args.batch}, {args.dtype}, attn dropout {args.attn_dropout}"
                  f" ({device or (backend.device_name() if backend.BACKEND == backend.GPU else 'CPU')})", fontsize=10)
     fig.tight_layout()
@@ -678,6 +744,11 @@ def parse_args(argv=None):
                    help="repeats of the isolated attention timing for the attention share, default 10; 0: skip")
     p.add_argument("--stop-on-nan", action=argparse.BooleanOptionalAction, default=True,
                    help="stop a run at its first non-finite loss")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="every run replays forward + loss + backward from a CUDA graph (make_graphed_callables; "
+                        "optimizer, GradScaler, clipping, evaluation eager): tokens/s without eager host time. "
+                        "CUDA only. Not with --attn-dropout > 0: numba_flash draws its dropout seed on the host "
+                        "per call, so a graph would replay one mask forever; SDPA is refused too, to stay comparable")
     args = p.parse_args(argv)
     if args.smoke:
         defaults = dict(layers=2, width=128, heads=2, seq=64, batch=8, steps=40, lr=3e-3, warmup=5, eval_every=10,
@@ -697,6 +768,10 @@ def parse_args(argv=None):
         p.error(f"--kv-heads {args.kv_heads} must divide --heads {args.heads}")
     if not 0 <= args.attn_dropout < 1:
         p.error("--attn-dropout must lie in [0, 1)")
+    if args.cuda_graphs and args.attn_dropout > 0:
+        p.error(f"--cuda-graphs cannot train with --attn-dropout {args.attn_dropout:g}: numba_flash draws its dropout "
+                "seed on the host at each call, so a graph would replay one dropout mask forever (refused for "
+                "SDPA too, so that the runs stay comparable); use --attn-dropout 0 or leave out --cuda-graphs")
     if args.steps < 1 or args.eval_every < 1 or args.val_batches < 1 or args.warmup < 1:
         p.error("--steps, --eval-every, --val-batches and --warmup must be at least 1")
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -734,6 +809,9 @@ def main(argv=None) -> int:
         console.print(f"[yellow]{NO_TORCH}[/]")
         return 0
     cuda = torch.cuda.is_available()
+    if args.cuda_graphs and not cuda:
+        console.print(f"[yellow]{NO_GPU_GRAPHS}[/]")
+        return 0
     if not cuda and not args.smoke:
         console.print("[yellow]No CUDA GPU visible to PyTorch: the full run needs one (use --smoke for a tiny "
                       "CPU run of the SDPA runs); nothing to do, exiting.[/]")
@@ -756,7 +834,8 @@ def main(argv=None) -> int:
     dtype = amp_dtype(args, device)
     console.print(f"[bold]{NAME}[/] on {torch.cuda.get_device_name(device) if cuda else 'CPU'} (torch {torch.__version__}): "
                   f"{args.layers} layers, width {args.width}, {args.heads} heads ({args.kv_heads} kv), seq {args.seq}, "
-                  f"batch {args.batch}, {args.steps} steps, {args.dtype}, attn dropout {args.attn_dropout}; corpus "
+                  f"batch {args.batch}, {args.steps} steps, {args.dtype}, attn dropout {args.attn_dropout}, "
+                  f"{mode_text(mode_of(args))}; corpus "
                   f"{corpus_info['files_used']} stdlib files, {corpus_info['bytes'] / 1e6:.1f} MB (Python {corpus_info['python']})")
 
     specs = {  # name -> (attention, attn_fn or None, init seed, data seed)
@@ -812,13 +891,16 @@ def main(argv=None) -> int:
                   "layers": args.layers, "width": args.width, "heads": args.heads, "kv_heads": args.kv_heads,
                   "head_dim": args.width // args.heads, "seq": args.seq, "vocab": VOCAB,
                   "embeddings": "untied; learned positional", "norm": "pre-LN", "mlp": "4x GELU"}
-    data = {"args": vars(args), "device": str(device), "torch": torch.__version__, "smoke": args.smoke,
+    data = {"args": vars(args), "mode": mode_of(args), "device": str(device), "torch": torch.__version__,
+            "smoke": args.smoke,
             "corpus": corpus_info, "model": model_info, "runs": runs, "agreement": ag, "verdict": ag["verdict"],
             "wall_s": time.perf_counter() - t_all, "plot": None if plot_note else f"{NAME}.png"}
     rows = table_rows(runs)
     body = [
         "",
         ("**Smoke run: tiny model, few steps; the numbers say nothing about speed.**\n" if args.smoke else ""),
+        mode_line(args, runs),
+        "",
         f"A byte-level GPT ({model_info['params']:,} parameters: {args.layers} layers, width {args.width}, "
         f"{args.heads} heads of {args.width // args.heads}" + (f", {args.kv_heads} K/V heads (GQA)" if args.kv_heads != args.heads else "")
         + f", sequence {args.seq}, pre-LN, learned positions, untied embeddings) trained for {args.steps} steps of "
@@ -853,7 +935,8 @@ def main(argv=None) -> int:
         "",
         f"![loss curves]({NAME}.png)" if not plot_note else f"({plot_note})",
     ]
-    paths = results.save(out, NAME, data, "\n".join(body), title="Tiny GPT: numba_flash vs SDPA loss curves")
+    paths = results.save(out, NAME, data, "\n".join(body),
+                         title=f"Tiny GPT: numba_flash vs SDPA loss curves ({mode_text(mode_of(args))})")
     console.print(f"wrote {paths[0]}, {paths[1]}" + ("" if plot_note else f", {out / (NAME + '.png')}"))
     failed = [k for k, r in runs.items() if str(r.get("status", "")).startswith("error")]
     return 1 if failed else 0
