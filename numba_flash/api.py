@@ -202,23 +202,27 @@ def _tc_problem(arrays) -> str | None:
 
 
 def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False):
-    """The config of ``pass_``: a TensorCoreConfig (GPU, float16, layout fits) or a BlockConfig (portable).
+    """The config of ``pass_``: a TensorCoreConfig (GPU, layout fits; float16, bfloat16, and float32's
+    forward, as 3xTF32) or a BlockConfig (portable).
 
     ``config=None`` takes the tensor-core kernels wherever they can run: without dropout the
     TensorCoreConfig :mod:`numba_flash.tune` stored for this problem (the float16 entry, for bfloat16
-    too: same kernels, same instruction shapes), else (and always with dropout: tuned configs are
+    too: same kernels, same instruction shapes; the float32 entry for float32), else (and always with dropout: tuned configs are
     timed without it, and its random numbers need registers) ``default_tc_config``. Elsewhere the
     tuned BlockConfig, else ``default_config``. A TensorCoreConfig or a BlockConfig forces that
     kernel (an error, saying why, if the tensor-core one cannot run).
     """
+    elem = "tf32" if np.dtype(dtype) == np.float32 else "f16"
+
     def tc_choice():
         if not dropout and seqlen is not None:
             from .tune import lookup
 
-            tuned = lookup(head_dim, np.float16, causal, seqlen, pass_, kind="tensor_core")
-            if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_):
+            tuned = lookup(head_dim, np.float32 if elem == "tf32" else np.float16, causal, seqlen, pass_,
+                           kind="tensor_core")
+            if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_, elem):
                 return tuned
-        return default_tc_config(head_dim, dropout, pass_)
+        return default_tc_config(head_dim, dropout, pass_, elem)
 
     if np.dtype(dtype) == _BF16_BITS:  # bfloat16: the tensor-core kernels are the only ones
         if config is not None and not isinstance(config, TensorCoreConfig):
@@ -235,16 +239,16 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
         if backend.BACKEND != backend.GPU:
             raise ValueError("config: a TensorCoreConfig needs the GPU backend (inline PTX: the CUDA simulator "
                              "cannot run it); pass a BlockConfig or None")
-        if np.dtype(dtype) != np.float16:
-            raise ValueError(f"config: the tensor-core kernels take float16 inputs, got {np.dtype(dtype)}; pass a "
-                             "BlockConfig or None")
+        if np.dtype(dtype) not in (np.float16, np.float32):
+            raise ValueError(f"config: the tensor-core kernels take float16 or float32 inputs, got {np.dtype(dtype)}; "
+                             "pass a BlockConfig or None")
         why = _tc_problem(arrays)
         if why:
             raise ValueError(f"config: {why}")
-        return config.validate(head_dim, pass_)
-    if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16:
+        return config.validate(head_dim, pass_, elem)
+    if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) in (np.float16, np.float32):
         fast = tc_choice()
-        if not fast.problems(head_dim, pass_) and _tc_problem(arrays) is None:
+        if not fast.problems(head_dim, pass_, elem) and _tc_problem(arrays) is None:
             return fast
     return _check_config(config, head_dim, dtype, pass_, causal, seqlen)
 
@@ -319,7 +323,8 @@ def _forward_plan(inputs, n_seq, max_q, varlen, group, scale, cfg, opts, lse_sha
     if isinstance(cfg, TensorCoreConfig):
         from .tc_forward import tc_forward_kernel  # GPU only: inline PTX
 
-        kernel, shared = tc_forward_kernel(cfg, D, varlen, p > 0.0, _elem(q)), cfg.shared_memory_bytes(D)
+        elem = _elem(q)
+        kernel, shared = tc_forward_kernel(cfg, D, varlen, p > 0.0, elem), cfg.shared_memory_bytes(D, elem)
     else:
         kernel, shared = forward_kernel(cfg, D, varlen, p > 0.0), 0
     cu = (plan.inp(3), plan.inp(4)) if varlen else (_no_offsets(), _no_offsets())
@@ -461,8 +466,9 @@ def _keep(key, plan: Plan, config, cfg) -> Plan:
 
 
 def _elem(a) -> str:
-    """The 16-bit element kind of the tensor-core kernels: uint16 arrays carry bfloat16."""
-    return "bf16" if a.dtype == _BF16_BITS else "f16"
+    """The element kind of the tensor-core kernels: uint16 arrays carry bfloat16, float32 ones are
+    multiplied as 3xTF32."""
+    return {_BF16_BITS: "bf16", np.dtype(np.float32): "tf32"}.get(np.dtype(a.dtype), "f16")
 
 
 def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), dropout_p=0.0, seed=None,

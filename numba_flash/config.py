@@ -184,10 +184,23 @@ MAX_DYNAMIC_SHARED = 227 * 1024  # per block on sm_90, after raising the kernel'
 TC_MAX_HEAD_DIM = 128
 
 
+TC_ELEMS = ("f16", "bf16", "tf32")
+
+
 def tc_row_halves(head_dim: int) -> int:
     """16-bit words per shared-memory row: head_dim rounded up to 16 (whole mma k-steps), + 8 words
     (16 bytes) of padding so that the 8 rows one ldmatrix reads fall in different banks."""
     return -(-head_dim // 16) * 16 + 8
+
+
+def tc_row_bytes(head_dim: int, elem: str = "f16") -> int:
+    """Bytes per shared-memory row of a tile of ``elem`` values. 16-bit: :func:`tc_row_halves`.
+    float32 (``"tf32"``, read as TF32): head_dim (a multiple of 8: whole m16n8k8 k-steps) + 4 words,
+    which puts the 8 rows of an ldmatrix in different banks and, since 2 (head_dim + 4) is an odd
+    multiple of 8 words, the 32 scalar reads of a P V fragment (rows 2t, 2t + 1, columns g) too."""
+    if elem == "tf32":
+        return 4 * (head_dim + 4)
+    return 2 * tc_row_halves(head_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,9 +246,9 @@ class TensorCoreConfig:
     def num_threads(self) -> int:
         return 32 * self.warps
 
-    def shared_memory_bytes(self, head_dim: int) -> int:
-        row = tc_row_halves(head_dim)
-        return 2 * row * (self.block_m + 2 * self.stages * self.block_n)
+    def shared_memory_bytes(self, head_dim: int, elem: str = "f16") -> int:
+        """Dynamic shared memory of the forward kernel: Q and ``stages`` K and V tiles of ``elem``."""
+        return tc_row_bytes(head_dim, elem) * (self.block_m + 2 * self.stages * self.block_n)
 
     def backward_shared_bytes(self, head_dim: int, kernel: str) -> int:
         """Dynamic shared memory of the backward kernel ``kernel`` ("dq" or "dkdv")."""
@@ -245,30 +258,33 @@ class TensorCoreConfig:
         # lse, delta (float32) and Q, dO of each stage | K, V
         return self.stages * 8 * self.block_n + 2 * row * (2 * self.block_m + 2 * self.stages * self.block_n)
 
-    def problems(self, head_dim: int, pass_: str = "forward") -> list[str]:
-        """What stops this config from running the tensor-core ``pass_`` at ``head_dim`` (empty when it can)."""
+    def problems(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> list[str]:
+        """What stops this config from running the tensor-core ``pass_`` at ``head_dim`` on ``elem``
+        data (empty when it can)."""
         out = []
         if head_dim > TC_MAX_HEAD_DIM:
             out.append(f"the tensor-core kernels keep a 16 x head_dim accumulator per warp in registers, so "
                        f"head_dim must be at most {TC_MAX_HEAD_DIM}, got {head_dim}")
         if pass_ == "backward" and self.rows_per_warp != 16:
             out.append(f"the tensor-core backward takes rows_per_warp=16, got {self.rows_per_warp}")
-        need = (self.shared_memory_bytes(head_dim) if pass_ == "forward"
+        if elem == "tf32" and pass_ == "backward":
+            out.append("the tensor-core backward takes float16 or bfloat16 (float32 runs the portable one)")
+        need = (self.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
                 else max(self.backward_shared_bytes(head_dim, k) for k in ("dq", "dkdv")))
         if need > MAX_DYNAMIC_SHARED:
             out.append(f"it needs {need} bytes of shared memory at head_dim={head_dim}, but a block may use "
                        f"{MAX_DYNAMIC_SHARED}: reduce block_m, block_n or stages")
         return out
 
-    def validate(self, head_dim: int, pass_: str = "forward") -> "TensorCoreConfig":
+    def validate(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> "TensorCoreConfig":
         check_head_dim(head_dim)
-        found = self.problems(head_dim, pass_)
+        found = self.problems(head_dim, pass_, elem)
         if found:
             raise ValueError(f"config={self} cannot run the {pass_} pass: " + "; ".join(found))
         return self
 
 
-def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward") -> TensorCoreConfig:
+def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward", elem: str = "f16") -> TensorCoreConfig:
     """The tensor-core config used when ``config=None`` on the GPU: the fastest one that compiles
     without register spills (experiments/results/tc_sweep, H100, N = 4096: at D = 64 (128, 32, 2, 32)
     ran 284 TFLOP/s against 254 for (64, 64, 2, 16); at D = 128 (64, 64, 2, 16) ran 289 but spills,
@@ -277,6 +293,8 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
     and dV accumulators take 128 registers at head_dim 128), halved with dropout."""
     if pass_ == "backward":
         return TensorCoreConfig(64, (64 if head_dim <= 64 else 32) // (2 if dropout else 1), 2, 16)
+    if elem == "tf32":  # float32 (3xTF32) forward: 16 rows per warp, three mma per product
+        return TensorCoreConfig(64, 64 if head_dim <= 64 and not dropout else 32, 2, 16)
     if dropout:
         return TensorCoreConfig(64, 32, 2, 16) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16)
     return TensorCoreConfig(128, 32, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 32, 2, 16)

@@ -92,6 +92,34 @@ def mma_16816_bf16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
     return _mma(_MMA_16816_F16.replace(".f16.f16", ".bf16.bf16"), (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3))
 
 
+_MMA_1688_TF32 = ("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                  "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};")
+
+
+@intrinsic
+def mma_1688_tf32(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    """One warp-wide m16n8k8 TF32 mma with float32 accumulation. Every operand register holds one
+    32-bit value (the tensor cores read its top 19 bits): a0 = A[g, t], a1 = A[g+8, t],
+    a2 = A[g, t+4], a3 = A[g+8, t+4]; b0 = B[t, g], b1 = B[t+4, g]; c and the result as for
+    :func:`mma_16816_f16`."""
+    return _mma(_MMA_1688_TF32, (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3))
+
+
+@intrinsic
+def split_tf32(typingctx, x):
+    """``(big, small)``: x = big + small + O(2^-22 |x|), both TF32 values (as uint32 bit patterns):
+    big = x rounded to TF32, small = the remainder rounded to TF32. The 3xTF32 split (CUTLASS's
+    ``OpMultiplyAddFastF32``): a b ~ big_a big_b + big_a small_b + small_a big_b. ``x``: a float32,
+    or a uint32 holding one (a fragment register from ldmatrix)."""
+    text = ("{ .reg .f32 %x, %b, %s; mov.b32 %x, $2; cvt.rna.tf32.f32 $0, %x; mov.b32 %b, $0; "
+            "sub.f32 %s, %x, %b; cvt.rna.tf32.f32 $1, %s; }")
+    if _is((x,), [_F32]):
+        return _asm(types.UniTuple(_U32, 2), [_F32], text, "=r,=r,f", actual=(x,))
+    if _is((x,), [_U32]):
+        return _asm(types.UniTuple(_U32, 2), [_U32], text, "=r,=r,r", actual=(x,))
+    return None
+
+
 @intrinsic
 def ldmatrix_x4(typingctx, addr):
     """Four 8x8 b16 matrices from shared memory (``addr``: the shared-window address, uint32, of this
@@ -195,6 +223,15 @@ def f32_from_bits(typingctx, bits):
 
 
 @intrinsic
+def st_global_f32x2(typingctx, addr, lo, hi):
+    """Store two float32 at global address ``addr`` (uint64, 8-byte aligned), ``lo`` first."""
+    if not _is((addr, lo, hi), [_U64, _F32, _F32]):
+        return None
+    return _asm(types.void, [_U64, _F32, _F32], "st.global.v2.f32 [$0], {$1, $2};", "l,f,f", side_effect=True,
+                actual=(addr, lo, hi))
+
+
+@intrinsic
 def st_global_u32(typingctx, addr, value):
     """Store one 32-bit word at global address ``addr`` (uint64)."""
     if not _is((addr, value), [_U64, _U32]):
@@ -233,8 +270,9 @@ def shared_address(typingctx, ary):
 
 
 __all__ = ["cp_async16", "cp_async4", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "f32_from_bits", "global_address",
-           "ld_shared_f32", "ldmatrix_x4", "ldmatrix_x4_trans", "mma_16816_bf16", "mma_16816_f16", "pack_bf16x2", "pack_f16x2",
-           "pack_half2", "shared_address", "st_global_u32", "warp_mma_kernel"]
+           "ld_shared_f32", "ldmatrix_x4", "ldmatrix_x4_trans", "mma_1688_tf32", "mma_16816_bf16", "mma_16816_f16",
+           "pack_bf16x2", "pack_f16x2", "pack_half2", "shared_address", "split_tf32", "st_global_f32x2", "st_global_u32",
+           "warp_mma_kernel"]
 
 
 def warp_mma_kernel():

@@ -106,7 +106,8 @@ def tc_signature(kernel: str = "forward", elem: str = "f16"):
     offsets are always passed)."""
     from numba.cuda import types
 
-    a4 = types.Array(types.float16 if elem == "f16" else types.uint16, 4, "A")  # bfloat16 as bit patterns
+    # bfloat16 as bit patterns; "tf32": float32 arrays (multiplied as 3xTF32)
+    a4 = types.Array({"f16": types.float16, "bf16": types.uint16, "tf32": types.float32}[elem], 4, "A")
     f3 = types.Array(types.float32, 3, "A")
     cu = types.Array(types.int32, 1, "A")
     f32, i64, u64 = types.float32, types.int64, types.uint64
@@ -127,12 +128,12 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
         factory = {"dq": tc_dq_kernel, "dkdv": tc_dkdv_kernel}[kernel]
     fn = factory(config, head_dim, varlen, dropout, elem)
     ptx, out = compile_for(fn.py_func, tc_signature(kernel, elem), cc, f"tc_{kernel}")
-    smem = (config.shared_memory_bytes(head_dim) if kernel == "forward"
+    smem = (config.shared_memory_bytes(head_dim, elem) if kernel == "forward"
             else config.backward_shared_bytes(head_dim, kernel))
     out.update(kernel=f"tc_{kernel}", head_dim=head_dim, varlen=varlen, dropout=dropout, elem=elem,
                arch=f"sm_{cc[0]}{cc[1]}", config=[config.block_m, config.block_n, config.stages, config.rows_per_warp],
-               mma=len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16", ptx)),
-               mma_kind=sorted(set(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\S*", ptx))),
+               mma=len(re.findall(r"\bmma\.sync\.aligned\.m16n8k(?:16|8)\b", ptx)),
+               mma_kind=sorted(set(re.findall(r"\bmma\.sync\.aligned\.m16n8k(?:16|8)\S*", ptx))),
                ldmatrix=len(re.findall(r"\bldmatrix\.sync", ptx)), cp_async=len(re.findall(r"\bcp\.async\.c[ag]", ptx)),
                ex2=len(re.findall(r"\bex2\.approx", ptx)), local_accesses=len(re.findall(r"\b(?:ld|st)\.local", ptx)),
                expected_dynamic_smem=smem)

@@ -31,13 +31,13 @@ import math
 from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
-from .config import TensorCoreConfig, tc_row_halves
+from .config import TC_ELEMS, TensorCoreConfig, tc_row_bytes
 from .masking import key_span, sequence_bounds
 from .philox import dropout_keep
 from .unroll import static_range, unrolled
 from .ptx import (cp_async16, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, global_address,
-                  ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
-                  shared_address, st_global_u32)
+                  ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_1688_tf32, mma_16816_bf16, mma_16816_f16,
+                  pack_bf16x2, pack_f16x2, shared_address, split_tf32, st_global_f32x2, st_global_u32)
 
 NEG_INF = float32(-math.inf)
 LOG2E = 1.4426950408889634
@@ -45,27 +45,28 @@ LN2 = 0.6931471805599453
 
 
 @functools.lru_cache(maxsize=None)
-def tile_copier(head_dim: int, num_threads: int):
-    """``(load_tile, iters)``: a device function that copies a tile of 16-bit rows global -> shared
-    with ``cp.async``, and ``iters(rows)``, the loop count it needs for a tile of ``rows`` rows.
+def tile_copier(head_dim: int, num_threads: int, elem: str = "f16"):
+    """``(load_tile, iters)``: a device function that copies a tile of rows of ``elem`` values
+    (16-bit, or float32 for ``"tf32"``) global -> shared with ``cp.async``, and ``iters(rows)``, the
+    loop count it needs for a tile of ``rows`` rows.
 
     ``load_tile(smem, src, row_stride, rows_left, rows, iters, tid)`` copies ``rows`` rows
     (``row_stride`` bytes apart; past the first ``rows_left`` zero-filled) into shared rows of
-    :func:`tc_row_halves` words (the columns past head_dim zero-filled too). Thread ``tid`` copies
+    :func:`tc_row_bytes` bytes (the columns past head_dim zero-filled too). Thread ``tid`` copies
     chunk ``tid % CHUNKS`` of rows r, r + ROW_STEP, ... with one pointer that steps along
     (recomputing every address from scratch let the compiler keep a 64-bit address per copy alive
     across the main loop: ~30 more registers).
     """
-    ROW = tc_row_halves(head_dim)
-    CHUNKS = (ROW - 8) // 8  # 16-byte chunks per shared row
-    D_CHUNKS = head_dim // 8  # 16-byte chunks per global row
+    ROW_B = tc_row_bytes(head_dim, elem)
+    CHUNKS = (ROW_B - 16) // 16  # 16-byte chunks per shared row (the padding's last 16 bytes not written)
+    D_CHUNKS = head_dim * (4 if elem == "tf32" else 2) // 16  # 16-byte chunks per global row
     ROW_STEP = num_threads // CHUNKS
 
     @cuda.jit(device=True, inline=True)
     def load_tile(smem, src, row_stride, rows_left, rows, iters, tid):
         c = tid % CHUNKS
         r = tid // CHUNKS
-        dst = smem + uint32((r * ROW + c * 8) * 2)
+        dst = smem + uint32(r * ROW_B + c * 16)
         at = src + uint64(r) * uint64(row_stride) + uint64(c * 16)
         step = uint64(ROW_STEP) * uint64(row_stride)
         for _ in range(iters):
@@ -73,7 +74,7 @@ def tile_copier(head_dim: int, num_threads: int):
                 ok = r < rows_left and c < D_CHUNKS
                 cp_async16(dst, at if ok else src, uint32(16 if ok else 0))
             r += ROW_STEP
-            dst += uint32(ROW_STEP * ROW * 2)
+            dst += uint32(ROW_STEP * ROW_B)
             at += step
 
     return load_tile, (lambda rows: -(-rows // ROW_STEP))
@@ -98,36 +99,62 @@ def keep_scale(seed_lo, seed_hi, b, h, row, col, threshold, drop_scale):
     return drop_scale if dropout_keep(seed_lo, seed_hi, b, h, row, col, threshold) else float32(0.0)
 
 
+@cuda.jit(device=True, forceinline=True)
+def mma_3xtf32(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1, c0, c1, c2, c3):
+    """C + A B at about float32 accuracy from three TF32 mma (the 3xTF32 split, :func:`split_tf32`):
+    (a*, s*) the big and small parts of the A fragment, (b*, t*) of the B fragment. The small
+    products go first, as in CUTLASS, so that they are not lost against the big one."""
+    c0, c1, c2, c3 = mma_1688_tf32(s0, s1, s2, s3, b0, b1, c0, c1, c2, c3)
+    c0, c1, c2, c3 = mma_1688_tf32(a0, a1, a2, a3, t0, t1, c0, c1, c2, c3)
+    return mma_1688_tf32(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+
+
 @functools.lru_cache(maxsize=None)
 def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                       elem: str = "f16"):
     """The tensor-core forward kernel; launch with grid (cdiv(max Nq, BLOCK_M), H, B),
     ``config.num_threads`` threads and ``config.shared_memory_bytes(head_dim)`` dynamic shared memory.
 
-    Same signature and outputs as :func:`numba_flash.forward.forward_kernel` (q/k/v/out 16-bit,
-    ``elem`` saying which kind).
+    Same signature and outputs as :func:`numba_flash.forward.forward_kernel`; ``elem`` says what q,
+    k, v, out hold: ``"f16"``/``"bf16"`` 16-bit values (m16n8k16 mma), ``"tf32"`` float32 values,
+    multiplied as 3xTF32 (m16n8k8 mma, three per product: :func:`mma_3xtf32`).
+
+    float32 fragments: ldmatrix of 32-bit rows hands lane (g, t) the word (g, t) of each 8 x 4
+    matrix, which is the TF32 A and B layout, so Q and K fragments are read byte for byte as the
+    16-bit ones are (a k-step is 32 bytes of a row either way). P V needs no shuffle either: the C
+    fragment of S holds keys 2t, 2t + 1 of each 8-key tile, which this kernel takes as k = t and
+    k = t + 4 of the A fragment, reading V's rows 2t and 2t + 1 for the matching B fragment.
     """
-    if elem not in ("f16", "bf16"):
-        raise ValueError(f"elem: expected 'f16' or 'bf16', got {elem!r}")
+    if elem not in TC_ELEMS:
+        raise ValueError(f"elem: expected one of {TC_ELEMS}, got {elem!r}")
+    TF32 = elem == "tf32"
     BLOCK_M, BLOCK_N, STAGES = config.block_m, config.block_n, config.stages
     NUM_THREADS = config.num_threads
     D = head_dim
-    ROW = tc_row_halves(D)  # shared row pitch in 16-bit words
-    KSTEPS = (ROW - 8) // 16  # k-steps of Q K^T over head_dim
+    ROW_B = tc_row_bytes(D, elem)  # shared row pitch in bytes
+    KSTEPS = (ROW_B - 16) // 32  # k-steps of Q K^T over head_dim (32 bytes of a row each)
     NT = BLOCK_N // 8  # 8-key n-tiles of S per warp
-    DT = (ROW - 8) // 8  # 8-column n-tiles of O per warp
+    DT = (ROW_B - 16) // (32 if TF32 else 16)  # 8-column n-tiles of O per warp
     WM = config.rows_per_warp // 16  # m-tiles of 16 rows per warp: each K/V fragment feeds WM mma
     S_TILE, O_TILE = NT * 4, DT * 4  # registers per lane of one m-tile's S and O
+    # Q fragments per (m-tile, k-step): 4 registers, 8 in TF32 (big and small parts). In TF32 they
+    # stay in registers only with one m-tile and head_dim x BLOCK_N <= 2048 (Q's and S's registers
+    # together); otherwise each K tile re-reads them from shared memory.
+    Q_FRAG = 8 if TF32 else 4
+    # (compiled for sm_90: at head_dim 64, (64, 32) keeps Q in 222 registers, (64, 64) re-reads it in 184
+    # and spills if it keeps it)
+    Q_RESIDENT = not TF32 or (WM == 1 and D * BLOCK_N <= 2048)
+    Q_MT, Q_KK = (KSTEPS * Q_FRAG, Q_FRAG) if Q_RESIDENT else (Q_FRAG, 0)  # register offsets of m-tile, k-step
     # fragment registers per lane (literal sizes for cuda.local.array)
-    Q_REGS, S_REGS, O_REGS, ROWS2, P_REGS = WM * KSTEPS * 4, WM * S_TILE, WM * O_TILE, 2 * WM, 4 * WM
-    Q_BYTES = BLOCK_M * ROW * 2
-    KV_BYTES = BLOCK_N * ROW * 2
+    Q_REGS, S_REGS, O_REGS, ROWS2, P_REGS = WM * Q_MT, WM * S_TILE, WM * O_TILE, 2 * WM, WM * Q_FRAG
+    Q_BYTES = BLOCK_M * ROW_B
+    KV_BYTES = BLOCK_N * ROW_B
     DROPOUT = dropout
-    mma = mma_16816_f16 if elem == "f16" else mma_16816_bf16
-    pack = pack_f16x2 if elem == "f16" else pack_bf16x2
+    mma = mma_16816_bf16 if elem == "bf16" else mma_16816_f16
+    pack = pack_bf16x2 if elem == "bf16" else pack_f16x2
     sequence = sequence_bounds(varlen)
 
-    load_tile, tile_iters = tile_copier(D, NUM_THREADS)
+    load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     Q_ITERS, KV_ITERS = tile_iters(BLOCK_M), tile_iters(BLOCK_N)
 
     def kernel(q, k, v, out, lse, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi, threshold,
@@ -203,33 +230,60 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                 cp_async_wait_all()
             cuda.syncthreads()
 
-            if it == 0:  # Q fragments, once: 16 rows x 16 columns per (m-tile, k-step)
+            # This lane's ldmatrix row of Q (16 rows x 32 bytes per m-tile and k-step) and of K.
+            q_lane = sQ + uint32((warp * 16 * WM + (lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16))
+            k_lane = sK + uint32(((lane % 8) + 8 * (lane // 16)) * ROW_B + 16 * ((lane // 8) % 2))
+            if Q_RESIDENT and it == 0:  # Q fragments, once
                 for mt in static_range(WM):
-                    q_row = warp * 16 * WM + mt * 16 + (lane % 8) + 8 * ((lane // 8) % 2)
                     for kk in static_range(KSTEPS):
-                        a0, a1, a2, a3 = ldmatrix_x4(sQ + uint32((q_row * ROW + kk * 16 + 8 * (lane // 16)) * 2))
-                        qf[(mt * KSTEPS + kk) * 4] = a0
-                        qf[(mt * KSTEPS + kk) * 4 + 1] = a1
-                        qf[(mt * KSTEPS + kk) * 4 + 2] = a2
-                        qf[(mt * KSTEPS + kk) * 4 + 3] = a3
+                        a0, a1, a2, a3 = ldmatrix_x4(q_lane + uint32(mt * 16 * ROW_B + kk * 32))
+                        qa = mt * Q_MT + kk * Q_KK
+                        if TF32:
+                            qf[qa], qf[qa + 4] = split_tf32(a0)
+                            qf[qa + 1], qf[qa + 5] = split_tf32(a1)
+                            qf[qa + 2], qf[qa + 6] = split_tf32(a2)
+                            qf[qa + 3], qf[qa + 7] = split_tf32(a3)
+                        else:
+                            qf[qa] = a0
+                            qf[qa + 1] = a1
+                            qf[qa + 2] = a2
+                            qf[qa + 3] = a3
 
             # S = Q K^T: each ldmatrix of K (two 8-key n-tiles) feeds every m-tile of the warp.
             for i in static_range(S_REGS):
                 sacc[i] = float32(0.0)
-            k_row = (lane % 8) + 8 * (lane // 16)
-            k_col = 8 * ((lane // 8) % 2)
             for kk in static_range(KSTEPS):
-                for jp in static_range(NT // 2):
-                    b0, b1, b2, b3 = ldmatrix_x4(sK + uint32(((jp * 16 + k_row) * ROW + kk * 16 + k_col) * 2))
+                if not Q_RESIDENT:  # this k-step's Q fragments, split again for every K tile
                     for mt in static_range(WM):
-                        qa = (mt * KSTEPS + kk) * 4
+                        a0, a1, a2, a3 = ldmatrix_x4(q_lane + uint32(mt * 16 * ROW_B + kk * 32))
+                        qf[mt * Q_MT], qf[mt * Q_MT + 4] = split_tf32(a0)
+                        qf[mt * Q_MT + 1], qf[mt * Q_MT + 5] = split_tf32(a1)
+                        qf[mt * Q_MT + 2], qf[mt * Q_MT + 6] = split_tf32(a2)
+                        qf[mt * Q_MT + 3], qf[mt * Q_MT + 7] = split_tf32(a3)
+                for jp in static_range(NT // 2):
+                    b0, b1, b2, b3 = ldmatrix_x4(k_lane + uint32(jp * 16 * ROW_B + kk * 32))
+                    if TF32:
+                        b0, c0 = split_tf32(b0)
+                        b1, c1 = split_tf32(b1)
+                        b2, c2 = split_tf32(b2)
+                        b3, c3 = split_tf32(b3)
+                    for mt in static_range(WM):
+                        qa = mt * Q_MT + kk * Q_KK
                         j = mt * S_TILE + 8 * jp
-                        sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
-                            qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1,
-                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3])
-                        sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma(
-                            qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b2, b3,
-                            sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
+                        if TF32:
+                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma_3xtf32(
+                                qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], qf[qa + 4], qf[qa + 5], qf[qa + 6],
+                                qf[qa + 7], b0, b1, c0, c1, sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3])
+                            sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma_3xtf32(
+                                qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], qf[qa + 4], qf[qa + 5], qf[qa + 6],
+                                qf[qa + 7], b2, b3, c2, c3, sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
+                        else:
+                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
+                                qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1,
+                                sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3])
+                            sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma(
+                                qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b2, b3,
+                                sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
 
             # Scale into base 2; mask only tiles that cross the sequence end or the band's edges.
             # (Per-element work sits in device functions: one call is one statement for Numba's
@@ -295,11 +349,33 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     oacc[o0 + 2] *= alpha1
                     oacc[o0 + 3] *= alpha1
 
+            if TF32:
+                # O += P V in 3xTF32, one 8-key k-step at a time: P's C fragment (keys 2t, 2t + 1)
+                # is the A fragment of k = t, t + 4; V's rows 2t and 2t + 1 are the B fragment's.
+                v_lane = sV + uint32(2 * t * ROW_B + 4 * g)
+                for j in static_range(NT):
+                    pa = cuda.local.array(P_REGS, uint32)
+                    for mt in static_range(WM):
+                        s0 = mt * S_TILE + 4 * j
+                        pa[8 * mt], pa[8 * mt + 4] = split_tf32(sacc[s0])
+                        pa[8 * mt + 1], pa[8 * mt + 5] = split_tf32(sacc[s0 + 2])
+                        pa[8 * mt + 2], pa[8 * mt + 6] = split_tf32(sacc[s0 + 1])
+                        pa[8 * mt + 3], pa[8 * mt + 7] = split_tf32(sacc[s0 + 3])
+                    for dt in static_range(DT):
+                        b0, c0 = split_tf32(ld_shared_f32(v_lane + uint32(8 * j * ROW_B + 32 * dt)))
+                        b1, c1 = split_tf32(ld_shared_f32(v_lane + uint32((8 * j + 1) * ROW_B + 32 * dt)))
+                        for mt in static_range(WM):
+                            o = mt * O_TILE + 4 * dt
+                            oacc[o], oacc[o + 1], oacc[o + 2], oacc[o + 3] = mma_3xtf32(
+                                pa[8 * mt], pa[8 * mt + 1], pa[8 * mt + 2], pa[8 * mt + 3], pa[8 * mt + 4],
+                                pa[8 * mt + 5], pa[8 * mt + 6], pa[8 * mt + 7], b0, b1, c0, c1,
+                                oacc[o], oacc[o + 1], oacc[o + 2], oacc[o + 3])
+
             # O += P V: P's C fragments, rounded to 16 bits, are the A fragments of this product;
             # each ldmatrix of V (two 8-column n-tiles) feeds every m-tile.
             v_row = (lane % 8) + 8 * ((lane // 8) % 2)
             v_col = 8 * (lane // 16)
-            for kk in static_range(NT // 2):
+            for kk in static_range(0 if TF32 else NT // 2):
                 pa = cuda.local.array(P_REGS, uint32)
                 for mt in static_range(WM):
                     s0 = mt * S_TILE + 8 * kk
@@ -308,7 +384,7 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     pa[4 * mt + 2] = pack(sacc[s0 + 4], sacc[s0 + 5])
                     pa[4 * mt + 3] = pack(sacc[s0 + 6], sacc[s0 + 7])
                 for dp in static_range(DT // 2):
-                    b0, b1, b2, b3 = ldmatrix_x4_trans(sV + uint32(((kk * 16 + v_row) * ROW + dp * 16 + v_col) * 2))
+                    b0, b1, b2, b3 = ldmatrix_x4_trans(sV + uint32((kk * 16 + v_row) * ROW_B + (dp * 16 + v_col) * 2))
                     for mt in static_range(WM):
                         j = mt * O_TILE + 8 * dp
                         oacc[j], oacc[j + 1], oacc[j + 2], oacc[j + 3] = mma(
@@ -339,13 +415,21 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
             if row0 < n_q:
                 for j in static_range(D_TILES):  # the 8-column tiles inside head_dim
                     o0 = mt * O_TILE + 4 * j
-                    st_global_u32(o_base + uint64(row0 * os + (8 * j + 2 * t) * 2),
-                                  pack(oacc[o0] * inv0, oacc[o0 + 1] * inv0))
+                    if TF32:
+                        st_global_f32x2(o_base + uint64(row0 * os + (8 * j + 2 * t) * 4), oacc[o0] * inv0,
+                                        oacc[o0 + 1] * inv0)
+                    else:
+                        st_global_u32(o_base + uint64(row0 * os + (8 * j + 2 * t) * 2),
+                                      pack(oacc[o0] * inv0, oacc[o0 + 1] * inv0))
             if row1 < n_q:
                 for j in static_range(D_TILES):
                     o0 = mt * O_TILE + 4 * j
-                    st_global_u32(o_base + uint64(row1 * os + (8 * j + 2 * t) * 2),
-                                  pack(oacc[o0 + 2] * inv1, oacc[o0 + 3] * inv1))
+                    if TF32:
+                        st_global_f32x2(o_base + uint64(row1 * os + (8 * j + 2 * t) * 4), oacc[o0 + 2] * inv1,
+                                        oacc[o0 + 3] * inv1)
+                    else:
+                        st_global_u32(o_base + uint64(row1 * os + (8 * j + 2 * t) * 2),
+                                      pack(oacc[o0 + 2] * inv1, oacc[o0 + 3] * inv1))
             if t == 0:
                 m_0 = m_i[2 * mt]
                 m_1 = m_i[2 * mt + 1]
@@ -355,5 +439,5 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     lse[ab, h, q_off + row1] = m_1 * float32(LN2) + math.log(l_1) if l_1 > float32(0.0) else NEG_INF
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, WM=WM, Q_REGS=Q_REGS, S_REGS=S_REGS, O_REGS=O_REGS,
-                     ROWS2=ROWS2, P_REGS=P_REGS, S_TILE=S_TILE, O_TILE=O_TILE, D_TILES=D // 8)
+                     ROWS2=ROWS2, P_REGS=P_REGS, S_TILE=S_TILE, O_TILE=O_TILE, D_TILES=D // 8, TF32=TF32)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))

@@ -390,7 +390,7 @@ def _all_tc_configs():
 
 
 def enumerate_configs(head_dim: int, pass_: str = "forward", *, kind: str = "block", block_sizes=BLOCK_SIZES,
-                      threads_per_row=THREADS_PER_ROW, with_skipped: bool = False):
+                      threads_per_row=THREADS_PER_ROW, with_skipped: bool = False, elem: str = "f16"):
     """The configs of ``kind`` that can run ``pass_`` at ``head_dim``.
 
     ``kind="block"`` (the default): BlockConfigs that fit in shared memory and split evenly. For the
@@ -408,7 +408,7 @@ def enumerate_configs(head_dim: int, pass_: str = "forward", *, kind: str = "blo
     _check_kind(kind)
     ok, skipped = [], []
     for cfg in (_all_tc_configs() if kind == "tensor_core" else _all_configs(block_sizes, threads_per_row)):
-        why = cfg.problems(head_dim, pass_)
+        why = cfg.problems(head_dim, pass_, elem) if kind == "tensor_core" else cfg.problems(head_dim, pass_)
         (skipped.append((cfg, why)) if why else ok.append(cfg))
     return (ok, skipped) if with_skipped else ok
 
@@ -624,13 +624,13 @@ class Trial:
     registers: int | None = None
     seconds: float = 0.0
 
-    def row(self, head_dim: int, pass_: str) -> dict:
+    def row(self, head_dim: int, pass_: str, elem: str = "f16") -> dict:
         """The trial as a flat dict: ``threads_per_row`` is None for a TensorCoreConfig, ``stages``
         and ``rows_per_warp`` None for a BlockConfig; ``smem_kib`` the most any of its kernels uses."""
         c = self.config
         kernels = ("forward",) if pass_ == "forward" else ("dq", "dkdv")
         if isinstance(c, TensorCoreConfig):
-            smem = (c.shared_memory_bytes(head_dim) if pass_ == "forward"
+            smem = (c.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
                     else max(c.backward_shared_bytes(head_dim, k) for k in kernels))
             tpr, stages, rpw = None, c.stages, c.rows_per_warp
         else:
@@ -660,6 +660,7 @@ class TuneResult:
     elapsed_s: float
     budget_s: float
     kind: str = "block"
+    elem: str = "f16"  # what the tensor-core kernels read: "tf32" for float32
 
     @property
     def ranked(self) -> list:
@@ -677,8 +678,8 @@ class TuneResult:
 
     def rows(self) -> list[dict]:
         d = self.shape["head_dim"]
-        return [t.row(d, self.pass_) for t in self.ranked] + [
-            t.row(d, self.pass_) for t in self.trials if t.status != "ok"]
+        return [t.row(d, self.pass_, self.elem) for t in self.ranked] + [
+            t.row(d, self.pass_, self.elem) for t in self.trials if t.status != "ok"]
 
     def counts(self) -> dict:
         out: dict = {}
@@ -718,13 +719,13 @@ class TuneResult:
         base = default.median_ms if default is not None and default.status == "ok" else None
         ranked = self.ranked
         for i, tr in enumerate(ranked[:top] if top else ranked):
-            r = tr.row(s["head_dim"], self.pass_)
+            r = tr.row(s["head_dim"], self.pass_, self.elem)
             mark = " (default)" if tr.config == self.default else ""
             t.add_row(str(i + 1), *head(r), f"{tr.median_ms:.4g}", _fmt(tr.tflops, ".3g"),
                       f"{base / tr.median_ms:.2f}x" if base else "", _fmt(tr.max_rel_err, ".1e"), "ok" + mark)
         for tr in self.trials:
             if tr.status == "failed":
-                r = tr.row(s["head_dim"], self.pass_)
+                r = tr.row(s["head_dim"], self.pass_, self.elem)
                 t.add_row("-", *head(r), "", "", "", _fmt(tr.max_rel_err, ".1e"), f"[red]FAILED[/red]: {tr.reason}")
         return t
 
@@ -756,12 +757,18 @@ def _fmt(x, spec):
 # tune()
 # --------------------------------------------------------------------------------------------
 
-def _resolve_kind(kind, configs, head_dim: int, dtype) -> str:
+def _tc_dtype(dtype, pass_: str) -> bool:
+    """Whether the tensor-core kernels take ``dtype`` for ``pass_``: float16 (its config also serves
+    bfloat16), and float32 for the forward (3xTF32)."""
+    return dtype == np.float16 or (dtype == np.float32 and pass_ == "forward")
+
+
+def _resolve_kind(kind, configs, head_dim: int, dtype, pass_: str = "forward") -> str:
     """The kind :func:`tune` tunes: ``kind`` when given; else that of ``configs`` (all one kind);
-    else "tensor_core" on the GPU backend with float16 and head_dim <= TC_MAX_HEAD_DIM (what
-    config=None runs there), "block" otherwise. Raises ValueError when the tensor-core kernels
-    cannot run here (the simulator, a dtype other than float16) or ``configs`` mix kinds or
-    disagree with ``kind``."""
+    else "tensor_core" on the GPU backend where config=None runs those kernels (float16, and
+    float32's forward, at head_dim <= TC_MAX_HEAD_DIM), "block" otherwise. Raises ValueError when
+    the tensor-core kernels cannot run here (the simulator, another dtype) or ``configs`` mix
+    kinds or disagree with ``kind``."""
     from . import backend
 
     dtype = np.dtype(dtype)
@@ -773,7 +780,7 @@ def _resolve_kind(kind, configs, head_dim: int, dtype) -> str:
     if kind is None:
         if kinds:
             kind = kinds.pop()
-        elif backend.BACKEND == backend.GPU and dtype == np.float16 and head_dim <= TC_MAX_HEAD_DIM:
+        elif backend.BACKEND == backend.GPU and _tc_dtype(dtype, pass_) and head_dim <= TC_MAX_HEAD_DIM:
             kind = "tensor_core"
         else:
             kind = "block"
@@ -781,9 +788,10 @@ def _resolve_kind(kind, configs, head_dim: int, dtype) -> str:
         wanted = "TensorCoreConfigs" if kind == "tensor_core" else "BlockConfigs"
         raise ValueError(f"configs: kind={kind!r} tunes {wanted}, got {kinds.pop()} configs")
     if kind == "tensor_core":
-        if dtype != np.float16:
+        if not _tc_dtype(dtype, pass_):
             raise ValueError(f"kind='tensor_core': the tensor-core kernels take float16 (the tuned config also serves "
-                             f"bfloat16), got dtype={dtype.name}; use kind='block'")
+                             f"bfloat16) and, for the forward pass, float32; got dtype={dtype.name} for the {pass_} "
+                             "pass; use kind='block'")
         if backend.BACKEND != backend.GPU:
             raise ValueError(f"kind='tensor_core': the tensor-core kernels need the GPU backend (inline PTX: the CUDA "
                              f"simulator cannot run them; this is the {backend.BACKEND} backend); use kind='block'")
@@ -827,19 +835,22 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
     dtype = np.dtype(dtype)
     if configs is not None:
         configs = [_as_config(c) for c in configs]
-    kind = _resolve_kind(kind, configs, head_dim, dtype)
+    kind = _resolve_kind(kind, configs, head_dim, dtype, pass_)
+    elem = "tf32" if dtype == np.float32 else "f16"
     t_start = time.perf_counter()
     seqlen = max(seqlen_q, seqlen_k)
     device = _current_device_name()
     if kind == "tensor_core":
-        default = default_tc_config(head_dim, False, pass_)
+        default = default_tc_config(head_dim, False, pass_, elem)
     else:
         default = default_config(head_dim, dtype, pass_)
     cached = lookup(head_dim, dtype, causal, seqlen, pass_, kind=kind) if cache else None
 
     if configs is None:
-        candidates, skipped = enumerate_configs(head_dim, pass_, kind=kind, with_skipped=True)
-        front = [c for c in (cached, default) if c is not None and not c.problems(head_dim, pass_)]
+        candidates, skipped = enumerate_configs(head_dim, pass_, kind=kind, with_skipped=True, elem=elem)
+        front = [c for c in (cached, default)
+                 if c is not None and not (c.problems(head_dim, pass_, elem) if kind == "tensor_core"
+                                           else c.problems(head_dim, pass_))]
         order = _tc_heuristic_order if kind == "tensor_core" else _heuristic_order
         candidates = front + [c for c in order(candidates) if c not in front]
         trials = [Trial(c) for c in candidates]
@@ -849,7 +860,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
         for c in configs:
             if any(t.config == c for t in trials):
                 continue
-            why = c.problems(head_dim, pass_)
+            why = c.problems(head_dim, pass_, elem) if kind == "tensor_core" else c.problems(head_dim, pass_)
             trials.append(Trial(c, "skipped", "; ".join(why)) if why else Trial(c))
     runnable = [t for t in trials if t.status == "not run"]
 
@@ -911,7 +922,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
         shape={"batch": batch, "heads": heads, "seqlen_q": seqlen_q, "seqlen_k": seqlen_k, "head_dim": head_dim,
                "dtype": dtype.name, "causal": bool(causal), "backend": backend.BACKEND},
         cache_file=str(path) if path is not None else None, stored=stored,
-        elapsed_s=time.perf_counter() - t_start, budget_s=budget_s, kind=kind)
+        elapsed_s=time.perf_counter() - t_start, budget_s=budget_s, kind=kind, elem=elem)
     if show:
         from rich.console import Console
 
@@ -1033,7 +1044,7 @@ def main(argv=None) -> int:
             use_cache = False
             print("smoke mode: not touching the default tuning cache (give --cache-file to test it)")
     try:
-        kind = _resolve_kind(args.kind, configs, args.head_dim, args.dtype)
+        kind = _resolve_kind(args.kind, configs, args.head_dim, args.dtype, args.pass_)
     except ValueError as e:
         parser.error(str(e))
     if use_cache and path is None:

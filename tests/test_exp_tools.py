@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers import load_experiment
 
 SCRIPT = '''
@@ -49,3 +51,36 @@ def test_tune_parallel_tunes_each_problem_into_its_own_folder(tmp_path):
         assert result["pass"] == pass_ and result["best"] is not None
         cache = json.loads((tmp_path / f"{i:02d}" / "tuning.json").read_text())
         assert len(cache["entries"]) == 1
+
+
+def test_fp32_tensor_cores_experiment_arguments_and_summary():
+    fp32 = load_experiment("fp32_tensor_cores")
+    args = fp32.parse_args(["--shape", "2,4,256,64", "--config", "64,32,2,16", "--causal", "no"])
+    assert args.shape == [(2, 4, 256, 64)] and len(args.config) == 1 and args.config[0].block_n == 32
+    assert len(fp32.parse_args([]).config) == len(fp32.DEFAULT_CONFIGS)
+    with pytest.raises(SystemExit):
+        fp32.parse_args(["--shape", "2,4,256"])
+    with pytest.raises(SystemExit):
+        fp32.parse_args(["--config", "64,30,2,16"])  # block_n not a multiple of 16
+    base = dict(B=2, H=4, N=256, D=64, causal=False)
+    rows = [{**base, "pass": "forward", "impl": "numba_flash", "status": "ok", "tflops": 60.0},
+            {**base, "pass": "forward", "impl": "numba_flash 64,32,2,16", "status": "ok", "tflops": 70.0},
+            {**base, "pass": "forward", "impl": "numba_flash 128,32,2,32", "status": "error: no"},
+            {**base, "pass": "forward", "impl": "numba_flash portable", "status": "ok", "tflops": 5.0},
+            {**base, "pass": "forward", "impl": "sdpa_efficient", "status": "ok", "tflops": 30.0},
+            {**base, "pass": "forward_backward", "impl": "numba_flash", "status": "ok", "tflops": 6.0},
+            {**base, "pass": "forward_backward", "impl": "sdpa_efficient", "status": "ok", "tflops": 24.0},
+            {**base, "impl": "error vs float64", "out_ratio": 0.9, "dq_ratio": 1.1, "dk_ratio": 1.0, "dv_ratio": 0.8}]
+    (line,) = fp32.summary(rows)
+    assert line["fwd ratio"] == 2.0 and line["fwd+bwd ratio"] == 0.25
+    assert line["fwd nf best"] == 70.0 and line["best config"] == "64,32,2,16" and line["fwd portable"] == 5.0
+    assert line["out err ratio"] == 0.9 and line["dq err ratio"] == 1.1
+
+
+def test_fp32_tensor_cores_experiment_without_the_gpu_says_why(capsys):
+    from numba_flash import backend
+
+    if backend.BACKEND == backend.GPU:
+        pytest.skip("checks the message of a machine without the GPU backend")
+    assert load_experiment("fp32_tensor_cores").main(["--out", "/nonexistent/never-written"]) == 0
+    assert "needs the GPU backend" in capsys.readouterr().out

@@ -117,13 +117,17 @@ def test_api_uses_the_cached_config(private_cache, monkeypatch, rng):
         return real(config, head_dim, *variant)
 
     monkeypatch.setattr(api, "forward_kernel", recording)
-    q, k, v, _ = (rng.standard_normal((1, 1, n, D)).astype(np.float32) for _ in range(4))
-    out = to_host(nf.flash_attention(*(to_device(a) for a in (q, k, v))))
+    # Every other column: the tensor-core forward (float32's default on the GPU) cannot read a strided
+    # last axis, so the portable kernel, whose configs this cache holds, runs on both backends.
+    wide = [to_device(rng.standard_normal((1, 1, n, 2 * D)).astype(np.float32)) for _ in range(3)]
+    dev = [a[..., ::2] for a in wide]
+    q, k, v = (to_host(a) for a in dev)
+    out = to_host(nf.flash_attention(*dev))
     assert used == [tuned]
     want, _ = reference.attention_forward(q, k, v)
     assert np.max(np.abs(out - want)) < 1e-5
     tune_mod.clear_cache()
-    nf.flash_attention(*(to_device(a) for a in (q, k, v)))
+    nf.flash_attention(*dev)
     assert used == [tuned, default]
 
 
@@ -434,7 +438,9 @@ def test_resolve_kind():
     # kind=None: the kernels config=None runs (tensor-core on the GPU with float16 and head_dim <= 128)
     assert tune_mod._resolve_kind(None, None, 64, "float16") == ("tensor_core" if ON_GPU else "block")
     assert tune_mod._resolve_kind(None, None, 256, "float16") == "block"
-    assert tune_mod._resolve_kind(None, None, 64, "float32") == "block"
+    # float32: the 3xTF32 tensor-core forward; its backward is the portable one
+    assert tune_mod._resolve_kind(None, None, 64, "float32") == ("tensor_core" if ON_GPU else "block")
+    assert tune_mod._resolve_kind(None, None, 64, "float32", "backward") == "block"
     assert tune_mod._resolve_kind("block", None, 64, "float16") == "block"
     # configs given: their kind
     assert tune_mod._resolve_kind(None, [BlockConfig(8, 8, 16)], 64, "float16") == "block"
@@ -444,8 +450,10 @@ def test_resolve_kind():
         tune_mod._resolve_kind("block", [TensorCoreConfig()], 64, "float16")
     with pytest.raises(ValueError, match="kind"):
         tune_mod._resolve_kind("portable", None, 64, "float16")
-    with pytest.raises(ValueError, match="float16"):
-        tune_mod._resolve_kind("tensor_core", None, 64, "float32")
+    with pytest.raises(ValueError, match="float16.*float32; got dtype=float32 for the backward pass"):
+        tune_mod._resolve_kind("tensor_core", None, 64, "float32", "backward")
+    with pytest.raises(ValueError, match="got dtype=float64"):
+        tune_mod._resolve_kind("tensor_core", None, 64, "float64")
 
 
 @pytest.mark.skipif(ON_GPU, reason="checks the refusal on the simulator; the GPU runs tensor-core tuning")
@@ -533,10 +541,14 @@ def test_pick_takes_the_tuned_tc_config_on_the_gpu(private_cache, monkeypatch, r
     want, _ = reference.attention_forward(*(a.astype(np.float16) for a in host))
     for out in (out0, out1):
         assert np.max(np.abs(out.astype(np.float64) - want)) < 1e-2 * np.max(np.abs(want))
-    # the portable path still reads the block entry
-    tune_mod.store(D, np.float32, False, n, "forward", BlockConfig(32, 16, 128))
+    # the portable path (float32's backward) still reads the block entry; float32's forward reads its
+    # own tensor-core entry
+    tune_mod.store(D, np.float32, False, n, "backward", BlockConfig(32, 16, 128))
     q32 = (("q", to_device(host[0])), ("k", to_device(host[1])), ("v", to_device(host[2])))
-    assert api._pick(None, "forward", D, np.float32, False, n, q32) == BlockConfig(32, 16, 128)
+    assert api._pick(None, "backward", D, np.float32, False, n, q32) == BlockConfig(32, 16, 128)
+    assert api._pick(None, "forward", D, np.float32, False, n, q32) == default_tc_config(D, False, "forward", "tf32")
+    tune_mod.store(D, np.float32, False, n, "forward", TensorCoreConfig(64, 32, 1, 16))
+    assert api._pick(None, "forward", D, np.float32, False, n, q32) == TensorCoreConfig(64, 32, 1, 16)
 
 
 @pytest.mark.skipif(not ON_GPU, reason=NEEDS_GPU)

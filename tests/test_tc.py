@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import numba_flash as nf
+from numba_flash import api
 from numba_flash.config import BlockConfig, TensorCoreConfig
 
 from helpers import BF16, ON_GPU, bf16_bits, from_bf16_bits, to_bf16, to_device, to_host
@@ -65,6 +66,23 @@ def test_tensor_core_forward_compiles_to_mma_without_spills():
         assert r["mma"] == wm * (ksteps * nt + (cfg.block_n // 16) * dt), r
 
 
+# float32 forward (3xTF32): the default at head_dim 64 (Q re-read per K tile) and, with varlen + dropout
+# at head_dim 40 (5 column tiles), the path that keeps Q's split fragments in registers.
+_TF32_CASES = [(TensorCoreConfig(64, 64, 2, 16), 64, False, False), (TensorCoreConfig(64, 32, 2, 16), 40, True, True)]
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_float32_tensor_core_forward_compiles_to_tf32_mma_without_spills():
+    cases = [("forward", *case, "tf32") for case in _TF32_CASES]
+    for (_, cfg, d, _, _, _), r in zip(cases, _compile(cases)):
+        assert r["mma_kind"] == ["mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"], r
+        assert r["expected_dynamic_smem"] == 4 * (d + 4) * (cfg.block_m + 4 * cfg.block_n), r
+        # Three mma per 16 x 8 x 8 product (3xTF32); Q K^T: (head_dim / 8) k-steps x (block_n / 8)
+        # n-tiles, P V: (block_n / 8) k-steps x (head_dim / 8) n-tiles.
+        nt, kt = cfg.block_n // 8, d // 8
+        assert r["mma"] == 3 * 2 * kt * nt, r
+
+
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_tensor_core_backward_compiles_to_mma_without_spills():
     cases = [(kernel, *case, "f16") for case in _BACKWARD_CASES for kernel in ("dq", "dkdv")]
@@ -93,6 +111,13 @@ def test_tensor_core_config_is_checked():
     with pytest.raises(ValueError, match="rows_per_warp"):
         TensorCoreConfig(48, 32, 2, 32)
     assert TensorCoreConfig(128, 32, 2, 32).warps == 4
+    # float32 tiles (3xTF32 forward): head_dim + 4 words per row; no float32 tensor-core backward
+    assert TensorCoreConfig(64, 64, 2).shared_memory_bytes(64, "tf32") == 4 * 68 * (64 + 4 * 64)
+    assert TensorCoreConfig().problems(64, "forward", "tf32") == []
+    with pytest.raises(ValueError, match="backward takes float16 or bfloat16"):
+        TensorCoreConfig().validate(64, "backward", "tf32")
+    with pytest.raises(ValueError, match="shared memory"):
+        TensorCoreConfig(256, 256, 2).validate(128, "forward", "tf32")
 
 
 @pytest.mark.skipif(ON_GPU, reason="checks the simulator's refusal; on the GPU the tensor-core path runs")
@@ -119,8 +144,12 @@ def test_tensor_core_errors(rng):
     import cupy
 
     q = cupy.asarray(rng.standard_normal((1, 2, 64, 64)).astype(np.float16))
-    with pytest.raises(ValueError, match="config: the tensor-core kernels take float16"):
-        nf.flash_attention(q.astype(np.float32), q.astype(np.float32), q.astype(np.float32), config=TensorCoreConfig())
+    q32 = q.astype(np.float32)
+    out, lse = nf.flash_attention(q32, q32, q32, return_lse=True, config=TensorCoreConfig())  # 3xTF32 forward
+    with pytest.raises(ValueError, match="backward takes float16 or bfloat16"):
+        nf.flash_attention_backward(q32, q32, q32, q32, out, lse, config=TensorCoreConfig())
+    with pytest.raises(ValueError, match="take float16 or float32 inputs, got float64"):
+        api._pick(TensorCoreConfig(), "forward", 64, np.float64, False, 64, (("q", q),))
     strided = cupy.asarray(rng.standard_normal((1, 2, 64, 128)).astype(np.float16))[..., ::2]
     with pytest.raises(ValueError, match="contiguous last axis"):
         nf.flash_attention(strided, q, q, config=TensorCoreConfig())
@@ -146,6 +175,44 @@ def test_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, confi
 
 
 @gpu_only
+@pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 3, 1025, 1000, 64), (1, 4, 129, 513, 128),
+                                   (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1), TensorCoreConfig(64, 32, 2, 16)], ids=str)
+def test_float32_tensor_core_forward_matches_oracle_at_odd_sizes(rng, shape, causal, config):
+    """float32 through the 3xTF32 forward (Q in registers at (64, 32) and head_dim <= 64, re-read
+    otherwise), the portable backward after it, against the float64 oracle with float32's bounds
+    (2x a naive float32 implementation's error, plus the floor: 3xTF32's products are within
+    ~2^-21 relative, inside that floor's 4 u32 sqrt(n) allowance)."""
+    from numba_flash import api
+
+    B, H, n_q, n_k, D = shape
+    q, k, v, do = (rng.standard_normal((B, H, n, D)).astype(np.float32) for n in (n_q, n_k, n_k, n_q))
+    dev = [to_device(a) for a in (q, k, v)]
+    arrays = (("q", dev[0]), ("k", dev[1]), ("v", dev[2]))
+    assert isinstance(api._pick(config, "forward", D, np.float32, causal, n_k, arrays), TensorCoreConfig)
+    assert isinstance(api._pick(None, "backward", D, np.float32, causal, n_k, arrays), BlockConfig)
+    out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True, config=config)
+    grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal)
+    check_against_oracle(q, k, v, do, to_host(out), to_host(lse), [to_host(g) for g in grads], causal, (-1, -1),
+                         0.0, None)
+
+
+@gpu_only
+def test_float32_tensor_core_forward_agrees_with_the_portable_one(rng):
+    """The 3xTF32 forward against the portable float32 one (exact float32 products): both within a
+    few float32 ulps of the oracle, at a training-like size."""
+    q, k, v = (rng.standard_normal((2, 4, 1024, 64)).astype(np.float32) for _ in range(3))
+    dev = [to_device(a) for a in (q, k, v)]
+    want = nf.reference.attention_forward(q, k, v, causal=True)[0]
+    fast = to_host(nf.flash_attention(*dev, causal=True)).astype(np.float64)
+    portable = to_host(nf.flash_attention(*dev, causal=True, config=BlockConfig(64, 16, 256))).astype(np.float64)
+    e_fast, e_port = np.abs(fast - want).max(), np.abs(portable - want).max()
+    # |out| < ~4; float32 ulp there 2^-21: a few ulps each (a TF32-only kernel would be ~2^-11 off)
+    assert e_fast < 2e-5 and e_port < 2e-5, (e_fast, e_port)
+
+
+@gpu_only
 def test_tensor_core_forward_drops_exactly_the_reference_mask(rng):
     """As test_features' mask read-back, in float16 through the tensor-core forward: q = 0 makes every
     probability 1/Nk, v = I reads Z_ij / (Nk (1 - p)) back out of the output."""
@@ -161,6 +228,11 @@ def test_tensor_core_forward_drops_exactly_the_reference_mask(rng):
         np.testing.assert_array_equal(out != 0, want)
         # 1 / (n (1 - p)) = 0.0260416..., P rounded to float16 once: relative error <= 2^-11
         np.testing.assert_allclose(out[want], 1.0 / (n * (1 - p)), rtol=2e-3)
+        # float32 through the 3xTF32 forward: the same mask, P carried to ~2^-21
+        out32 = to_host(nf.flash_attention(to_device(q.astype(np.float32)), to_device(k.astype(np.float32)),
+                                           to_device(eye.astype(np.float32)), dropout_p=p, seed=seed, config=config))
+        np.testing.assert_array_equal(out32 != 0, want)
+        np.testing.assert_allclose(out32[want], 1.0 / (n * (1 - p)), rtol=1e-5)
 
 
 @gpu_only

@@ -1,0 +1,238 @@
+"""float32 attention on the tensor cores (3xTF32) against SDPA's EFFICIENT backend, same inputs, same GPU.
+
+The speed issue's fp32 target: forward and forward+backward >= 1.0x SDPA's EFFICIENT backend in
+float32 (CUTLASS; its float32 kernels multiply as 3xTF32, ``OpMultiplyAddFastF32``), with an error
+against float64 no larger than SDPA-efficient's on the same inputs. numba_flash's float32 forward
+runs on the tensor cores as 3xTF32 too (:mod:`numba_flash.tc_forward`, ``elem="tf32"``); its
+float32 backward is the portable FFMA one.
+
+Per shape and causal flag:
+
+* forward TFLOP/s of numba_flash (``config=None``, each ``--config`` TensorCoreConfig, the portable
+  BlockConfig default) and of SDPA EFFICIENT and MATH, CUDA events, median of repeats;
+* forward+backward TFLOP/s of numba_flash (``config=None``) and SDPA EFFICIENT;
+* error against float64 (torch's MATH backend in float64, on the first ``--error-batch`` batch
+  entries): max |out - ref| / max |ref| of numba_flash's and SDPA-efficient's float32 outputs,
+  and of dq, dk, dv for forward+backward; the ratio ours / SDPA's (<= 1 meets the target).
+
+    bash .gpu/env.sh python experiments/fp32_tensor_cores.py --out $OUT/fp32        # H100, ~3 min
+    python experiments/fp32_tensor_cores.py --shape 2,8,1024,64 --causal no --out /tmp/fp32
+
+Needs the GPU backend and PyTorch with CUDA; elsewhere it says why and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's numba_flash, uninstalled
+
+DEFAULT_SHAPES = ["4,32,4096,64", "4,16,4096,128"]  # B*N = 16k tokens, 2048 hidden: the issue's shapes
+DEFAULT_CONFIGS = ["64,64,2,16", "64,32,2,16", "128,32,2,32", "64,64,1,16"]
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        b, h, n, d = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,H,N,D (four integers), got {text!r}") from None
+    return b, h, n, d
+
+
+def _config(text: str):
+    from numba_flash.config import TensorCoreConfig
+
+    try:
+        return TensorCoreConfig(*(int(x) for x in text.split(",")))
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"expected block_m,block_n,stages,rows_per_warp: {e}") from None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", action="append", type=_shape, metavar="B,H,N,D", help=f"default {DEFAULT_SHAPES}")
+    p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
+    p.add_argument("--config", action="append", type=_config, metavar="BM,BN,STAGES,ROWS_PER_WARP",
+                   help=f"TensorCoreConfigs timed besides config=None (default {DEFAULT_CONFIGS})")
+    p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
+    p.add_argument("--error-batch", type=int, default=1, help="batch entries checked against float64")
+    p.add_argument("--out", default="experiments/results/fp32_tensor_cores")
+    args = p.parse_args(argv)
+    args.shape = args.shape or [_shape(s) for s in DEFAULT_SHAPES]
+    args.config = args.config if args.config is not None else [_config(c) for c in DEFAULT_CONFIGS]
+    return args
+
+
+def rel_err(x, ref) -> float:
+    """max |x - ref| / max |ref| (x in float32, ref in float64, both torch tensors)."""
+    return float((x.double() - ref).abs().max() / ref.abs().max())
+
+
+def run(args, torch, console) -> list[dict]:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import numba_flash as nf
+    from numba_flash.config import BlockConfig, TensorCoreConfig, default_config
+    from numba_flash.timing import attention_flops, time_ms
+
+    def sdpa(backend):
+        def fwd(q, k, v, causal):
+            with sdpa_kernel(backend), torch.no_grad():
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        def fwd_bwd(q, k, v, do, causal):
+            with sdpa_kernel(backend):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                return out, torch.autograd.grad(out, (q, k, v), do)
+
+        return fwd, fwd_bwd
+
+    eff_fwd, eff_fwd_bwd = sdpa(SDPBackend.EFFICIENT_ATTENTION)
+    math_fwd, _ = sdpa(SDPBackend.MATH)
+
+    def ours_fwd_bwd(q, k, v, do, causal):
+        out, lse = nf.flash_attention(q, k, v, causal=causal, return_lse=True)
+        return out, nf.flash_attention_backward(do, q, k, v, out, lse, causal=causal)
+
+    rows = []
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for (B, H, N, D) in args.shape:
+        for causal in {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]:
+            q, k, v, do = (torch.randn(B, H, N, D, device="cuda", generator=gen) for _ in range(4))
+            cq, ck, cv, cdo = (nf.backend.array_module().from_dlpack(t) for t in (q, k, v, do))
+            qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+            fwd_flops = attention_flops(B, H, N, N, D, causal, "forward")
+            both_flops = attention_flops(B, H, N, N, D, causal, "forward_backward")
+            base = dict(B=B, H=H, N=N, D=D, causal=causal)
+
+            def timed(name, pass_, fn, config=None, flops=None):
+                try:
+                    t = time_ms(fn, repeat=args.repeat)
+                except Exception as e:  # e.g. a config that does not fit: recorded, the sweep goes on
+                    rows.append({**base, "pass": pass_, "impl": name, "config": config, "status": f"error: {e}"})
+                    console.print(f"  {name:28s} {pass_:16s} error: {e}")
+                    return None
+                tf = (flops or fwd_flops) / (t["median_ms"] * 1e-3) / 1e12
+                rows.append({**base, "pass": pass_, "impl": name, "config": config, "status": "ok",
+                             "ms": t["median_ms"], "tflops": tf})
+                console.print(f"  {name:28s} {pass_:16s} {t['median_ms']:8.3f} ms {tf:7.1f} TFLOP/s")
+                return tf
+
+            console.print(f"[bold]B={B} H={H} N={N} D={D} causal={causal}[/bold]")
+            timed("numba_flash", "forward", lambda: nf.flash_attention(cq, ck, cv, causal=causal))
+            for cfg in args.config:
+                label = f"numba_flash {cfg.block_m},{cfg.block_n},{cfg.stages},{cfg.rows_per_warp}"
+                timed(label, "forward", lambda c=cfg: nf.flash_attention(cq, ck, cv, causal=causal, config=c),
+                      config=[cfg.block_m, cfg.block_n, cfg.stages, cfg.rows_per_warp])
+            portable = default_config(D, np.float32, "forward", simulator=False)
+            timed("numba_flash portable", "forward",
+                  lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=portable),
+                  config=[portable.block_m, portable.block_n, portable.num_threads])
+            timed("sdpa_efficient", "forward", lambda: eff_fwd(q, k, v, causal))
+            timed("sdpa_math", "forward", lambda: math_fwd(q, k, v, causal))
+            timed("numba_flash", "forward_backward", lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal), flops=both_flops)
+            timed("sdpa_efficient", "forward_backward", lambda: eff_fwd_bwd(qg, kg, vg, do, causal), flops=both_flops)
+
+            # Errors against float64 on the first error-batch entries (same inputs for both).
+            e = slice(0, args.error_batch)
+            q64, k64, v64 = (t[e].double().requires_grad_(True) for t in (q, k, v))
+            with sdpa_kernel(SDPBackend.MATH):
+                ref = F.scaled_dot_product_attention(q64, k64, v64, is_causal=causal)
+                ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do[e].double())
+            ref = ref.detach()
+            sub = [t[e].contiguous() for t in (q, k, v, do)]
+            csub = [nf.backend.array_module().from_dlpack(t) for t in sub]
+            ours_out, ours_grads = ours_fwd_bwd(*csub, causal)
+            ours_out, ours_grads = torch.from_dlpack(ours_out), [torch.from_dlpack(g) for g in ours_grads]
+            gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
+            eff_out, eff_grads = eff_fwd_bwd(gq, gk, gv, sub[3], causal)
+            errs = {"impl": "error vs float64", **base}
+            for name, mine, theirs, want in zip(("out", "dq", "dk", "dv"), [ours_out, *ours_grads],
+                                                [eff_out, *eff_grads], [ref, *ref_grads]):
+                a, b = rel_err(mine, want), rel_err(theirs, want)
+                errs[f"{name}_numba_flash"], errs[f"{name}_sdpa_efficient"], errs[f"{name}_ratio"] = a, b, a / b
+                console.print(f"  error vs float64 {name}: numba_flash {a:.2e}  sdpa_efficient {b:.2e}  ratio {a / b:.2f}")
+            rows.append(errs)
+            del q64, k64, v64, ref, ref_grads
+            torch.cuda.empty_cache()
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """One line per (shape, causal): best numba_flash forward, config=None forward and fwd+bwd, SDPA
+    efficient, the ratios, and the error ratios."""
+    out = []
+    keys = sorted({(r["B"], r["H"], r["N"], r["D"], r["causal"]) for r in rows})
+    for key in keys:
+        sel = [r for r in rows if (r["B"], r["H"], r["N"], r["D"], r["causal"]) == key]
+
+        def tf(impl, pass_):
+            hit = [r for r in sel if r["impl"] == impl and r.get("pass") == pass_ and r["status"] == "ok"]
+            return hit[0]["tflops"] if hit else None
+
+        tc = [r for r in sel if r["impl"].startswith("numba_flash ") and r["impl"] != "numba_flash portable"
+              and r.get("status") == "ok"]
+        best = max(tc, key=lambda r: r["tflops"]) if tc else None
+        eff_f, eff_b = tf("sdpa_efficient", "forward"), tf("sdpa_efficient", "forward_backward")
+        ours_f, ours_b = tf("numba_flash", "forward"), tf("numba_flash", "forward_backward")
+        err = next((r for r in sel if r["impl"] == "error vs float64"), {})
+        out.append({
+            "D": key[3], "causal": key[4], "N": key[2], "B,H": f"{key[0]},{key[1]}",
+            "fwd nf (None)": ours_f, "fwd nf best": best["tflops"] if best else None,
+            "best config": best["impl"].split(" ", 1)[1] if best else "", "fwd portable": tf("numba_flash portable", "forward"),
+            "fwd sdpa_eff": eff_f, "fwd ratio": ours_f / eff_f if ours_f and eff_f else None,
+            "fwd+bwd nf": ours_b, "fwd+bwd sdpa_eff": eff_b, "fwd+bwd ratio": ours_b / eff_b if ours_b and eff_b else None,
+            "out err ratio": err.get("out_ratio"), "dq err ratio": err.get("dq_ratio"),
+            "dk err ratio": err.get("dk_ratio"), "dv err ratio": err.get("dv_ratio"),
+        })
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from rich.console import Console
+
+    from numba_flash import backend
+    from numba_flash.results import markdown_table, save
+
+    console = Console()
+    if backend.BACKEND != backend.GPU:
+        console.print("fp32_tensor_cores: needs the GPU backend (the tensor-core kernels use inline PTX); nothing to do")
+        return 0
+    try:
+        import torch
+    except ImportError:
+        console.print("fp32_tensor_cores: needs PyTorch (SDPA is the baseline); nothing to do")
+        return 0
+    if not torch.cuda.is_available():
+        console.print("fp32_tensor_cores: PyTorch sees no CUDA device; nothing to do")
+        return 0
+    rows = run(args, torch, console)
+    table = summary(rows)
+    body = ("TFLOP/s as FlashAttention counts them (4·B·H·N²·D forward, halved when causal, ×3.5 for "
+            "forward+backward); ratio = numba_flash / SDPA EFFICIENT (float32, same inputs, same process). "
+            "numba_flash's float32 forward: 3xTF32 tensor cores (`config=None`; `best` is the fastest of the "
+            "TensorCoreConfigs tried); its backward: the portable FFMA kernels. Error ratio = numba_flash's "
+            "max |x - ref| / max |ref| over SDPA-efficient's, ref = float64 MATH on the first batch entries "
+            "(<= 1: no larger error).\n\n" + markdown_table(table) + "\n\n## Every measurement\n\n"
+            + markdown_table([r for r in rows if r["impl"] != "error vs float64"],
+                             ["B", "H", "N", "D", "causal", "pass", "impl", "config", "ms", "tflops", "status"])
+            + "\n\n## Errors against float64\n\n"
+            + markdown_table([r for r in rows if r["impl"] == "error vs float64"], floatfmt=".3g"))
+    paths = save(args.out, "fp32_tensor_cores", {"rows": rows, "summary": table,
+                                                 "args": {"shape": args.shape, "causal": args.causal,
+                                                          "config": [str(c) for c in args.config],
+                                                          "repeat": args.repeat, "error_batch": args.error_batch}},
+                 body, title="float32 on the tensor cores (3xTF32) vs SDPA EFFICIENT")
+    console.print(markdown_table(table))
+    console.print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
