@@ -107,12 +107,16 @@ def mma_1688_tf32(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
 
 @intrinsic
 def split_tf32(typingctx, x):
-    """``(big, small)``: x = big + small + O(2^-22 |x|), both TF32 values (as uint32 bit patterns):
-    big = x rounded to TF32, small = the remainder rounded to TF32. The 3xTF32 split (CUTLASS's
-    ``OpMultiplyAddFastF32``): a b ~ big_a big_b + big_a small_b + small_a big_b. ``x``: a float32,
-    or a uint32 holding one (a fragment register from ldmatrix)."""
-    text = ("{ .reg .f32 %x, %b, %s; mov.b32 %x, $2; cvt.rna.tf32.f32 $0, %x; mov.b32 %b, $0; "
-            "sub.f32 %s, %x, %b; cvt.rna.tf32.f32 $1, %s; }")
+    """``(big, small)`` with x = big + small exactly: big = x rounded to TF32 (to nearest, ties away
+    from zero: add half a TF32 ulp to the bits, clear the low 13), small = x - big (exact in float32,
+    |small| <= 2^-11 |x|), both as uint32 bit patterns. The 3xTF32 split (as CUTLASS's
+    ``OpMultiplyAddFastF32``): a b ~ big_a big_b + big_a small_b + small_a big_b, the mma truncating
+    small to TF32 (relative error 2^-10 of small) and the dropped small_a small_b <= 2^-22 |a b|.
+    Integer ops, not ``cvt.rna.tf32.f32``, which sm_90 runs as 4 instructions with an infinity test
+    (finite inputs only, then: x is a score, a probability or an input value). ``x``: a float32, or
+    a uint32 holding one (a fragment register from ldmatrix)."""
+    text = ("{ .reg .f32 %xf, %bf, %sf; .reg .b32 %xi, %t; mov.b32 %xf, $2; mov.b32 %xi, $2; "
+            "add.s32 %t, %xi, 4096; and.b32 $0, %t, -8192; mov.b32 %bf, $0; sub.f32 %sf, %xf, %bf; mov.b32 $1, %sf; }")
     if _is((x,), [_F32]):
         return _asm(types.UniTuple(_U32, 2), [_F32], text, "=r,=r,f", actual=(x,))
     if _is((x,), [_U32]):

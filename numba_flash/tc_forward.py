@@ -365,11 +365,19 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                         b0, c0 = split_tf32(ld_shared_f32(v_lane + uint32(8 * j * ROW_B + 32 * dt)))
                         b1, c1 = split_tf32(ld_shared_f32(v_lane + uint32((8 * j + 1) * ROW_B + 32 * dt)))
                         for mt in static_range(WM):
+                            # Into a zeroed fragment, then added to O in float32: the tensor cores
+                            # truncate each sum to the accumulator's precision, which over the ~1500
+                            # mma of a 4096-key row biased O by ~5e-5 (measured); an add rounds to
+                            # nearest, so the errors of the 8-key products average out instead.
                             o = mt * O_TILE + 4 * dt
-                            oacc[o], oacc[o + 1], oacc[o + 2], oacc[o + 3] = mma_3xtf32(
+                            zero = float32(0.0)
+                            d0, d1, d2, d3 = mma_3xtf32(
                                 pa[8 * mt], pa[8 * mt + 1], pa[8 * mt + 2], pa[8 * mt + 3], pa[8 * mt + 4],
-                                pa[8 * mt + 5], pa[8 * mt + 6], pa[8 * mt + 7], b0, b1, c0, c1,
-                                oacc[o], oacc[o + 1], oacc[o + 2], oacc[o + 3])
+                                pa[8 * mt + 5], pa[8 * mt + 6], pa[8 * mt + 7], b0, b1, c0, c1, zero, zero, zero, zero)
+                            oacc[o] += d0
+                            oacc[o + 1] += d1
+                            oacc[o + 2] += d2
+                            oacc[o + 3] += d3
 
             # O += P V: P's C fragments, rounded to 16 bits, are the A fragments of this product;
             # each ldmatrix of V (two 8-column n-tiles) feeds every m-tile.
