@@ -69,7 +69,7 @@ def parse_args(argv=None):
 
 def rel_err(x, ref) -> float:
     """max |x - ref| / max |ref| (x in float32, ref in float64, both torch tensors)."""
-    return float((x.double() - ref).abs().max() / ref.abs().max())
+    return float((x.detach().double() - ref).abs().max() / ref.abs().max())
 
 
 def run(args, torch, console) -> list[dict]:
@@ -157,6 +157,10 @@ def run(args, torch, console) -> list[dict]:
                 a, b = rel_err(mine, want), rel_err(theirs, want)
                 errs[f"{name}_numba_flash"], errs[f"{name}_sdpa_efficient"], errs[f"{name}_ratio"] = a, b, a / b
                 console.print(f"  error vs float64 {name}: numba_flash {a:.2e}  sdpa_efficient {b:.2e}  ratio {a / b:.2f}")
+            # the portable forward multiplies in plain float32 (FFMA): the error of exact float32 products
+            port_out = torch.from_dlpack(nf.flash_attention(*csub[:3], causal=causal, config=portable))
+            errs["out_portable"] = rel_err(port_out, ref)
+            console.print(f"  error vs float64 out: numba_flash portable (FFMA) {errs['out_portable']:.2e}")
             rows.append(errs)
             del q64, k64, v64, ref, ref_grads
             torch.cuda.empty_cache()
