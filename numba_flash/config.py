@@ -293,8 +293,11 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
     and dV accumulators take 128 registers at head_dim 128), halved with dropout."""
     if pass_ == "backward":
         return TensorCoreConfig(64, (64 if head_dim <= 64 else 32) // (2 if dropout else 1), 2, 16)
-    if elem == "tf32":  # float32 (3xTF32) forward: 16 rows per warp, three mma per product
-        return TensorCoreConfig(64, 64 if head_dim <= 64 and not dropout else 32, 2, 16)
+    if elem == "tf32":  # float32 (3xTF32) forward: experiments/results/fp32_tensor_cores, H100, N = 4096, D = 64:
+        # (128, 16, 2, 32) 57 TFLOP/s, (128, 32, 2, 32) 61 but spills, (64, 32, 2, 16) 47, (64, 64, 2, 16) 44
+        if dropout:
+            return TensorCoreConfig(64, 32 if head_dim <= 64 else 16, 2, 16)
+        return TensorCoreConfig(128, 16, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 32, 2, 16)
     if dropout:
         return TensorCoreConfig(64, 32, 2, 16) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16)
     return TensorCoreConfig(128, 32, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 32, 2, 16)

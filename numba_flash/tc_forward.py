@@ -137,13 +137,12 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     DT = (ROW_B - 16) // (32 if TF32 else 16)  # 8-column n-tiles of O per warp
     WM = config.rows_per_warp // 16  # m-tiles of 16 rows per warp: each K/V fragment feeds WM mma
     S_TILE, O_TILE = NT * 4, DT * 4  # registers per lane of one m-tile's S and O
-    # Q fragments per (m-tile, k-step): 4 registers, 8 in TF32 (big and small parts). In TF32 they
-    # stay in registers only with one m-tile and head_dim x BLOCK_N <= 2048 (Q's and S's registers
-    # together); otherwise each K tile re-reads them from shared memory.
+    # Q fragments per (m-tile, k-step): 4 registers, 8 in TF32 (big and small parts). 16-bit ones stay
+    # in registers; TF32 ones are re-read from shared memory (and split) for every K tile: kept, they
+    # took the registers that two m-tiles per warp need (measured on the H100 at head_dim 64: (128, 16, 2,
+    # 32) re-reading Q ran 57 TFLOP/s, the best config keeping it 47).
     Q_FRAG = 8 if TF32 else 4
-    # (compiled for sm_90: at head_dim 64, (64, 32) keeps Q in 222 registers, (64, 64) re-reads it in 184
-    # and spills if it keeps it)
-    Q_RESIDENT = not TF32 or (WM == 1 and D * BLOCK_N <= 2048)
+    Q_RESIDENT = not TF32
     Q_MT, Q_KK = (KSTEPS * Q_FRAG, Q_FRAG) if Q_RESIDENT else (Q_FRAG, 0)  # register offsets of m-tile, k-step
     # fragment registers per lane (literal sizes for cuda.local.array)
     Q_REGS, S_REGS, O_REGS, ROWS2, P_REGS = WM * Q_MT, WM * S_TILE, WM * O_TILE, 2 * WM, WM * Q_FRAG
