@@ -269,13 +269,22 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     for mt in static_range(WM):
                         qa = mt * Q_MT + kk * Q_KK
                         j = mt * S_TILE + 8 * jp
-                        if TF32:
-                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma_3xtf32(
+                        if TF32:  # each k-step into a zeroed fragment, added in float32 (see P V below)
+                            zero = float32(0.0)
+                            d0, d1, d2, d3 = mma_3xtf32(
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], qf[qa + 4], qf[qa + 5], qf[qa + 6],
-                                qf[qa + 7], b0, b1, c0, c1, sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3])
-                            sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma_3xtf32(
+                                qf[qa + 7], b0, b1, c0, c1, zero, zero, zero, zero)
+                            sacc[j] += d0
+                            sacc[j + 1] += d1
+                            sacc[j + 2] += d2
+                            sacc[j + 3] += d3
+                            d0, d1, d2, d3 = mma_3xtf32(
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], qf[qa + 4], qf[qa + 5], qf[qa + 6],
-                                qf[qa + 7], b2, b3, c2, c3, sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
+                                qf[qa + 7], b2, b3, c2, c3, zero, zero, zero, zero)
+                            sacc[j + 4] += d0
+                            sacc[j + 5] += d1
+                            sacc[j + 6] += d2
+                            sacc[j + 7] += d3
                         else:
                             sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1,
