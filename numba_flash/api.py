@@ -202,12 +202,12 @@ def _tc_problem(arrays) -> str | None:
 
 
 def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False):
-    """The config of ``pass_``: a TensorCoreConfig (GPU, layout fits; float16, bfloat16, and float32's
-    forward, as 3xTF32) or a BlockConfig (portable).
+    """The config of ``pass_``: a TensorCoreConfig (GPU, layout fits; float16, bfloat16; float32's
+    forward as 3xTF32 when a TensorCoreConfig asks for it) or a BlockConfig (portable).
 
     ``config=None`` takes the tensor-core kernels wherever they can run: without dropout the
     TensorCoreConfig :mod:`numba_flash.tune` stored for this problem (the float16 entry, for bfloat16
-    too: same kernels, same instruction shapes; the float32 entry for float32), else (and always with dropout: tuned configs are
+    too: same kernels, same instruction shapes), else (and always with dropout: tuned configs are
     timed without it, and its random numbers need registers) ``default_tc_config``. Elsewhere the
     tuned BlockConfig, else ``default_config``. A TensorCoreConfig or a BlockConfig forces that
     kernel (an error, saying why, if the tensor-core one cannot run).
@@ -246,7 +246,9 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
         if why:
             raise ValueError(f"config: {why}")
         return config.validate(head_dim, pass_, elem)
-    if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) in (np.float16, np.float32):
+    # float32's 3xTF32 forward is opt-in (a TensorCoreConfig): with it as the default, one GPU test of the
+    # adapter/Hypothesis suites failed and its report was lost to the device's time limit (README).
+    if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16:
         fast = tc_choice()
         if not fast.problems(head_dim, pass_, elem) and _tc_problem(arrays) is None:
             return fast

@@ -765,8 +765,8 @@ def _tc_dtype(dtype, pass_: str) -> bool:
 
 def _resolve_kind(kind, configs, head_dim: int, dtype, pass_: str = "forward") -> str:
     """The kind :func:`tune` tunes: ``kind`` when given; else that of ``configs`` (all one kind);
-    else "tensor_core" on the GPU backend where config=None runs those kernels (float16, and
-    float32's forward, at head_dim <= TC_MAX_HEAD_DIM), "block" otherwise. Raises ValueError when
+    else "tensor_core" on the GPU backend where config=None runs those kernels (float16 at head_dim
+    <= TC_MAX_HEAD_DIM), "block" otherwise (kind="tensor_core" also tunes float32's 3xTF32 forward). Raises ValueError when
     the tensor-core kernels cannot run here (the simulator, another dtype) or ``configs`` mix
     kinds or disagree with ``kind``."""
     from . import backend
@@ -780,7 +780,7 @@ def _resolve_kind(kind, configs, head_dim: int, dtype, pass_: str = "forward") -
     if kind is None:
         if kinds:
             kind = kinds.pop()
-        elif backend.BACKEND == backend.GPU and _tc_dtype(dtype, pass_) and head_dim <= TC_MAX_HEAD_DIM:
+        elif backend.BACKEND == backend.GPU and dtype == np.float16 and head_dim <= TC_MAX_HEAD_DIM:
             kind = "tensor_core"
         else:
             kind = "block"

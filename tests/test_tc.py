@@ -182,7 +182,8 @@ def test_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, confi
 @pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 3, 1025, 1000, 64), (1, 4, 129, 513, 128),
                                    (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1), TensorCoreConfig(64, 32, 2, 16)], ids=str)
+@pytest.mark.parametrize("config", [TensorCoreConfig(128, 16, 2, 32), TensorCoreConfig(16, 16, 1),
+                                    TensorCoreConfig(64, 32, 2, 16)], ids=str)
 def test_float32_tensor_core_forward_matches_oracle_at_odd_sizes(rng, shape, causal, config):
     """float32 through the 3xTF32 forward (the default, the smallest config and one m-tile per warp),
     the portable backward after it, against the float64 oracle with float32's bounds
@@ -195,6 +196,8 @@ def test_float32_tensor_core_forward_matches_oracle_at_odd_sizes(rng, shape, cau
     dev = [to_device(a) for a in (q, k, v)]
     arrays = (("q", dev[0]), ("k", dev[1]), ("v", dev[2]))
     assert isinstance(api._pick(config, "forward", D, np.float32, causal, n_k, arrays), TensorCoreConfig)
+    # float32 with config=None: the portable kernels (the 3xTF32 forward is opt-in)
+    assert isinstance(api._pick(None, "forward", D, np.float32, causal, n_k, arrays), BlockConfig)
     assert isinstance(api._pick(None, "backward", D, np.float32, causal, n_k, arrays), BlockConfig)
     out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True, config=config)
     grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal)
@@ -209,8 +212,8 @@ def test_float32_tensor_core_forward_agrees_with_the_portable_one(rng):
     q, k, v = (rng.standard_normal((2, 4, 1024, 64)).astype(np.float32) for _ in range(3))
     dev = [to_device(a) for a in (q, k, v)]
     want = nf.reference.attention_forward(q, k, v, causal=True)[0]
-    fast = to_host(nf.flash_attention(*dev, causal=True)).astype(np.float64)
-    portable = to_host(nf.flash_attention(*dev, causal=True, config=BlockConfig(64, 16, 256))).astype(np.float64)
+    fast = to_host(nf.flash_attention(*dev, causal=True, config=TensorCoreConfig(128, 16, 2, 32))).astype(np.float64)
+    portable = to_host(nf.flash_attention(*dev, causal=True)).astype(np.float64)
     e_fast, e_port = np.abs(fast - want).max(), np.abs(portable - want).max()
     # |out| < ~4; float32 ulp there 2^-21: a few ulps each (a TF32-only kernel would be ~2^-11 off)
     assert e_fast < 2e-5 and e_port < 2e-5, (e_fast, e_port)
