@@ -100,11 +100,14 @@ def keep_scale(seed_lo, seed_hi, b, h, row, col, threshold, drop_scale):
 
 
 @cuda.jit(device=True, forceinline=True)
-def mma_3xtf32(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1, c0, c1, c2, c3):
-    """C + A B at about float32 accuracy from three TF32 mma (the 3xTF32 split, :func:`split_tf32`):
-    (a*, s*) the big and small parts of the A fragment, (b*, t*) of the B fragment. The small
-    products go first, as in CUTLASS, so that they are not lost against the big one."""
-    c0, c1, c2, c3 = mma_1688_tf32(s0, s1, s2, s3, b0, b1, c0, c1, c2, c3)
+def mma_3xtf32(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1):
+    """The 16 x 8 fragment of A B at about float32 accuracy from three TF32 mma (the 3xTF32 split,
+    :func:`split_tf32`): (a*, s*) the big and small parts of the A fragment, (b*, t*) of the B
+    fragment. The small products go first, as in CUTLASS, so that they are not lost against the big
+    one. It starts from zero: callers add the result to their float32 sums themselves, since the
+    tensor cores truncate what they add into an accumulator (see the P V step of the kernel)."""
+    zero = float32(0.0)
+    c0, c1, c2, c3 = mma_1688_tf32(s0, s1, s2, s3, b0, b1, zero, zero, zero, zero)
     c0, c1, c2, c3 = mma_1688_tf32(a0, a1, a2, a3, t0, t1, c0, c1, c2, c3)
     return mma_1688_tf32(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
 
@@ -142,8 +145,7 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     # took the registers that two m-tiles per warp need (measured on the H100 at head_dim 64: (128, 16, 2,
     # 32) re-reading Q ran 57 TFLOP/s, the best config keeping it 47).
     Q_FRAG = 8 if TF32 else 4
-    Q_RESIDENT = not TF32
-    Q_MT, Q_KK = (KSTEPS * Q_FRAG, Q_FRAG) if Q_RESIDENT else (Q_FRAG, 0)  # register offsets of m-tile, k-step
+    Q_MT, Q_KK = (Q_FRAG, 0) if TF32 else (KSTEPS * Q_FRAG, Q_FRAG)  # register offsets of m-tile, k-step
     # fragment registers per lane (literal sizes for cuda.local.array)
     Q_REGS, S_REGS, O_REGS, ROWS2, P_REGS = WM * Q_MT, WM * S_TILE, WM * O_TILE, 2 * WM, WM * Q_FRAG
     Q_BYTES = BLOCK_M * ROW_B
@@ -232,27 +234,21 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
             # This lane's ldmatrix row of Q (16 rows x 32 bytes per m-tile and k-step) and of K.
             q_lane = sQ + uint32((warp * 16 * WM + (lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16))
             k_lane = sK + uint32(((lane % 8) + 8 * (lane // 16)) * ROW_B + 16 * ((lane // 8) % 2))
-            if Q_RESIDENT and it == 0:  # Q fragments, once
+            if not TF32 and it == 0:  # 16-bit Q fragments, once
                 for mt in static_range(WM):
                     for kk in static_range(KSTEPS):
                         a0, a1, a2, a3 = ldmatrix_x4(q_lane + uint32(mt * 16 * ROW_B + kk * 32))
                         qa = mt * Q_MT + kk * Q_KK
-                        if TF32:
-                            qf[qa], qf[qa + 4] = split_tf32(a0)
-                            qf[qa + 1], qf[qa + 5] = split_tf32(a1)
-                            qf[qa + 2], qf[qa + 6] = split_tf32(a2)
-                            qf[qa + 3], qf[qa + 7] = split_tf32(a3)
-                        else:
-                            qf[qa] = a0
-                            qf[qa + 1] = a1
-                            qf[qa + 2] = a2
-                            qf[qa + 3] = a3
+                        qf[qa] = a0
+                        qf[qa + 1] = a1
+                        qf[qa + 2] = a2
+                        qf[qa + 3] = a3
 
             # S = Q K^T: each ldmatrix of K (two 8-key n-tiles) feeds every m-tile of the warp.
             for i in static_range(S_REGS):
                 sacc[i] = float32(0.0)
             for kk in static_range(KSTEPS):
-                if not Q_RESIDENT:  # this k-step's Q fragments, split again for every K tile
+                if TF32:  # this k-step's Q fragments, split again for every K tile
                     for mt in static_range(WM):
                         a0, a1, a2, a3 = ldmatrix_x4(q_lane + uint32(mt * 16 * ROW_B + kk * 32))
                         qf[mt * Q_MT], qf[mt * Q_MT + 4] = split_tf32(a0)
@@ -269,18 +265,17 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     for mt in static_range(WM):
                         qa = mt * Q_MT + kk * Q_KK
                         j = mt * S_TILE + 8 * jp
-                        if TF32:  # each k-step into a zeroed fragment, added in float32 (see P V below)
-                            zero = float32(0.0)
+                        if TF32:  # each k-step's product added in float32 (see P V below)
                             d0, d1, d2, d3 = mma_3xtf32(
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], qf[qa + 4], qf[qa + 5], qf[qa + 6],
-                                qf[qa + 7], b0, b1, c0, c1, zero, zero, zero, zero)
+                                qf[qa + 7], b0, b1, c0, c1)
                             sacc[j] += d0
                             sacc[j + 1] += d1
                             sacc[j + 2] += d2
                             sacc[j + 3] += d3
                             d0, d1, d2, d3 = mma_3xtf32(
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], qf[qa + 4], qf[qa + 5], qf[qa + 6],
-                                qf[qa + 7], b2, b3, c2, c3, zero, zero, zero, zero)
+                                qf[qa + 7], b2, b3, c2, c3)
                             sacc[j + 4] += d0
                             sacc[j + 5] += d1
                             sacc[j + 6] += d2
@@ -373,15 +368,14 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                         b0, c0 = split_tf32(ld_shared_f32(v_lane + uint32(8 * j * ROW_B + 32 * dt)))
                         b1, c1 = split_tf32(ld_shared_f32(v_lane + uint32((8 * j + 1) * ROW_B + 32 * dt)))
                         for mt in static_range(WM):
-                            # Into a zeroed fragment, then added to O in float32: the tensor cores
-                            # truncate each sum to the accumulator's precision, which over the ~1500
-                            # mma of a 4096-key row biased O by ~5e-5 (measured); an add rounds to
-                            # nearest, so the errors of the 8-key products average out instead.
+                            # The 8-key product, added to O in float32: the tensor cores truncate each
+                            # sum to the accumulator's precision, which over the ~1500 mma of a
+                            # 4096-key row biased O by ~5e-5 (measured); an add rounds to nearest, so
+                            # the errors of the 8-key products average out instead.
                             o = mt * O_TILE + 4 * dt
-                            zero = float32(0.0)
                             d0, d1, d2, d3 = mma_3xtf32(
                                 pa[8 * mt], pa[8 * mt + 1], pa[8 * mt + 2], pa[8 * mt + 3], pa[8 * mt + 4],
-                                pa[8 * mt + 5], pa[8 * mt + 6], pa[8 * mt + 7], b0, b1, c0, c1, zero, zero, zero, zero)
+                                pa[8 * mt + 5], pa[8 * mt + 6], pa[8 * mt + 7], b0, b1, c0, c1)
                             oacc[o] += d0
                             oacc[o + 1] += d1
                             oacc[o + 2] += d2
