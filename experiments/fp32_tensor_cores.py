@@ -96,8 +96,7 @@ def run(args, torch, console) -> list[dict]:
     eff_fwd, eff_fwd_bwd = sdpa(SDPBackend.EFFICIENT_ATTENTION)
     math_fwd, _ = sdpa(SDPBackend.MATH)
 
-    def ours_fwd_bwd(q, k, v, do, causal):  # the 3xTF32 forward (opt-in), the portable backward
-        tc = default_tc_config(q.shape[-1], False, "forward", "tf32")
+    def ours_fwd_bwd(q, k, v, do, causal, tc):  # the 3xTF32 forward (opt-in), the portable backward
         out, lse = nf.flash_attention(q, k, v, causal=causal, return_lse=True, config=tc)
         return out, nf.flash_attention_backward(do, q, k, v, out, lse, causal=causal)
 
@@ -138,7 +137,7 @@ def run(args, torch, console) -> list[dict]:
                   config=[portable.block_m, portable.block_n, portable.num_threads])
             timed("sdpa_efficient", "forward", lambda: eff_fwd(q, k, v, causal))
             timed("sdpa_math", "forward", lambda: math_fwd(q, k, v, causal))
-            timed("numba_flash", "forward_backward", lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal), flops=both_flops)
+            timed("numba_flash", "forward_backward", lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc), flops=both_flops)
             timed("sdpa_efficient", "forward_backward", lambda: eff_fwd_bwd(qg, kg, vg, do, causal), flops=both_flops)
 
             # Errors against float64 on the first error-batch entries (same inputs for both).
@@ -150,7 +149,7 @@ def run(args, torch, console) -> list[dict]:
             ref = ref.detach()
             sub = [t[e].contiguous() for t in (q, k, v, do)]
             csub = [nf.backend.array_module().from_dlpack(t) for t in sub]
-            ours_out, ours_grads = ours_fwd_bwd(*csub, causal)
+            ours_out, ours_grads = ours_fwd_bwd(*csub, causal, tc)
             ours_out, ours_grads = torch.from_dlpack(ours_out), [torch.from_dlpack(g) for g in ours_grads]
             gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
             eff_out, eff_grads = eff_fwd_bwd(gq, gk, gv, sub[3], causal)

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import backend
 from .backward import delta_kernel, dkdv_kernel, dq_kernel
-from .config import BlockConfig, TensorCoreConfig, check_head_dim, default_config, default_tc_config
+from .config import BlockConfig, TensorCoreConfig, check_head_dim, default_config, default_tc_config, tc_elem
 from .forward import forward_kernel
 from .launch import _pointer
 from .masking import band
@@ -212,17 +212,14 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
     tuned BlockConfig, else ``default_config``. A TensorCoreConfig or a BlockConfig forces that
     kernel (an error, saying why, if the tensor-core one cannot run).
     """
-    elem = "tf32" if np.dtype(dtype) == np.float32 else "f16"
-
-    def tc_choice():
+    def tc_choice():  # float16 and bfloat16 (float32's tensor-core forward is opt-in)
         if not dropout and seqlen is not None:
             from .tune import lookup
 
-            tuned = lookup(head_dim, np.float32 if elem == "tf32" else np.float16, causal, seqlen, pass_,
-                           kind="tensor_core")
-            if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_, elem):
+            tuned = lookup(head_dim, np.float16, causal, seqlen, pass_, kind="tensor_core")
+            if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_):
                 return tuned
-        return default_tc_config(head_dim, dropout, pass_, elem)
+        return default_tc_config(head_dim, dropout, pass_)
 
     if np.dtype(dtype) == _BF16_BITS:  # bfloat16: the tensor-core kernels are the only ones
         if config is not None and not isinstance(config, TensorCoreConfig):
@@ -245,12 +242,12 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
         why = _tc_problem(arrays)
         if why:
             raise ValueError(f"config: {why}")
-        return config.validate(head_dim, pass_, elem)
+        return config.validate(head_dim, pass_, tc_elem(dtype))
     # float32's 3xTF32 forward is opt-in (a TensorCoreConfig): with it as the default, one GPU test of the
     # adapter/Hypothesis suites failed and its report was lost to the device's time limit (README).
     if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16:
         fast = tc_choice()
-        if not fast.problems(head_dim, pass_, elem) and _tc_problem(arrays) is None:
+        if not fast.problems(head_dim, pass_) and _tc_problem(arrays) is None:
             return fast
     return _check_config(config, head_dim, dtype, pass_, causal, seqlen)
 
@@ -325,7 +322,7 @@ def _forward_plan(inputs, n_seq, max_q, varlen, group, scale, cfg, opts, lse_sha
     if isinstance(cfg, TensorCoreConfig):
         from .tc_forward import tc_forward_kernel  # GPU only: inline PTX
 
-        elem = _elem(q)
+        elem = tc_elem(q.dtype)
         kernel, shared = tc_forward_kernel(cfg, D, varlen, p > 0.0, elem), cfg.shared_memory_bytes(D, elem)
     else:
         kernel, shared = forward_kernel(cfg, D, varlen, p > 0.0), 0
@@ -350,7 +347,7 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     if isinstance(cfg, TensorCoreConfig):
         from .tc_backward import tc_delta_kernel, tc_delta_rows
 
-        plan.launch(tc_delta_kernel(D, _elem(q)), (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B), 128,
+        plan.launch(tc_delta_kernel(D, tc_elem(q.dtype)), (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B), 128,
                     dout_, out_, plan.out(delta, view))
     else:
         plan.launch(delta_kernel(D), (_cdiv(qv.shape[2], _DELTA_THREADS), H, B), _DELTA_THREADS,
@@ -361,7 +358,7 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
         from .tc_backward import tc_dkdv_kernel, tc_dq_kernel  # GPU only: inline PTX
 
         # dK/dV blocks own block_m keys, dQ blocks block_m queries (TensorCoreConfig's docstring)
-        elem = _elem(q)
+        elem = tc_elem(q.dtype)
         dkdv, dkdv_grid = tc_dkdv_kernel(cfg, D, varlen, dropout, elem), (_cdiv(max_k, cfg.block_m), H_kv, n_seq)
         dqk, dq_grid = tc_dq_kernel(cfg, D, varlen, dropout, elem), (_cdiv(max_q, cfg.block_m), H, n_seq)
         shared = cfg.backward_shared_bytes(D, "dkdv"), cfg.backward_shared_bytes(D, "dq")
@@ -465,12 +462,6 @@ def _keep(key, plan: Plan, config, cfg) -> Plan:
     if key is not None:
         _PLANS.put(key, plan)
     return plan
-
-
-def _elem(a) -> str:
-    """The element kind of the tensor-core kernels: uint16 arrays carry bfloat16, float32 ones are
-    multiplied as 3xTF32."""
-    return {_BF16_BITS: "bf16", np.dtype(np.float32): "tf32"}.get(np.dtype(a.dtype), "f16")
 
 
 def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), dropout_p=0.0, seed=None,

@@ -187,6 +187,12 @@ TC_MAX_HEAD_DIM = 128
 TC_ELEMS = ("f16", "bf16", "tf32")
 
 
+def tc_elem(dtype) -> str:
+    """What the tensor-core kernels read from arrays of ``dtype``: ``"bf16"`` for uint16 (bfloat16 bit
+    patterns), ``"tf32"`` for float32 (multiplied as 3xTF32), else ``"f16"``."""
+    return {np.dtype(np.uint16): "bf16", np.dtype(np.float32): "tf32"}.get(np.dtype(dtype), "f16")
+
+
 def tc_row_halves(head_dim: int) -> int:
     """16-bit words per shared-memory row: head_dim rounded up to 16 (whole mma k-steps), + 8 words
     (16 bytes) of padding so that the 8 rows one ldmatrix reads fall in different banks."""

@@ -73,7 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import (MAX_THREADS_PER_BLOCK, PASSES, TC_MAX_HEAD_DIM, BlockConfig, TensorCoreConfig,
-                     check_head_dim, default_config, default_tc_config)
+                     check_head_dim, default_config, default_tc_config, tc_elem)
 
 __all__ = ["tune", "lookup", "store", "clear_cache", "cache_path", "cache_entries", "enumerate_configs",
            "seqlen_bucket", "state", "TuneResult", "Trial", "main", "KINDS"]
@@ -408,9 +408,16 @@ def enumerate_configs(head_dim: int, pass_: str = "forward", *, kind: str = "blo
     _check_kind(kind)
     ok, skipped = [], []
     for cfg in (_all_tc_configs() if kind == "tensor_core" else _all_configs(block_sizes, threads_per_row)):
-        why = cfg.problems(head_dim, pass_, elem) if kind == "tensor_core" else cfg.problems(head_dim, pass_)
+        why = _problems(cfg, head_dim, pass_, elem)
         (skipped.append((cfg, why)) if why else ok.append(cfg))
     return (ok, skipped) if with_skipped else ok
+
+
+def _problems(cfg, head_dim: int, pass_: str, elem: str = "f16") -> list[str]:
+    """``cfg.problems`` for either kind: a TensorCoreConfig's depend on the element kind it reads."""
+    if isinstance(cfg, TensorCoreConfig):
+        return cfg.problems(head_dim, pass_, elem)
+    return cfg.problems(head_dim, pass_)
 
 
 def _heuristic_order(configs):
@@ -836,7 +843,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
     if configs is not None:
         configs = [_as_config(c) for c in configs]
     kind = _resolve_kind(kind, configs, head_dim, dtype, pass_)
-    elem = "tf32" if dtype == np.float32 else "f16"
+    elem = tc_elem(dtype)
     t_start = time.perf_counter()
     seqlen = max(seqlen_q, seqlen_k)
     device = _current_device_name()
@@ -848,9 +855,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
 
     if configs is None:
         candidates, skipped = enumerate_configs(head_dim, pass_, kind=kind, with_skipped=True, elem=elem)
-        front = [c for c in (cached, default)
-                 if c is not None and not (c.problems(head_dim, pass_, elem) if kind == "tensor_core"
-                                           else c.problems(head_dim, pass_))]
+        front = [c for c in (cached, default) if c is not None and not _problems(c, head_dim, pass_, elem)]
         order = _tc_heuristic_order if kind == "tensor_core" else _heuristic_order
         candidates = front + [c for c in order(candidates) if c not in front]
         trials = [Trial(c) for c in candidates]
@@ -860,7 +865,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
         for c in configs:
             if any(t.config == c for t in trials):
                 continue
-            why = c.problems(head_dim, pass_, elem) if kind == "tensor_core" else c.problems(head_dim, pass_)
+            why = _problems(c, head_dim, pass_, elem)
             trials.append(Trial(c, "skipped", "; ".join(why)) if why else Trial(c))
     runnable = [t for t in trials if t.status == "not run"]
 
