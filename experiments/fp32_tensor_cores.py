@@ -3,18 +3,20 @@
 The speed issue's fp32 target: forward and forward+backward >= 1.0x SDPA's EFFICIENT backend in
 float32 (CUTLASS; its float32 kernels multiply as 3xTF32, ``OpMultiplyAddFastF32``), with an error
 against float64 no larger than SDPA-efficient's on the same inputs. numba_flash's float32 forward
-runs on the tensor cores as 3xTF32 too (:mod:`numba_flash.tc_forward`, ``elem="tf32"``); its
-float32 backward is the portable FFMA one.
+runs on the tensor cores as 3xTF32 too (:mod:`numba_flash.tc_forward`, ``elem="tf32"``), and so does
+its backward (:mod:`numba_flash.tc_backward`); the portable FFMA kernels run beside them for comparison.
 
 Per shape and causal flag:
 
 * forward TFLOP/s of numba_flash (the 3xTF32 default ``default_tc_config(D, elem="tf32")``, each
   ``--config`` TensorCoreConfig, the portable BlockConfig default: float32's ``config=None``) and of
   SDPA EFFICIENT and MATH, CUDA events, median of repeats;
-* forward+backward TFLOP/s of numba_flash (3xTF32 forward, portable backward) and SDPA EFFICIENT;
+* forward+backward TFLOP/s of numba_flash (3xTF32 forward and backward: the default backward config
+  and each ``--bwd-config``; 3xTF32 forward + portable backward) and SDPA EFFICIENT;
 * error against float64 (torch's MATH backend in float64, on the first ``--error-batch`` batch
   entries): max |out - ref| / max |ref| of numba_flash's and SDPA-efficient's float32 outputs,
-  and of dq, dk, dv for forward+backward; the ratio ours / SDPA's (<= 1 meets the target).
+  and of dq, dk, dv for forward+backward; the ratio ours / SDPA's (<= 1 meets the target); the
+  portable kernels' errors beside them.
 
     bash .gpu/env.sh python experiments/fp32_tensor_cores.py --out $OUT/fp32        # H100, ~3 min
     python experiments/fp32_tensor_cores.py --shape 2,8,1024,64 --causal no --out /tmp/fp32
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's n
 
 DEFAULT_SHAPES = ["4,32,4096,64", "4,16,4096,128"]  # B*N = 16k tokens, 2048 hidden: the issue's shapes
 DEFAULT_CONFIGS = ["64,64,2,16", "64,32,2,16", "128,32,2,32", "64,64,1,16"]
+DEFAULT_BWD_CONFIGS = ["64,16,2,16", "64,32,2,16", "128,32,2,16", "64,32,1,16"]
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
@@ -59,12 +62,15 @@ def parse_args(argv=None):
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     p.add_argument("--config", action="append", type=_config, metavar="BM,BN,STAGES,ROWS_PER_WARP",
                    help=f"TensorCoreConfigs timed besides the 3xTF32 default (default {DEFAULT_CONFIGS})")
+    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16",
+                   help=f"TensorCoreConfigs of the backward timed besides its default (default {DEFAULT_BWD_CONFIGS})")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
     p.add_argument("--error-batch", type=int, default=1, help="batch entries checked against float64")
     p.add_argument("--out", default="experiments/results/fp32_tensor_cores")
     args = p.parse_args(argv)
     args.shape = args.shape or [_shape(s) for s in DEFAULT_SHAPES]
     args.config = args.config if args.config is not None else [_config(c) for c in DEFAULT_CONFIGS]
+    args.bwd_config = args.bwd_config if args.bwd_config is not None else [_config(c) for c in DEFAULT_BWD_CONFIGS]
     return args
 
 
@@ -96,9 +102,9 @@ def run(args, torch, console) -> list[dict]:
     eff_fwd, eff_fwd_bwd = sdpa(SDPBackend.EFFICIENT_ATTENTION)
     math_fwd, _ = sdpa(SDPBackend.MATH)
 
-    def ours_fwd_bwd(q, k, v, do, causal, tc):  # the 3xTF32 forward (opt-in), the portable backward
+    def ours_fwd_bwd(q, k, v, do, causal, tc, bwd):  # forward with config tc, backward with bwd
         out, lse = nf.flash_attention(q, k, v, causal=causal, return_lse=True, config=tc)
-        return out, nf.flash_attention_backward(do, q, k, v, out, lse, causal=causal)
+        return out, nf.flash_attention_backward(do, q, k, v, out, lse, causal=causal, config=bwd)
 
     rows = []
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -126,6 +132,8 @@ def run(args, torch, console) -> list[dict]:
 
             console.print(f"[bold]B={B} H={H} N={N} D={D} causal={causal}[/bold]")
             tc = default_tc_config(D, False, "forward", "tf32")
+            tc_bwd = default_tc_config(D, False, "backward", "tf32")
+            portable_bwd = default_config(D, np.float32, "backward", simulator=False)
             timed("numba_flash", "forward", lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=tc))
             for cfg in args.config:
                 label = f"numba_flash {cfg.block_m},{cfg.block_n},{cfg.stages},{cfg.rows_per_warp}"
@@ -137,7 +145,14 @@ def run(args, torch, console) -> list[dict]:
                   config=[portable.block_m, portable.block_n, portable.num_threads])
             timed("sdpa_efficient", "forward", lambda: eff_fwd(q, k, v, causal))
             timed("sdpa_math", "forward", lambda: math_fwd(q, k, v, causal))
-            timed("numba_flash", "forward_backward", lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc), flops=both_flops)
+            timed("numba_flash", "forward_backward", lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, tc_bwd),
+                  flops=both_flops)
+            for cfg in args.bwd_config:
+                timed(f"numba_flash bwd {cfg.block_m},{cfg.block_n},{cfg.stages},{cfg.rows_per_warp}", "forward_backward",
+                      lambda c=cfg: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, c), flops=both_flops,
+                      config=[cfg.block_m, cfg.block_n, cfg.stages, cfg.rows_per_warp])
+            timed("numba_flash portable bwd", "forward_backward",
+                  lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, portable_bwd), flops=both_flops)
             timed("sdpa_efficient", "forward_backward", lambda: eff_fwd_bwd(qg, kg, vg, do, causal), flops=both_flops)
 
             # Errors against float64 on the first error-batch entries (same inputs for both).
@@ -149,7 +164,7 @@ def run(args, torch, console) -> list[dict]:
             ref = ref.detach()
             sub = [t[e].contiguous() for t in (q, k, v, do)]
             csub = [nf.backend.array_module().from_dlpack(t) for t in sub]
-            ours_out, ours_grads = ours_fwd_bwd(*csub, causal, tc)
+            ours_out, ours_grads = ours_fwd_bwd(*csub, causal, tc, tc_bwd)
             ours_out, ours_grads = torch.from_dlpack(ours_out), [torch.from_dlpack(g) for g in ours_grads]
             gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
             eff_out, eff_grads = eff_fwd_bwd(gq, gk, gv, sub[3], causal)
@@ -160,9 +175,11 @@ def run(args, torch, console) -> list[dict]:
                 errs[f"{name}_numba_flash"], errs[f"{name}_sdpa_efficient"], errs[f"{name}_ratio"] = a, b, a / b
                 console.print(f"  error vs float64 {name}: numba_flash {a:.2e}  sdpa_efficient {b:.2e}  ratio {a / b:.2f}")
             # the portable forward multiplies in plain float32 (FFMA): the error of exact float32 products
-            port_out = torch.from_dlpack(nf.flash_attention(*csub[:3], causal=causal, config=portable))
-            errs["out_portable"] = rel_err(port_out, ref)
-            console.print(f"  error vs float64 out: numba_flash portable (FFMA) {errs['out_portable']:.2e}")
+            port_out, port_grads = ours_fwd_bwd(*csub, causal, portable, portable_bwd)
+            for name, mine, want in zip(("out", "dq", "dk", "dv"), [port_out, *port_grads], [ref, *ref_grads]):
+                errs[f"{name}_portable"] = rel_err(torch.from_dlpack(mine), want)
+            console.print("  error vs float64, numba_flash portable (FFMA): "
+                          + "  ".join(f"{n} {errs[n + '_portable']:.2e}" for n in ("out", "dq", "dk", "dv")))
             rows.append(errs)
             del q64, k64, v64, ref, ref_grads
             torch.cuda.empty_cache()
@@ -181,9 +198,12 @@ def summary(rows: list[dict]) -> list[dict]:
             hit = [r for r in sel if r["impl"] == impl and r.get("pass") == pass_ and r["status"] == "ok"]
             return hit[0]["tflops"] if hit else None
 
-        tc = [r for r in sel if r["impl"].startswith("numba_flash ") and r["impl"] != "numba_flash portable"
-              and r.get("status") == "ok"]
-        best = max(tc, key=lambda r: r["tflops"]) if tc else None
+        def fastest(pass_):
+            hit = [r for r in sel if r["impl"].startswith("numba_flash ") and "portable" not in r["impl"]
+                   and r.get("pass") == pass_ and r.get("status") == "ok"]
+            return max(hit, key=lambda r: r["tflops"]) if hit else None
+
+        best, best_b = fastest("forward"), fastest("forward_backward")
         eff_f, eff_b = tf("sdpa_efficient", "forward"), tf("sdpa_efficient", "forward_backward")
         ours_f, ours_b = tf("numba_flash", "forward"), tf("numba_flash", "forward_backward")
         err = next((r for r in sel if r["impl"] == "error vs float64"), {})
@@ -192,7 +212,10 @@ def summary(rows: list[dict]) -> list[dict]:
             "fwd nf (default)": ours_f, "fwd nf best": best["tflops"] if best else None,
             "best config": best["impl"].split(" ", 1)[1] if best else "", "fwd portable": tf("numba_flash portable", "forward"),
             "fwd sdpa_eff": eff_f, "fwd ratio": ours_f / eff_f if ours_f and eff_f else None,
-            "fwd+bwd nf": ours_b, "fwd+bwd sdpa_eff": eff_b, "fwd+bwd ratio": ours_b / eff_b if ours_b and eff_b else None,
+            "fwd+bwd nf": ours_b, "fwd+bwd nf best": best_b["tflops"] if best_b else None,
+            "best bwd config": best_b["impl"].split(" ", 2)[2] if best_b else "",
+            "fwd+bwd portable bwd": tf("numba_flash portable bwd", "forward_backward"),
+            "fwd+bwd sdpa_eff": eff_b, "fwd+bwd ratio": ours_b / eff_b if ours_b and eff_b else None,
             "out err ratio": err.get("out_ratio"), "dq err ratio": err.get("dq_ratio"),
             "dk err ratio": err.get("dk_ratio"), "dv err ratio": err.get("dv_ratio"),
         })
@@ -222,8 +245,9 @@ def main(argv=None) -> int:
     table = summary(rows)
     body = ("TFLOP/s as FlashAttention counts them (4·B·H·N²·D forward, halved when causal, ×3.5 for "
             "forward+backward); ratio = numba_flash / SDPA EFFICIENT (float32, same inputs, same process). "
-            "numba_flash's float32 forward: 3xTF32 tensor cores (the default TensorCoreConfig; `best` is the fastest of the "
-            "TensorCoreConfigs tried); its backward: the portable FFMA kernels. Error ratio = numba_flash's "
+            "numba_flash's float32 forward and backward: 3xTF32 tensor cores (the default TensorCoreConfigs; `best` is "
+            "the fastest of the TensorCoreConfigs tried; `portable bwd`: 3xTF32 forward + the portable FFMA backward). "
+            "Error ratio = numba_flash's "
             "max |x - ref| / max |ref| over SDPA-efficient's, ref = float64 MATH on the first batch entries "
             "(<= 1: no larger error).\n\n" + markdown_table(table) + "\n\n## Every measurement\n\n"
             + markdown_table([r for r in rows if r["impl"] != "error vs float64"],
@@ -233,6 +257,7 @@ def main(argv=None) -> int:
     paths = save(args.out, "fp32_tensor_cores", {"rows": rows, "summary": table,
                                                  "args": {"shape": args.shape, "causal": args.causal,
                                                           "config": [str(c) for c in args.config],
+                                                          "bwd_config": [str(c) for c in args.bwd_config],
                                                           "repeat": args.repeat, "error_batch": args.error_batch}},
                  body, title="float32 on the tensor cores (3xTF32) vs SDPA EFFICIENT")
     console.print(markdown_table(table))

@@ -202,24 +202,28 @@ def _tc_problem(arrays) -> str | None:
 
 
 def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False):
-    """The config of ``pass_``: a TensorCoreConfig (GPU, layout fits; float16, bfloat16; float32's
-    forward as 3xTF32 when a TensorCoreConfig asks for it) or a BlockConfig (portable).
+    """The config of ``pass_``: a TensorCoreConfig (GPU, layout fits; float16, bfloat16, and float32
+    as 3xTF32) or a BlockConfig (portable).
 
     ``config=None`` takes the tensor-core kernels wherever they can run: without dropout the
-    TensorCoreConfig :mod:`numba_flash.tune` stored for this problem (the float16 entry, for bfloat16
-    too: same kernels, same instruction shapes), else (and always with dropout: tuned configs are
-    timed without it, and its random numbers need registers) ``default_tc_config``. Elsewhere the
-    tuned BlockConfig, else ``default_config``. A TensorCoreConfig or a BlockConfig forces that
-    kernel (an error, saying why, if the tensor-core one cannot run).
+    TensorCoreConfig :mod:`numba_flash.tune` stored for this problem (float16's entry serves
+    bfloat16 too: same kernels, same instruction shapes; float32 has its own), else (and always
+    with dropout: tuned configs are timed without it, and its random numbers need registers)
+    ``default_tc_config``. Elsewhere the tuned BlockConfig, else ``default_config``. A
+    TensorCoreConfig or a BlockConfig forces that kernel (an error, saying why, if the tensor-core
+    one cannot run).
     """
-    def tc_choice():  # float16 and bfloat16 (float32's tensor-core forward is opt-in)
+    elem = tc_elem(dtype)
+
+    def tc_choice():
         if not dropout and seqlen is not None:
             from .tune import lookup
 
-            tuned = lookup(head_dim, np.float16, causal, seqlen, pass_, kind="tensor_core")
-            if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_):
+            tuned = lookup(head_dim, np.float32 if elem == "tf32" else np.float16, causal, seqlen, pass_,
+                           kind="tensor_core")
+            if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_, elem):
                 return tuned
-        return default_tc_config(head_dim, dropout, pass_)
+        return default_tc_config(head_dim, dropout, pass_, elem)
 
     if np.dtype(dtype) == _BF16_BITS:  # bfloat16: the tensor-core kernels are the only ones
         if config is not None and not isinstance(config, TensorCoreConfig):
@@ -228,10 +232,10 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
         if backend.BACKEND != backend.GPU:
             raise ValueError("bfloat16: runs on the tensor-core kernels only, which need the GPU backend")
         config = config if config is not None else tc_choice()
-        why = _tc_problem(arrays) or "; ".join(config.problems(head_dim, pass_))
+        why = _tc_problem(arrays) or "; ".join(config.problems(head_dim, pass_, elem))
         if why:
             raise ValueError(f"bfloat16: the tensor-core kernels cannot run this problem: {why}")
-        return config.validate(head_dim, pass_)
+        return config.validate(head_dim, pass_, elem)
     if isinstance(config, TensorCoreConfig):
         if backend.BACKEND != backend.GPU:
             raise ValueError("config: a TensorCoreConfig needs the GPU backend (inline PTX: the CUDA simulator "
@@ -242,12 +246,10 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
         why = _tc_problem(arrays)
         if why:
             raise ValueError(f"config: {why}")
-        return config.validate(head_dim, pass_, tc_elem(dtype))
-    # float32's 3xTF32 forward is opt-in (a TensorCoreConfig): with it as the default, one GPU test of the
-    # adapter/Hypothesis suites failed and its report was lost to the device's time limit (README).
-    if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) == np.float16:
+        return config.validate(head_dim, pass_, elem)
+    if config is None and backend.BACKEND == backend.GPU and np.dtype(dtype) in (np.float16, np.float32):
         fast = tc_choice()
-        if not fast.problems(head_dim, pass_) and _tc_problem(arrays) is None:
+        if not fast.problems(head_dim, pass_, elem) and _tc_problem(arrays) is None:
             return fast
     return _check_config(config, head_dim, dtype, pass_, causal, seqlen)
 
@@ -361,7 +363,7 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
         elem = tc_elem(q.dtype)
         dkdv, dkdv_grid = tc_dkdv_kernel(cfg, D, varlen, dropout, elem), (_cdiv(max_k, cfg.block_m), H_kv, n_seq)
         dqk, dq_grid = tc_dq_kernel(cfg, D, varlen, dropout, elem), (_cdiv(max_q, cfg.block_m), H, n_seq)
-        shared = cfg.backward_shared_bytes(D, "dkdv"), cfg.backward_shared_bytes(D, "dq")
+        shared = cfg.backward_shared_bytes(D, "dkdv", elem), cfg.backward_shared_bytes(D, "dq", elem)
     else:
         dkdv, dkdv_grid = dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_n), H_kv, n_seq)
         dqk, dq_grid = dq_kernel(cfg, D, varlen, dropout), (_cdiv(max_q, cfg.block_m), H, n_seq)
@@ -476,8 +478,8 @@ def flash_attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-
     defaults to ``1/sqrt(D)``. ``dropout_p`` > 0 drops probabilities with the mask
     :func:`numba_flash.dropout_mask` draws from ``seed`` (required then: the backward regenerates
     the mask from it); ``lse`` stays that of the undropped probabilities. ``config``: None picks
-    the tensor-core kernel on a GPU for float16 (contiguous last axis, 16-byte aligned rows,
-    head_dim <= 128) and the portable kernel otherwise; a :class:`TensorCoreConfig` or a
+    the tensor-core kernel on a GPU (float16; float32 as 3xTF32; contiguous last axis, 16-byte
+    aligned rows, head_dim <= 128) and the portable kernel otherwise; a :class:`TensorCoreConfig` or a
     :class:`BlockConfig` forces that kernel. ``bfloat16=True``: q, k, v are uint16 arrays holding
     bfloat16 bit patterns (CuPy has no bfloat16 dtype; ``torch_tensor.view(torch.int16)`` or
     ``ml_dtypes`` arrays viewed as uint16 give them); ``out`` comes back the same way. bfloat16 runs

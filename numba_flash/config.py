@@ -211,7 +211,7 @@ def tc_row_bytes(head_dim: int, elem: str = "f16") -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TensorCoreConfig:
-    """Tiles of the tensor-core (GPU-only, 16-bit) kernels, :mod:`numba_flash.tc_forward` and
+    """Tiles of the tensor-core kernels (GPU only; 16-bit, and float32 as 3xTF32), :mod:`numba_flash.tc_forward` and
     :mod:`numba_flash.tc_backward`.
 
     In every kernel a block owns ``block_m`` rows of the output it writes, ``rows_per_warp`` (16
@@ -256,13 +256,13 @@ class TensorCoreConfig:
         """Dynamic shared memory of the forward kernel: Q and ``stages`` K and V tiles of ``elem``."""
         return tc_row_bytes(head_dim, elem) * (self.block_m + 2 * self.stages * self.block_n)
 
-    def backward_shared_bytes(self, head_dim: int, kernel: str) -> int:
-        """Dynamic shared memory of the backward kernel ``kernel`` ("dq" or "dkdv")."""
-        row = tc_row_halves(head_dim)
+    def backward_shared_bytes(self, head_dim: int, kernel: str, elem: str = "f16") -> int:
+        """Dynamic shared memory of the backward kernel ``kernel`` ("dq" or "dkdv") on ``elem`` data."""
+        row = tc_row_bytes(head_dim, elem)
         if kernel == "dq":  # Q, dO | K, V stages
-            return 2 * row * (2 * self.block_m + 2 * self.stages * self.block_n)
+            return row * (2 * self.block_m + 2 * self.stages * self.block_n)
         # lse, delta (float32) and Q, dO of each stage | K, V
-        return self.stages * 8 * self.block_n + 2 * row * (2 * self.block_m + 2 * self.stages * self.block_n)
+        return self.stages * 8 * self.block_n + row * (2 * self.block_m + 2 * self.stages * self.block_n)
 
     def problems(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> list[str]:
         """What stops this config from running the tensor-core ``pass_`` at ``head_dim`` on ``elem``
@@ -273,10 +273,8 @@ class TensorCoreConfig:
                        f"head_dim must be at most {TC_MAX_HEAD_DIM}, got {head_dim}")
         if pass_ == "backward" and self.rows_per_warp != 16:
             out.append(f"the tensor-core backward takes rows_per_warp=16, got {self.rows_per_warp}")
-        if elem == "tf32" and pass_ == "backward":
-            out.append("the tensor-core backward takes float16 or bfloat16 (float32 runs the portable one)")
         need = (self.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
-                else max(self.backward_shared_bytes(head_dim, k) for k in ("dq", "dkdv")))
+                else max(self.backward_shared_bytes(head_dim, k, elem) for k in ("dq", "dkdv")))
         if need > MAX_DYNAMIC_SHARED:
             out.append(f"it needs {need} bytes of shared memory at head_dim={head_dim}, but a block may use "
                        f"{MAX_DYNAMIC_SHARED}: reduce block_m, block_n or stages")
@@ -298,6 +296,8 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
     Backward (both kernels): 64 owned rows; streamed tiles of 64 at head_dim <= 64, else 32 (the dK
     and dV accumulators take 128 registers at head_dim 128), halved with dropout."""
     if pass_ == "backward":
+        if elem == "tf32":  # float32 tiles hold twice the bytes, 3xTF32 needs split fragments: half the streamed rows
+            return TensorCoreConfig(64, 32 if head_dim <= 64 and not dropout else 16, 2, 16)
         return TensorCoreConfig(64, (64 if head_dim <= 64 else 32) // (2 if dropout else 1), 2, 16)
     if elem == "tf32":  # float32 (3xTF32) forward: experiments/results/fp32_tensor_cores, H100, N = 4096, D = 64:
         # (128, 16, 2, 32) 57 TFLOP/s, (128, 32, 2, 32) 61 but spills, (64, 32, 2, 16) 47, (64, 64, 2, 16) 44

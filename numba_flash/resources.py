@@ -129,7 +129,7 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
     fn = factory(config, head_dim, varlen, dropout, elem)
     ptx, out = compile_for(fn.py_func, tc_signature(kernel, elem), cc, f"tc_{kernel}")
     smem = (config.shared_memory_bytes(head_dim, elem) if kernel == "forward"
-            else config.backward_shared_bytes(head_dim, kernel))
+            else config.backward_shared_bytes(head_dim, kernel, elem))
     out.update(kernel=f"tc_{kernel}", head_dim=head_dim, varlen=varlen, dropout=dropout, elem=elem,
                arch=f"sm_{cc[0]}{cc[1]}", config=[config.block_m, config.block_n, config.stages, config.rows_per_warp],
                mma=len(re.findall(r"\bmma\.sync\.aligned\.m16n8k(?:16|8)\b", ptx)),

@@ -6,7 +6,7 @@ of :mod:`numba_flash.tc_forward`: each warp owns 16 rows of the gradient it writ
 their fragments and the score tile in registers; the other side streams through shared memory
 with ``cp.async``, ``STAGES`` buffers deep; ``ldmatrix`` reads every B fragment, and every C
 fragment of a product that feeds the next one (P, dS) is rounded to 16 bits in place as its A
-fragment. Two kernels, each gradient owned by exactly one block (no atomics: deterministic):
+fragment (16-bit data). Two kernels, each gradient owned by exactly one block (no atomics: deterministic):
 
 * ``dkdv``: a block owns ``config.block_m`` keys (one warp per 16) and streams query tiles of
   ``config.block_n`` (over every query head of its GQA group, in order). Per tile, transposed so
@@ -21,6 +21,14 @@ lse, delta = 0), which makes their dS and their P dO exactly 0 without a mask; k
 are masked (they would reach dQ) and never stored. For head_dim > 64 the dkdv warps read their K
 and V fragments from shared memory at each use instead of holding them: dK and dV accumulators
 (2 x 64 registers at head_dim 128) leave no room for them.
+
+float32 (``elem="tf32"``): every product is 3xTF32 (:func:`numba_flash.tc_forward.mma_3xtf32`), each
+k-step's fragment added to its float32 sums outside the tensor cores (they truncate), with the
+forward's layout tricks: ldmatrix of 32-bit rows for every fragment read row-wise (K, V, Q, dO as
+A or B of S^T, dP^T, S, dP); a C fragment (P^T, dS^T, dS) becomes an A fragment by taking its
+columns 2t, 2t + 1 as k = t, t + 4, and the B operand's matching rows 2t, 2t + 1 are read with
+scalar shared loads (dO, Q in dV, dK += ...; K in dQ += dS K). A fragments read from shared memory
+(K, V; Q, dO) are split again at every use: held split, they would take twice the registers.
 """
 
 from __future__ import annotations
@@ -31,12 +39,12 @@ import math
 from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
-from .config import TensorCoreConfig, tc_row_halves
+from .config import TC_ELEMS, TensorCoreConfig, tc_row_bytes
 from .masking import key_span, query_span, sequence_bounds
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, ld_shared_f32,
                   ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
-                  shared_address, st_global_u32)
-from .tc_forward import LOG2E, NEG_INF, keep_scale, masked, row_address, tile_copier
+                  shared_address, split_tf32, st_global_f32x2, st_global_u32)
+from .tc_forward import LOG2E, NEG_INF, keep_scale, masked, mma_3xtf32_add, row_address, tile_copier
 from .unroll import static_range, unrolled
 
 POS_INF = float32(math.inf)
@@ -49,9 +57,13 @@ def lse2(x):
 
 
 def _ops(elem: str):
-    if elem not in ("f16", "bf16"):
-        raise ValueError(f"elem: expected 'f16' or 'bf16', got {elem!r}")
-    return (mma_16816_f16, pack_f16x2) if elem == "f16" else (mma_16816_bf16, pack_bf16x2)
+    """(TF32, the 16-bit mma, the 16-bit pack) of ``elem``; float32 ("tf32") kernels take the float16
+    ones for their (compile-time dead) 16-bit branches."""
+    if elem not in TC_ELEMS:
+        raise ValueError(f"elem: expected one of {TC_ELEMS}, got {elem!r}")
+    if elem == "bf16":
+        return False, mma_16816_bf16, pack_bf16x2
+    return elem == "tf32", mma_16816_f16, pack_f16x2
 
 
 def kv_in_registers(head_dim: int) -> bool:
@@ -71,13 +83,13 @@ def from_bf16(x):
 
 @functools.lru_cache(maxsize=None)
 def tc_delta_kernel(head_dim: int, elem: str = "f16"):
-    """``delta[b, h, i] = sum_d dout[b, h, i, d] * out[b, h, i, d]`` (16-bit inputs, ``elem``).
+    """``delta[b, h, i] = sum_d dout[b, h, i, d] * out[b, h, i, d]`` (inputs of ``elem``: 16-bit, or float32).
 
     Launch with grid (cdiv(Nq, ROWS), H, B) and 128 threads, ``ROWS = tc_delta_rows(head_dim)``.
     A row's 8-element chunks go to consecutive lanes (coalesced reads), reduced with ``shfl.xor``.
     """
     _ops(elem)
-    to_f32 = from_f16 if elem == "f16" else from_bf16
+    to_f32 = from_bf16 if elem == "bf16" else from_f16  # float32(x): float16 -> float32, float32 as is
     CH = head_dim // 8
     LPR = 1 << (CH - 1).bit_length()  # lanes per row: a power of two >= CH (at most 32)
     ROWS = 128 // LPR
@@ -111,27 +123,30 @@ def tc_delta_rows(head_dim: int) -> int:
 def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                    elem: str = "f16"):
     """dK and dV on the tensor cores; launch with grid (cdiv(max Nk, config.block_m), H_kv, B),
-    ``config.num_threads`` threads, ``config.backward_shared_bytes(head_dim, "dkdv")`` dynamic shared
-    memory. Signature as :func:`numba_flash.backward.dkdv_kernel` (16-bit q, k, v, dout, dk, dv)."""
-    mma, pack = _ops(elem)
+    ``config.num_threads`` threads, ``config.backward_shared_bytes(head_dim, "dkdv", elem)`` dynamic
+    shared memory. Signature as :func:`numba_flash.backward.dkdv_kernel` (q, k, v, dout, dk, dv of
+    ``elem``: 16-bit, or float32 multiplied as 3xTF32)."""
+    TF32, mma, pack = _ops(elem)
     BLOCK_N, BLOCK_M, STAGES = config.block_m, config.block_n, config.stages  # owned keys, streamed queries
     NUM_THREADS = config.num_threads
     D = head_dim
-    ROW = tc_row_halves(D)
-    KSTEPS = (ROW - 8) // 16  # k-steps over head_dim (S^T, dP^T)
-    DT = (ROW - 8) // 8  # 8-column n-tiles of dK, dV
+    ROW_B = tc_row_bytes(D, elem)  # shared row pitch in bytes
+    KSTEPS = (ROW_B - 16) // 32  # k-steps over head_dim (S^T, dP^T): 32 bytes of a row each
+    DT = (ROW_B - 16) // (32 if TF32 else 16)  # 8-column n-tiles of dK, dV
     NT = BLOCK_M // 8  # 8-query n-tiles of S^T, dP^T
-    F_REGS, S_REGS, O_REGS, P_REGS = KSTEPS * 4, NT * 4, DT * 4, NT * 2
-    KV_REGS = kv_in_registers(D)
+    S_REGS, O_REGS, P_REGS = NT * 4, DT * 4, NT * 2
+    KV_REGS = kv_in_registers(D) and not TF32
+    # K, V fragments: all k-steps' (16-bit, head_dim <= 64), else one k-step's (TF32: big and small parts)
+    F_REGS = KSTEPS * 4 if KV_REGS else 8
     ROWS_BYTES = 2 * BLOCK_M * 4  # lse, delta of one query tile (float32)
-    KV_BYTES = BLOCK_N * ROW * 2
-    TILE_BYTES = BLOCK_M * ROW * 2
+    KV_BYTES = BLOCK_N * ROW_B
+    TILE_BYTES = BLOCK_M * ROW_B
     SK = STAGES * ROWS_BYTES  # byte offsets in shared memory: rows | K | V | Q stages | dO stages
     SQ = SK + 2 * KV_BYTES
     SDO = SQ + STAGES * TILE_BYTES
     DROPOUT = dropout
     sequence = sequence_bounds(varlen)
-    load_tile, tile_iters = tile_copier(D, NUM_THREADS)
+    load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     KV_ITERS, Q_ITERS = tile_iters(BLOCK_N), tile_iters(BLOCK_M)
 
     @cuda.jit(device=True, inline=True)
@@ -157,10 +172,10 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         s_base = shared_address(smem)
         sK = s_base + uint32(SK)
         sV = sK + uint32(KV_BYTES)
-        kf = cuda.local.array(F_REGS, uint32)  # this warp's 16 keys x D as A fragments (head_dim <= 64)
+        kf = cuda.local.array(F_REGS, uint32)  # this warp's 16 keys x D of K, V as A fragments
         vf = cuda.local.array(F_REGS, uint32)
         st = cuda.local.array(S_REGS, float32)  # S^T, then P^T: 16 keys x BLOCK_M queries
-        dpt = cuda.local.array(S_REGS, float32)  # dP^T
+        dpt = cuda.local.array(S_REGS, float32)  # dP^T, then dS^T
         pz = cuda.local.array(P_REGS, uint32)  # (Z P^T) rounded to 16 bits: A fragments of dV += . dO
         dst_ = cuda.local.array(P_REGS, uint32)  # dS^T rounded to 16 bits: A fragments of dK += . Q
         dk_acc = cuda.local.array(O_REGS, float32)
@@ -194,12 +209,12 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
             dv_acc[i] = float32(0.0)
         qk_scale = scale * float32(LOG2E)
         wkey = n0 + warp * 16  # this warp's first key; lane keys wkey + g (+ 8)
-        a_row = warp * 16 + (lane % 8) + 8 * ((lane // 8) % 2)  # ldmatrix rows of A fragments (K, V)
-        a_col = 8 * (lane // 16)
-        b_row = (lane % 8) + 8 * (lane // 16)  # ldmatrix rows/cols of non-transposed B fragments
-        b_col = 8 * ((lane // 8) % 2)
-        t_row = (lane % 8) + 8 * ((lane // 8) % 2)  # ... of transposed B fragments
-        t_col = 8 * (lane // 16)
+        # This lane's ldmatrix row (byte offsets): of A fragments (K, V), of B fragments (Q, dO), and of
+        # transposed 16-bit B fragments (dO, Q in dV, dK += ...); TF32 reads those rows 2t, 2t + 1 itself.
+        a_lane = (warp * 16 + (lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16)
+        b_lane = ((lane % 8) + 8 * (lane // 16)) * ROW_B + 16 * ((lane // 8) % 2)
+        t_lane = ((lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16)
+        f_lane = 2 * t * ROW_B + 4 * g
 
         for it in range(total):
             h = hk * group + it // m_tiles
@@ -224,7 +239,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
 
             if KV_REGS and it == 0:
                 for kk in static_range(KSTEPS):
-                    off = uint32((a_row * ROW + kk * 16 + a_col) * 2)
+                    off = uint32(a_lane + kk * 32)
                     kf[4 * kk], kf[4 * kk + 1], kf[4 * kk + 2], kf[4 * kk + 3] = ldmatrix_x4(sK + off)
                     vf[4 * kk], vf[4 * kk + 1], vf[4 * kk + 2], vf[4 * kk + 3] = ldmatrix_x4(sV + off)
 
@@ -237,22 +252,54 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     k0, k1, k2, k3 = kf[4 * kk], kf[4 * kk + 1], kf[4 * kk + 2], kf[4 * kk + 3]
                     v0, v1, v2, v3 = vf[4 * kk], vf[4 * kk + 1], vf[4 * kk + 2], vf[4 * kk + 3]
                 else:
-                    off = uint32((a_row * ROW + kk * 16 + a_col) * 2)
-                    k0, k1, k2, k3 = ldmatrix_x4(sK + off)
-                    v0, v1, v2, v3 = ldmatrix_x4(sV + off)
+                    k0, k1, k2, k3 = ldmatrix_x4(sK + uint32(a_lane + kk * 32))
+                    v0, v1, v2, v3 = ldmatrix_x4(sV + uint32(a_lane + kk * 32))
+                if TF32:  # big parts in f[0:4], small in f[4:8]
+                    kf[0], kf[4] = split_tf32(k0)
+                    kf[1], kf[5] = split_tf32(k1)
+                    kf[2], kf[6] = split_tf32(k2)
+                    kf[3], kf[7] = split_tf32(k3)
+                    vf[0], vf[4] = split_tf32(v0)
+                    vf[1], vf[5] = split_tf32(v1)
+                    vf[2], vf[6] = split_tf32(v2)
+                    vf[3], vf[7] = split_tf32(v3)
                 for jp in static_range(NT // 2):
-                    off = uint32(((jp * 16 + b_row) * ROW + kk * 16 + b_col) * 2)
-                    b0, b1, b2, b3 = ldmatrix_x4(sQ + off)
+                    off = uint32(jp * 16 * ROW_B + b_lane + kk * 32)
                     j = 8 * jp
-                    st[j], st[j + 1], st[j + 2], st[j + 3] = mma(k0, k1, k2, k3, b0, b1,
-                                                                 st[j], st[j + 1], st[j + 2], st[j + 3])
-                    st[j + 4], st[j + 5], st[j + 6], st[j + 7] = mma(k0, k1, k2, k3, b2, b3,
-                                                                     st[j + 4], st[j + 5], st[j + 6], st[j + 7])
+                    b0, b1, b2, b3 = ldmatrix_x4(sQ + off)
+                    if TF32:
+                        b0, c0 = split_tf32(b0)
+                        b1, c1 = split_tf32(b1)
+                        b2, c2 = split_tf32(b2)
+                        b3, c3 = split_tf32(b3)
+                        st[j], st[j + 1], st[j + 2], st[j + 3] = mma_3xtf32_add(
+                            kf[0], kf[1], kf[2], kf[3], kf[4], kf[5], kf[6], kf[7], b0, b1, c0, c1,
+                            st[j], st[j + 1], st[j + 2], st[j + 3])
+                        st[j + 4], st[j + 5], st[j + 6], st[j + 7] = mma_3xtf32_add(
+                            kf[0], kf[1], kf[2], kf[3], kf[4], kf[5], kf[6], kf[7], b2, b3, c2, c3,
+                            st[j + 4], st[j + 5], st[j + 6], st[j + 7])
+                    else:
+                        st[j], st[j + 1], st[j + 2], st[j + 3] = mma(k0, k1, k2, k3, b0, b1,
+                                                                     st[j], st[j + 1], st[j + 2], st[j + 3])
+                        st[j + 4], st[j + 5], st[j + 6], st[j + 7] = mma(
+                            k0, k1, k2, k3, b2, b3, st[j + 4], st[j + 5], st[j + 6], st[j + 7])
                     b0, b1, b2, b3 = ldmatrix_x4(sdO + off)
-                    dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3] = mma(v0, v1, v2, v3, b0, b1,
-                                                                     dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3])
-                    dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7] = mma(
-                        v0, v1, v2, v3, b2, b3, dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7])
+                    if TF32:
+                        b0, c0 = split_tf32(b0)
+                        b1, c1 = split_tf32(b1)
+                        b2, c2 = split_tf32(b2)
+                        b3, c3 = split_tf32(b3)
+                        dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3] = mma_3xtf32_add(
+                            vf[0], vf[1], vf[2], vf[3], vf[4], vf[5], vf[6], vf[7], b0, b1, c0, c1,
+                            dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3])
+                        dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7] = mma_3xtf32_add(
+                            vf[0], vf[1], vf[2], vf[3], vf[4], vf[5], vf[6], vf[7], b2, b3, c2, c3,
+                            dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7])
+                    else:
+                        dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3] = mma(v0, v1, v2, v3, b0, b1,
+                                                                         dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3])
+                        dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7] = mma(
+                            v0, v1, v2, v3, b2, b3, dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7])
 
             # P^T = exp2(S^T scale log2(e) - lse log2(e)); masks only on tiles that cross the band.
             for i in static_range(S_REGS):
@@ -280,14 +327,44 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         else:
                             dpt[e] = p * (dp - dl)
                             st[e] = p
-            for i in static_range(P_REGS):
-                pz[i] = pack(st[2 * i], st[2 * i + 1])
-                dst_[i] = pack(dpt[2 * i], dpt[2 * i + 1])
 
             # dV += (Z P^T) dO and dK += dS^T Q over this tile's queries (the k dimension here).
-            for kk in static_range(NT // 2):
+            if TF32:
+                # 8 queries per k-step: the C fragments' queries 2t, 2t + 1 are k = t, t + 4 of the A
+                # fragments (as P in the forward's P V); dO's and Q's rows 2t, 2t + 1 the B fragments'.
+                # dV first, then dK: one split A fragment live at a time (at head_dim 128 the two
+                # accumulators alone take 128 registers)
+                for j in static_range(NT):
+                    pa = cuda.local.array(8, uint32)
+                    for e in static_range(4):  # C element e -> A register (0, 2, 1, 3)[e] (+ 4: small)
+                        pa[(e % 2) * 2 + e // 2], pa[(e % 2) * 2 + e // 2 + 4] = split_tf32(st[4 * j + e])
+                    for dt in static_range(DT):
+                        off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
+                        b0, c0 = split_tf32(ld_shared_f32(sdO + off))
+                        b1, c1 = split_tf32(ld_shared_f32(sdO + off + uint32(ROW_B)))
+                        o = 4 * dt
+                        dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3] = mma_3xtf32_add(
+                            pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7], b0, b1, c0, c1,
+                            dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3])
+                for j in static_range(NT):
+                    da = cuda.local.array(8, uint32)
+                    for e in static_range(4):
+                        da[(e % 2) * 2 + e // 2], da[(e % 2) * 2 + e // 2 + 4] = split_tf32(dpt[4 * j + e])
+                    for dt in static_range(DT):
+                        off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
+                        b0, c0 = split_tf32(ld_shared_f32(sQ + off))
+                        b1, c1 = split_tf32(ld_shared_f32(sQ + off + uint32(ROW_B)))
+                        o = 4 * dt
+                        dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3] = mma_3xtf32_add(
+                            da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7], b0, b1, c0, c1,
+                            dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3])
+            else:
+                for i in static_range(P_REGS):
+                    pz[i] = pack(st[2 * i], st[2 * i + 1])
+                    dst_[i] = pack(dpt[2 * i], dpt[2 * i + 1])
+            for kk in static_range(0 if TF32 else NT // 2):
                 for dp_ in static_range(DT // 2):
-                    off = uint32(((kk * 16 + t_row) * ROW + dp_ * 16 + t_col) * 2)
+                    off = uint32(kk * 16 * ROW_B + t_lane + dp_ * 32)
                     b0, b1, b2, b3 = ldmatrix_x4_trans(sdO + off)
                     j = 8 * dp_
                     dv_acc[j], dv_acc[j + 1], dv_acc[j + 2], dv_acc[j + 3] = mma(
@@ -307,7 +384,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
 
         cp_async_wait_all()  # nothing in flight at exit (no query tile at all: K, V only)
 
-        # Epilogue: dK (times scale) and dV of this warp's keys, 2 x 16 bits per store.
+        # Epilogue: dK (times scale) and dV of this warp's keys, 2 values per store.
         dk_base = row_address(dk, ab, hk, k_off)
         dv_base = row_address(dv, ab, hk, k_off)
         for r in static_range(2):
@@ -315,12 +392,19 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
             if key < n_k:
                 for j in static_range(D_TILES):
                     e = 4 * j + 2 * r
-                    col = (8 * j + 2 * t) * 2
-                    st_global_u32(dk_base + uint64(key * dk.strides[2] + col),
-                                  pack(dk_acc[e] * scale, dk_acc[e + 1] * scale))
-                    st_global_u32(dv_base + uint64(key * dv.strides[2] + col), pack(dv_acc[e], dv_acc[e + 1]))
+                    if TF32:
+                        col = (8 * j + 2 * t) * 4
+                        st_global_f32x2(dk_base + uint64(key * dk.strides[2] + col), dk_acc[e] * scale,
+                                        dk_acc[e + 1] * scale)
+                        st_global_f32x2(dv_base + uint64(key * dv.strides[2] + col), dv_acc[e], dv_acc[e + 1])
+                    else:
+                        col = (8 * j + 2 * t) * 2
+                        st_global_u32(dk_base + uint64(key * dk.strides[2] + col),
+                                      pack(dk_acc[e] * scale, dk_acc[e + 1] * scale))
+                        st_global_u32(dv_base + uint64(key * dv.strides[2] + col), pack(dv_acc[e], dv_acc[e + 1]))
 
-    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8)
+    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
+                     TF32=TF32)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))
 
 
@@ -328,25 +412,27 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
 def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                  elem: str = "f16"):
     """dQ on the tensor cores; launch with grid (cdiv(max Nq, config.block_m), H, B),
-    ``config.num_threads`` threads, ``config.backward_shared_bytes(head_dim, "dq")`` dynamic shared
-    memory. Signature as :func:`numba_flash.backward.dq_kernel` (16-bit q, k, v, dout, dq)."""
-    mma, pack = _ops(elem)
+    ``config.num_threads`` threads, ``config.backward_shared_bytes(head_dim, "dq", elem)`` dynamic
+    shared memory. Signature as :func:`numba_flash.backward.dq_kernel` (q, k, v, dout, dq of ``elem``)."""
+    TF32, mma, pack = _ops(elem)
     BLOCK_M, BLOCK_N, STAGES = config.block_m, config.block_n, config.stages  # owned queries, streamed keys
     NUM_THREADS = config.num_threads
     D = head_dim
-    ROW = tc_row_halves(D)
-    KSTEPS = (ROW - 8) // 16
-    DT = (ROW - 8) // 8
+    ROW_B = tc_row_bytes(D, elem)
+    KSTEPS = (ROW_B - 16) // 32
+    DT = (ROW_B - 16) // (32 if TF32 else 16)
     NT = BLOCK_N // 8
-    F_REGS, S_REGS, O_REGS, P_REGS = KSTEPS * 4, NT * 4, DT * 4, NT * 2
-    Q_BYTES = BLOCK_M * ROW * 2
-    KV_BYTES = BLOCK_N * ROW * 2
+    # Q and dO fragments: all k-steps' (16-bit), else one k-step's (TF32, big and small parts: re-read
+    # from shared memory for every key tile, as the forward does)
+    F_REGS, S_REGS, O_REGS, P_REGS = (8 if TF32 else KSTEPS * 4), NT * 4, DT * 4, NT * 2
+    Q_BYTES = BLOCK_M * ROW_B
+    KV_BYTES = BLOCK_N * ROW_B
     SDO = Q_BYTES  # byte offsets: Q | dO | K stages | V stages
     SK = 2 * Q_BYTES
     SV = SK + STAGES * KV_BYTES
     DROPOUT = dropout
     sequence = sequence_bounds(varlen)
-    load_tile, tile_iters = tile_copier(D, NUM_THREADS)
+    load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     Q_ITERS, KV_ITERS = tile_iters(BLOCK_M), tile_iters(BLOCK_N)
 
     def kernel(q, k, v, dout, lse, delta, dq, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
@@ -398,12 +484,12 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
         for i in static_range(O_REGS):
             dq_acc[i] = float32(0.0)
         qk_scale = scale * float32(LOG2E)
-        a_row = warp * 16 + (lane % 8) + 8 * ((lane // 8) % 2)
-        a_col = 8 * (lane // 16)
-        b_row = (lane % 8) + 8 * (lane // 16)
-        b_col = 8 * ((lane // 8) % 2)
-        t_row = (lane % 8) + 8 * ((lane // 8) % 2)
-        t_col = 8 * (lane // 16)
+        # This lane's ldmatrix rows (byte offsets) of A fragments (Q, dO), B fragments (K, V) and
+        # transposed 16-bit B fragments (K in dQ += dS K); TF32 reads K's rows 2t, 2t + 1 itself.
+        a_lane = (warp * 16 + (lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16)
+        b_lane = ((lane % 8) + 8 * (lane // 16)) * ROW_B + 16 * ((lane // 8) % 2)
+        t_lane = ((lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16)
+        f_lane = 2 * t * ROW_B + 4 * g
 
         it = 0
         for n0 in range(n_start, n_end, BLOCK_N):
@@ -427,9 +513,9 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                 cp_async_wait_all()
             cuda.syncthreads()
 
-            if it == 0:
+            if not TF32 and it == 0:
                 for kk in static_range(KSTEPS):
-                    off = uint32((a_row * ROW + kk * 16 + a_col) * 2)
+                    off = uint32(a_lane + kk * 32)
                     qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2], qf[4 * kk + 3] = ldmatrix_x4(sQ + off)
                     dof[4 * kk], dof[4 * kk + 1], dof[4 * kk + 2], dof[4 * kk + 3] = ldmatrix_x4(sdO + off)
 
@@ -438,24 +524,59 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                 sacc[i] = float32(0.0)
                 dpacc[i] = float32(0.0)
             for kk in static_range(KSTEPS):
+                if TF32:  # this k-step's Q and dO fragments, split (big parts in [0:4], small in [4:8])
+                    a0, a1, a2, a3 = ldmatrix_x4(sQ + uint32(a_lane + kk * 32))
+                    qf[0], qf[4] = split_tf32(a0)
+                    qf[1], qf[5] = split_tf32(a1)
+                    qf[2], qf[6] = split_tf32(a2)
+                    qf[3], qf[7] = split_tf32(a3)
+                    a0, a1, a2, a3 = ldmatrix_x4(sdO + uint32(a_lane + kk * 32))
+                    dof[0], dof[4] = split_tf32(a0)
+                    dof[1], dof[5] = split_tf32(a1)
+                    dof[2], dof[6] = split_tf32(a2)
+                    dof[3], dof[7] = split_tf32(a3)
                 for jp in static_range(NT // 2):
-                    off = uint32(((jp * 16 + b_row) * ROW + kk * 16 + b_col) * 2)
+                    off = uint32(jp * 16 * ROW_B + b_lane + kk * 32)
                     j = 8 * jp
-                    qa = 4 * kk
+                    qa = 0 if TF32 else 4 * kk
                     b0, b1, b2, b3 = ldmatrix_x4(sK + off)
-                    sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
-                        qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1, sacc[j], sacc[j + 1], sacc[j + 2],
-                        sacc[j + 3])
-                    sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma(
-                        qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b2, b3, sacc[j + 4], sacc[j + 5], sacc[j + 6],
-                        sacc[j + 7])
+                    if TF32:
+                        b0, c0 = split_tf32(b0)
+                        b1, c1 = split_tf32(b1)
+                        b2, c2 = split_tf32(b2)
+                        b3, c3 = split_tf32(b3)
+                        sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma_3xtf32_add(
+                            qf[0], qf[1], qf[2], qf[3], qf[4], qf[5], qf[6], qf[7], b0, b1, c0, c1,
+                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3])
+                        sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma_3xtf32_add(
+                            qf[0], qf[1], qf[2], qf[3], qf[4], qf[5], qf[6], qf[7], b2, b3, c2, c3,
+                            sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
+                    else:
+                        sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
+                            qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1, sacc[j], sacc[j + 1], sacc[j + 2],
+                            sacc[j + 3])
+                        sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma(
+                            qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b2, b3, sacc[j + 4], sacc[j + 5], sacc[j + 6],
+                            sacc[j + 7])
                     b0, b1, b2, b3 = ldmatrix_x4(sV + off)
-                    dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3] = mma(
-                        dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b0, b1, dpacc[j], dpacc[j + 1], dpacc[j + 2],
-                        dpacc[j + 3])
-                    dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7] = mma(
-                        dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b2, b3, dpacc[j + 4], dpacc[j + 5],
-                        dpacc[j + 6], dpacc[j + 7])
+                    if TF32:
+                        b0, c0 = split_tf32(b0)
+                        b1, c1 = split_tf32(b1)
+                        b2, c2 = split_tf32(b2)
+                        b3, c3 = split_tf32(b3)
+                        dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3] = mma_3xtf32_add(
+                            dof[0], dof[1], dof[2], dof[3], dof[4], dof[5], dof[6], dof[7], b0, b1, c0, c1,
+                            dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3])
+                        dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7] = mma_3xtf32_add(
+                            dof[0], dof[1], dof[2], dof[3], dof[4], dof[5], dof[6], dof[7], b2, b3, c2, c3,
+                            dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7])
+                    else:
+                        dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3] = mma(
+                            dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b0, b1, dpacc[j], dpacc[j + 1],
+                            dpacc[j + 2], dpacc[j + 3])
+                        dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7] = mma(
+                            dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b2, b3, dpacc[j + 4], dpacc[j + 5],
+                            dpacc[j + 6], dpacc[j + 7])
 
             for i in static_range(S_REGS):
                 sacc[i] *= qk_scale
@@ -476,13 +597,27 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                         dp *= keep_scale(seed_lo, seed_hi, b, h, row0 + 8 * (e // 2), n0 + 8 * j + 2 * t + (e % 2),
                                          threshold, drop_scale)
                     dpacc[i] = p * (dp - (dl_0 if e < 2 else dl_1))
-            for i in static_range(P_REGS):
-                ds16[i] = pack(dpacc[2 * i], dpacc[2 * i + 1])
 
             # dQ += dS K over this tile's keys.
-            for kk in static_range(NT // 2):
+            if TF32:  # 8 keys per k-step, C fragment keys 2t, 2t + 1 as k = t, t + 4 (see dkdv)
+                for j in static_range(NT):
+                    da = cuda.local.array(8, uint32)
+                    for e in static_range(4):
+                        da[(e % 2) * 2 + e // 2], da[(e % 2) * 2 + e // 2 + 4] = split_tf32(dpacc[4 * j + e])
+                    for dt in static_range(DT):
+                        off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
+                        b0, c0 = split_tf32(ld_shared_f32(sK + off))
+                        b1, c1 = split_tf32(ld_shared_f32(sK + off + uint32(ROW_B)))
+                        o = 4 * dt
+                        dq_acc[o], dq_acc[o + 1], dq_acc[o + 2], dq_acc[o + 3] = mma_3xtf32_add(
+                            da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7], b0, b1, c0, c1,
+                            dq_acc[o], dq_acc[o + 1], dq_acc[o + 2], dq_acc[o + 3])
+            else:
+                for i in static_range(P_REGS):
+                    ds16[i] = pack(dpacc[2 * i], dpacc[2 * i + 1])
+            for kk in static_range(0 if TF32 else NT // 2):
                 for dp_ in static_range(DT // 2):
-                    b0, b1, b2, b3 = ldmatrix_x4_trans(sK + uint32(((kk * 16 + t_row) * ROW + dp_ * 16 + t_col) * 2))
+                    b0, b1, b2, b3 = ldmatrix_x4_trans(sK + uint32(kk * 16 * ROW_B + t_lane + dp_ * 32))
                     j = 8 * dp_
                     dq_acc[j], dq_acc[j + 1], dq_acc[j + 2], dq_acc[j + 3] = mma(
                         ds16[4 * kk], ds16[4 * kk + 1], ds16[4 * kk + 2], ds16[4 * kk + 3], b0, b1,
@@ -501,8 +636,13 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
             if row < n_q:
                 for j in static_range(D_TILES):
                     e = 4 * j + 2 * r
-                    st_global_u32(dq_base + uint64(row * dq.strides[2] + (8 * j + 2 * t) * 2),
-                                  pack(dq_acc[e] * scale, dq_acc[e + 1] * scale))
+                    if TF32:
+                        st_global_f32x2(dq_base + uint64(row * dq.strides[2] + (8 * j + 2 * t) * 4),
+                                        dq_acc[e] * scale, dq_acc[e + 1] * scale)
+                    else:
+                        st_global_u32(dq_base + uint64(row * dq.strides[2] + (8 * j + 2 * t) * 2),
+                                      pack(dq_acc[e] * scale, dq_acc[e + 1] * scale))
 
-    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8)
+    constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
+                     TF32=TF32)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))

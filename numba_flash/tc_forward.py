@@ -112,11 +112,19 @@ def mma_3xtf32(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1):
     return mma_1688_tf32(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
 
 
+@cuda.jit(device=True, forceinline=True)
+def mma_3xtf32_add(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1, c0, c1, c2, c3):
+    """``c + A B``: :func:`mma_3xtf32`'s fragment added to the float32 sums ``c`` by four float32 adds,
+    which round to nearest (the tensor cores' own accumulation truncates: see the P V step)."""
+    d0, d1, d2, d3 = mma_3xtf32(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1)
+    return c0 + d0, c1 + d1, c2 + d2, c3 + d3
+
+
 @functools.lru_cache(maxsize=None)
 def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                       elem: str = "f16"):
     """The tensor-core forward kernel; launch with grid (cdiv(max Nq, BLOCK_M), H, B),
-    ``config.num_threads`` threads and ``config.shared_memory_bytes(head_dim)`` dynamic shared memory.
+    ``config.num_threads`` threads and ``config.shared_memory_bytes(head_dim, elem)`` dynamic shared memory.
 
     Same signature and outputs as :func:`numba_flash.forward.forward_kernel`; ``elem`` says what q,
     k, v, out hold: ``"f16"``/``"bf16"`` 16-bit values (m16n8k16 mma), ``"tf32"`` float32 values,

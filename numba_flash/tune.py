@@ -638,7 +638,7 @@ class Trial:
         kernels = ("forward",) if pass_ == "forward" else ("dq", "dkdv")
         if isinstance(c, TensorCoreConfig):
             smem = (c.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
-                    else max(c.backward_shared_bytes(head_dim, k) for k in kernels))
+                    else max(c.backward_shared_bytes(head_dim, k, elem) for k in kernels))
             tpr, stages, rpw = None, c.stages, c.rows_per_warp
         else:
             smem = max(c.shared_memory_bytes(head_dim, k) for k in kernels)
@@ -764,16 +764,16 @@ def _fmt(x, spec):
 # tune()
 # --------------------------------------------------------------------------------------------
 
-def _tc_dtype(dtype, pass_: str) -> bool:
+def _tc_dtype(dtype) -> bool:
     """Whether the tensor-core kernels take ``dtype`` for ``pass_``: float16 (its config also serves
-    bfloat16), and float32 for the forward (3xTF32)."""
-    return dtype == np.float16 or (dtype == np.float32 and pass_ == "forward")
+    bfloat16) and float32 (3xTF32), both passes."""
+    return dtype in (np.float16, np.float32)
 
 
 def _resolve_kind(kind, configs, head_dim: int, dtype, pass_: str = "forward") -> str:
     """The kind :func:`tune` tunes: ``kind`` when given; else that of ``configs`` (all one kind);
-    else "tensor_core" on the GPU backend where config=None runs those kernels (float16 at head_dim
-    <= TC_MAX_HEAD_DIM), "block" otherwise (kind="tensor_core" also tunes float32's 3xTF32 forward). Raises ValueError when
+    else "tensor_core" on the GPU backend where config=None runs those kernels (float16, and float32 as
+    3xTF32, at head_dim <= TC_MAX_HEAD_DIM), "block" otherwise. Raises ValueError when
     the tensor-core kernels cannot run here (the simulator, another dtype) or ``configs`` mix
     kinds or disagree with ``kind``."""
     from . import backend
@@ -787,7 +787,7 @@ def _resolve_kind(kind, configs, head_dim: int, dtype, pass_: str = "forward") -
     if kind is None:
         if kinds:
             kind = kinds.pop()
-        elif backend.BACKEND == backend.GPU and dtype == np.float16 and head_dim <= TC_MAX_HEAD_DIM:
+        elif backend.BACKEND == backend.GPU and _tc_dtype(dtype) and head_dim <= TC_MAX_HEAD_DIM:
             kind = "tensor_core"
         else:
             kind = "block"
@@ -795,10 +795,10 @@ def _resolve_kind(kind, configs, head_dim: int, dtype, pass_: str = "forward") -
         wanted = "TensorCoreConfigs" if kind == "tensor_core" else "BlockConfigs"
         raise ValueError(f"configs: kind={kind!r} tunes {wanted}, got {kinds.pop()} configs")
     if kind == "tensor_core":
-        if not _tc_dtype(dtype, pass_):
+        if not _tc_dtype(dtype):
             raise ValueError(f"kind='tensor_core': the tensor-core kernels take float16 (the tuned config also serves "
-                             f"bfloat16) and, for the forward pass, float32; got dtype={dtype.name} for the {pass_} "
-                             "pass; use kind='block'")
+                             f"bfloat16) and float32 (3xTF32); got dtype={dtype.name} for the {pass_} pass; use "
+                             "kind='block'")
         if backend.BACKEND != backend.GPU:
             raise ValueError(f"kind='tensor_core': the tensor-core kernels need the GPU backend (inline PTX: the CUDA "
                              f"simulator cannot run them; this is the {backend.BACKEND} backend); use kind='block'")

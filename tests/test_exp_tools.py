@@ -58,6 +58,8 @@ def test_fp32_tensor_cores_experiment_arguments_and_summary():
     args = fp32.parse_args(["--shape", "2,4,256,64", "--config", "64,32,2,16", "--causal", "no"])
     assert args.shape == [(2, 4, 256, 64)] and len(args.config) == 1 and args.config[0].block_n == 32
     assert len(fp32.parse_args([]).config) == len(fp32.DEFAULT_CONFIGS)
+    assert len(fp32.parse_args([]).bwd_config) == len(fp32.DEFAULT_BWD_CONFIGS)
+    assert fp32.parse_args(["--bwd-config", "64,16,2,16"]).bwd_config[0].block_n == 16
     with pytest.raises(SystemExit):
         fp32.parse_args(["--shape", "2,4,256"])
     with pytest.raises(SystemExit):
@@ -69,12 +71,16 @@ def test_fp32_tensor_cores_experiment_arguments_and_summary():
             {**base, "pass": "forward", "impl": "numba_flash portable", "status": "ok", "tflops": 5.0},
             {**base, "pass": "forward", "impl": "sdpa_efficient", "status": "ok", "tflops": 30.0},
             {**base, "pass": "forward_backward", "impl": "numba_flash", "status": "ok", "tflops": 6.0},
+            {**base, "pass": "forward_backward", "impl": "numba_flash bwd 64,16,2,16", "status": "ok", "tflops": 7.0},
+            {**base, "pass": "forward_backward", "impl": "numba_flash portable bwd", "status": "ok", "tflops": 2.0},
             {**base, "pass": "forward_backward", "impl": "sdpa_efficient", "status": "ok", "tflops": 24.0},
             {**base, "impl": "error vs float64", "out_ratio": 0.9, "dq_ratio": 1.1, "dk_ratio": 1.0, "dv_ratio": 0.8}]
     (line,) = fp32.summary(rows)
     assert line["fwd ratio"] == 2.0 and line["fwd+bwd ratio"] == 0.25
     assert line["fwd nf best"] == 70.0 and line["best config"] == "64,32,2,16" and line["fwd portable"] == 5.0
     assert line["out err ratio"] == 0.9 and line["dq err ratio"] == 1.1
+    assert line["fwd+bwd nf best"] == 7.0 and line["best bwd config"] == "64,16,2,16"
+    assert line["fwd+bwd portable bwd"] == 2.0
 
 
 def test_fp32_tensor_cores_experiment_without_the_gpu_says_why(capsys):

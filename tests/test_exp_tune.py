@@ -438,11 +438,12 @@ def test_resolve_kind():
     # kind=None: the kernels config=None runs (tensor-core on the GPU with float16 and head_dim <= 128)
     assert tune_mod._resolve_kind(None, None, 64, "float16") == ("tensor_core" if ON_GPU else "block")
     assert tune_mod._resolve_kind(None, None, 256, "float16") == "block"
-    # float32: config=None runs the portable kernels, so "block"; "tensor_core" tunes the 3xTF32 forward
-    assert tune_mod._resolve_kind(None, None, 64, "float32") == "block"
-    assert tune_mod._resolve_kind(None, None, 64, "float32", "backward") == "block"
+    # float32: config=None runs the 3xTF32 tensor-core kernels on the GPU, both passes
+    assert tune_mod._resolve_kind(None, None, 64, "float32") == ("tensor_core" if ON_GPU else "block")
+    assert tune_mod._resolve_kind(None, None, 64, "float32", "backward") == ("tensor_core" if ON_GPU else "block")
+    assert tune_mod._resolve_kind(None, None, 256, "float32") == "block"
     if ON_GPU:
-        assert tune_mod._resolve_kind("tensor_core", None, 64, "float32") == "tensor_core"
+        assert tune_mod._resolve_kind("tensor_core", None, 64, "float32", "backward") == "tensor_core"
     assert tune_mod._resolve_kind("block", None, 64, "float16") == "block"
     # configs given: their kind
     assert tune_mod._resolve_kind(None, [BlockConfig(8, 8, 16)], 64, "float16") == "block"
@@ -543,12 +544,15 @@ def test_pick_takes_the_tuned_tc_config_on_the_gpu(private_cache, monkeypatch, r
     want, _ = reference.attention_forward(*(a.astype(np.float16) for a in host))
     for out in (out0, out1):
         assert np.max(np.abs(out.astype(np.float64) - want)) < 1e-2 * np.max(np.abs(want))
-    # the portable path (float32: config=None) still reads the block entry
-    tune_mod.store(D, np.float32, False, n, "forward", BlockConfig(32, 16, 128))
+    # float32 (3xTF32) reads its own tensor-core entry, never float16's; the block entry only where the
+    # tensor-core kernels cannot run (head_dim 256)
     q32 = (("q", to_device(host[0])), ("k", to_device(host[1])), ("v", to_device(host[2])))
-    assert api._pick(None, "forward", D, np.float32, False, n, q32) == BlockConfig(32, 16, 128)
-    assert api._pick(TensorCoreConfig(64, 32, 1, 16), "forward", D, np.float32, False, n, q32) == \
-        TensorCoreConfig(64, 32, 1, 16)  # the 3xTF32 forward, asked for
+    assert api._pick(None, "forward", D, np.float32, False, n, q32) == default_tc_config(D, False, "forward", "tf32")
+    tune_mod.store(D, np.float32, False, n, "forward", TensorCoreConfig(64, 32, 1, 16))
+    assert api._pick(None, "forward", D, np.float32, False, n, q32) == TensorCoreConfig(64, 32, 1, 16)
+    tune_mod.store(256, np.float32, False, n, "forward", BlockConfig(32, 16, 128))
+    big = tuple((name, to_device(rng.standard_normal((1, 2, n, 256)).astype(np.float32))) for name in "qkv")
+    assert api._pick(None, "forward", 256, np.float32, False, n, big) == BlockConfig(32, 16, 128)
 
 
 @pytest.mark.skipif(not ON_GPU, reason=NEEDS_GPU)

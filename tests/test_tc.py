@@ -87,6 +87,25 @@ def test_float32_tensor_core_forward_compiles_to_tf32_mma_without_spills():
         assert r["mma"] == 3 * 2 * kt * nt * wm, r
 
 
+# float32 backward (3xTF32): the defaults at head_dim 64 and 128, varlen + dropout at head_dim 64 and 40.
+_TF32_BACKWARD_CASES = [(TensorCoreConfig(64, 32, 2, 16), 64, False, False),
+                        (TensorCoreConfig(64, 16, 2, 16), 128, False, False),
+                        (TensorCoreConfig(64, 16, 2, 16), 64, True, True), (TensorCoreConfig(64, 16, 2, 16), 40, True, True)]
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_float32_tensor_core_backward_compiles_to_tf32_mma_without_spills():
+    cases = [(kernel, *case, "tf32") for case in _TF32_BACKWARD_CASES for kernel in ("dq", "dkdv")]
+    for (kernel, cfg, d, _, _, _), r in zip(cases, _compile(cases, max_stack=8)):
+        assert r["mma_kind"] == ["mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"], r
+        streamed = 4 * (d + 4) * (2 * cfg.block_m + 2 * cfg.stages * cfg.block_n)
+        assert r["expected_dynamic_smem"] == streamed + (8 * cfg.stages * cfg.block_n if kernel == "dkdv" else 0), r
+        # Three mma per 16 x 8 x 8 product: S and dP (S^T, dP^T): (head_dim / 8) k-steps x (block_n / 8)
+        # n-tiles each; dQ += dS K (dK, dV += ...): (block_n / 8) k-steps x (head_dim / 8) n-tiles each.
+        kt, nt = d // 8, cfg.block_n // 8
+        assert r["mma"] == 3 * (2 * kt * nt + (1 if kernel == "dq" else 2) * nt * kt), r
+
+
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_tensor_core_backward_compiles_to_mma_without_spills():
     cases = [(kernel, *case, "f16") for case in _BACKWARD_CASES for kernel in ("dq", "dkdv")]
@@ -115,13 +134,15 @@ def test_tensor_core_config_is_checked():
     with pytest.raises(ValueError, match="rows_per_warp"):
         TensorCoreConfig(48, 32, 2, 32)
     assert TensorCoreConfig(128, 32, 2, 32).warps == 4
-    # float32 tiles (3xTF32 forward): head_dim + 4 words per row; no float32 tensor-core backward
+    # float32 tiles (3xTF32): head_dim + 4 words per row
     assert TensorCoreConfig(64, 64, 2).shared_memory_bytes(64, "tf32") == 4 * 68 * (64 + 4 * 64)
-    assert TensorCoreConfig().problems(64, "forward", "tf32") == []
-    with pytest.raises(ValueError, match="backward takes float16 or bfloat16"):
-        TensorCoreConfig().validate(64, "backward", "tf32")
+    assert TensorCoreConfig(64, 32, 2).backward_shared_bytes(64, "dq", "tf32") == 4 * 68 * (2 * 64 + 4 * 32)
+    assert TensorCoreConfig().problems(64, "forward", "tf32") == TensorCoreConfig().problems(64, "backward", "tf32") == []
     with pytest.raises(ValueError, match="shared memory"):
         TensorCoreConfig(256, 256, 2).validate(128, "forward", "tf32")
+    with pytest.raises(ValueError, match="shared memory"):  # 16-bit tiles of this size would fit
+        TensorCoreConfig(128, 128, 2).validate(128, "backward", "tf32")
+    assert TensorCoreConfig(128, 128, 2).validate(128, "backward", "f16")
 
 
 @pytest.mark.skipif(ON_GPU, reason="checks the simulator's refusal; on the GPU the tensor-core path runs")
@@ -150,8 +171,8 @@ def test_tensor_core_errors(rng):
     q = cupy.asarray(rng.standard_normal((1, 2, 64, 64)).astype(np.float16))
     q32 = q.astype(np.float32)
     out, lse = nf.flash_attention(q32, q32, q32, return_lse=True, config=TensorCoreConfig())  # 3xTF32 forward
-    with pytest.raises(ValueError, match="backward takes float16 or bfloat16"):
-        nf.flash_attention_backward(q32, q32, q32, q32, out, lse, config=TensorCoreConfig())
+    with pytest.raises(ValueError, match="shared memory"):  # float32 tiles: twice the 16-bit bytes
+        nf.flash_attention_backward(q32, q32, q32, q32, out, lse, config=TensorCoreConfig(256, 128, 2))
     with pytest.raises(ValueError, match="take float16 or float32 inputs, got float64"):
         api._pick(TensorCoreConfig(), "forward", 64, np.float64, False, 64, (("q", q),))
     strided = cupy.asarray(rng.standard_normal((1, 2, 64, 128)).astype(np.float16))[..., ::2]
@@ -182,41 +203,46 @@ def test_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, confi
 @pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 3, 1025, 1000, 64), (1, 4, 129, 513, 128),
                                    (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("config", [TensorCoreConfig(128, 16, 2, 32), TensorCoreConfig(16, 16, 1),
-                                    TensorCoreConfig(64, 32, 2, 16)], ids=str)
-def test_float32_tensor_core_forward_matches_oracle_at_odd_sizes(rng, shape, causal, config):
-    """float32 through the 3xTF32 forward (the default, the smallest config and one m-tile per warp),
-    the portable backward after it, against the float64 oracle with float32's bounds
-    (2x a naive float32 implementation's error, plus the floor: 3xTF32's products are within
-    ~2^-21 relative, inside that floor's 4 u32 sqrt(n) allowance)."""
-    from numba_flash import api
-
+@pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1), TensorCoreConfig(128, 16, 2, 32)], ids=str)
+def test_float32_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, config):
+    """float32 through the 3xTF32 kernels, forward and backward (config=None: the defaults, one
+    m-tile per warp; the smallest config; two m-tiles per warp, forward only: its backward is the
+    default), against the float64 oracle with float32's bounds (2x a naive float32 implementation's
+    error, plus the floor: 3xTF32's products are within ~2^-21 relative, inside that floor's 4 u32
+    sqrt(n) allowance)."""
     B, H, n_q, n_k, D = shape
     q, k, v, do = (rng.standard_normal((B, H, n, D)).astype(np.float32) for n in (n_q, n_k, n_k, n_q))
     dev = [to_device(a) for a in (q, k, v)]
     arrays = (("q", dev[0]), ("k", dev[1]), ("v", dev[2]))
-    assert isinstance(api._pick(config, "forward", D, np.float32, causal, n_k, arrays), TensorCoreConfig)
-    # float32 with config=None: the portable kernels (the 3xTF32 forward is opt-in)
-    assert isinstance(api._pick(None, "forward", D, np.float32, causal, n_k, arrays), BlockConfig)
-    assert isinstance(api._pick(None, "backward", D, np.float32, causal, n_k, arrays), BlockConfig)
+    bwd = None if config is not None and config.rows_per_warp != 16 else config
+    for pass_, cfg in (("forward", config), ("backward", bwd)):
+        assert isinstance(api._pick(cfg, pass_, D, np.float32, causal, n_k, arrays), TensorCoreConfig)
     out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True, config=config)
-    grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal)
+    grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal, config=bwd)
     check_against_oracle(q, k, v, do, to_host(out), to_host(lse), [to_host(g) for g in grads], causal, (-1, -1),
                          0.0, None)
 
 
 @gpu_only
-def test_float32_tensor_core_forward_agrees_with_the_portable_one(rng):
-    """The 3xTF32 forward against the portable float32 one (exact float32 products): both within a
-    few float32 ulps of the oracle, at a training-like size."""
-    q, k, v = (rng.standard_normal((2, 4, 1024, 64)).astype(np.float32) for _ in range(3))
+def test_float32_tensor_core_kernels_agree_with_the_portable_ones(rng):
+    """The 3xTF32 kernels (float32's default) against the portable float32 ones (exact float32
+    products): both within a few float32 ulps of the oracle, at a training-like size."""
+    from numba_flash.config import default_config
+
+    q, k, v, do = (rng.standard_normal((2, 4, 1024, 64)).astype(np.float32) for _ in range(4))
     dev = [to_device(a) for a in (q, k, v)]
     want = nf.reference.attention_forward(q, k, v, causal=True)[0]
-    fast = to_host(nf.flash_attention(*dev, causal=True, config=TensorCoreConfig(128, 16, 2, 32))).astype(np.float64)
-    portable = to_host(nf.flash_attention(*dev, causal=True)).astype(np.float64)
-    e_fast, e_port = np.abs(fast - want).max(), np.abs(portable - want).max()
-    # |out| < ~4; float32 ulp there 2^-21: a few ulps each (a TF32-only kernel would be ~2^-11 off)
-    assert e_fast < 2e-5 and e_port < 2e-5, (e_fast, e_port)
+    want_grads = nf.reference.attention_backward(do, q, k, v, causal=True)
+    runs = {}
+    for name, fwd, bwd in (("3xTF32", None, None), ("portable", default_config(64, np.float32, "forward", simulator=False),
+                                                    default_config(64, np.float32, "backward", simulator=False))):
+        out, lse = nf.flash_attention(*dev, causal=True, return_lse=True, config=fwd)
+        grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=True, config=bwd)
+        runs[name] = [to_host(x).astype(np.float64) for x in (out, *grads)]
+    for i, ref in enumerate((want, *want_grads)):
+        e_fast, e_port = (np.abs(runs[n][i] - ref).max() / np.abs(ref).max() for n in ("3xTF32", "portable"))
+        # a few float32 ulps each (2^-23 relative = 1.2e-7); a TF32-only kernel would be ~2^-11 = 5e-4 off
+        assert e_fast < 4e-6 and e_port < 4e-6, (i, e_fast, e_port)
 
 
 @gpu_only
