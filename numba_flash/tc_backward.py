@@ -136,6 +136,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     NT = BLOCK_M // 8  # 8-query n-tiles of S^T, dP^T
     S_REGS, O_REGS, P_REGS = NT * 4, DT * 4, NT * 2
     KV_REGS = kv_in_registers(D) and not TF32
+    DV_FIRST = D <= 64  # TF32 dV, dK order (see there)
     # K, V fragments: all k-steps' (16-bit, head_dim <= 64), else one k-step's (TF32: big and small parts)
     F_REGS = KSTEPS * 4 if KV_REGS else 8
     ROWS_BYTES = 2 * BLOCK_M * 4  # lse, delta of one query tile (float32)
@@ -332,12 +333,15 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
             if TF32:
                 # 8 queries per k-step: the C fragments' queries 2t, 2t + 1 are k = t, t + 4 of the A
                 # fragments (as P in the forward's P V); dO's and Q's rows 2t, 2t + 1 the B fragments'.
-                # dV first, then dK: one split A fragment live at a time (at head_dim 128 the two
-                # accumulators alone take 128 registers)
+                # At head_dim <= 64 dV first, then dK (one split A fragment live at a time: 193 registers
+                # instead of 198); at 128 both in one pass, which spills least (16 bytes against 68).
                 for j in static_range(NT):
                     pa = cuda.local.array(8, uint32)
+                    da = cuda.local.array(8, uint32)
                     for e in static_range(4):  # C element e -> A register (0, 2, 1, 3)[e] (+ 4: small)
                         pa[(e % 2) * 2 + e // 2], pa[(e % 2) * 2 + e // 2 + 4] = split_tf32(st[4 * j + e])
+                        if not DV_FIRST:
+                            da[(e % 2) * 2 + e // 2], da[(e % 2) * 2 + e // 2 + 4] = split_tf32(dpt[4 * j + e])
                     for dt in static_range(DT):
                         off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
                         b0, c0 = split_tf32(ld_shared_f32(sdO + off))
@@ -346,7 +350,13 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3] = mma_3xtf32_add(
                             pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7], b0, b1, c0, c1,
                             dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3])
-                for j in static_range(NT):
+                        if not DV_FIRST:
+                            b0, c0 = split_tf32(ld_shared_f32(sQ + off))
+                            b1, c1 = split_tf32(ld_shared_f32(sQ + off + uint32(ROW_B)))
+                            dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3] = mma_3xtf32_add(
+                                da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7], b0, b1, c0, c1,
+                                dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3])
+                for j in static_range(NT if DV_FIRST else 0):
                     da = cuda.local.array(8, uint32)
                     for e in static_range(4):
                         da[(e % 2) * 2 + e // 2], da[(e % 2) * 2 + e // 2 + 4] = split_tf32(dpt[4 * j + e])
@@ -404,7 +414,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         st_global_u32(dv_base + uint64(key * dv.strides[2] + col), pack(dv_acc[e], dv_acc[e + 1]))
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
-                     TF32=TF32)
+                     TF32=TF32, DV_FIRST=DV_FIRST)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))
 
 
