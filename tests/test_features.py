@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 
 import numba_flash as nf
 from numba_flash import BlockConfig, masking, reference as ref
-from numba_flash.config import TensorCoreConfig
+from numba_flash.config import TensorCoreConfig, default_tc_config
 from numba_flash.philox import reference_keep_mask
 
 from helpers import (ON_GPU, absolute_magnitudes, backward_config, fit_config, delta_sensitivity, error_bound, max_err, naive_attention,
@@ -217,10 +217,14 @@ def test_no_dropout_is_the_plain_path(rng):
 
 
 def test_dropout_lse_is_that_of_the_undropped_probabilities(rng):
+    """Bit for bit, with one kernel config for both calls: on the tensor cores config=None takes
+    other tiles with dropout (its random numbers need registers), and other tiles sum lse in
+    another order (this test failed for that reason when float32 moved to the tensor cores)."""
     q, k, v, _ = _inputs(rng, 1, 2, 2, 9, 12, 8, np.float32)
     dev = [to_device(a) for a in (q, k, v)]
-    _, lse = nf.flash_attention(*dev, return_lse=True)
-    _, lse_drop = nf.flash_attention(*dev, return_lse=True, dropout_p=0.7, seed=3)
+    cfg = default_tc_config(8, True, "forward", "tf32") if ON_GPU else None
+    _, lse = nf.flash_attention(*dev, return_lse=True, config=cfg)
+    _, lse_drop = nf.flash_attention(*dev, return_lse=True, dropout_p=0.7, seed=3, config=cfg)
     np.testing.assert_array_equal(to_host(lse_drop), to_host(lse))
 
 

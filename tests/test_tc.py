@@ -37,14 +37,19 @@ for kernel, (bm, bn, st, rw), d, varlen, dropout, elem in json.loads(sys.argv[1]
 
 
 def _compile(cases, max_stack=0, max_spill=0):
+    """Compile reports of ``cases``, in one subprocess per CPU (up to 4): each kernel takes 10-90 s."""
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp], d, vl, dr, elem]
             for kernel, c, d, vl, dr, elem in cases]
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(args)], env=env, capture_output=True,
-                          text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    reports = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    n = max(1, min(4, os.cpu_count() or 1, len(args)))
+    procs = [subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(args[i::n])], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(n)]
+    outs = [p.communicate(timeout=1800) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+    parts = [[json.loads(line) for line in out.strip().splitlines()] for out, _ in outs]
+    reports = [parts[i % n][i // n] for i in range(len(args))]  # back in the order of cases
     assert len(reports) == len(cases)
     for r in reports:
         assert r["ldmatrix"] > 0 and r["cp_async"] > 0 and r["ex2"] > 0, r
@@ -87,10 +92,9 @@ def test_float32_tensor_core_forward_compiles_to_tf32_mma_without_spills():
         assert r["mma"] == 3 * 2 * kt * nt * wm, r
 
 
-# float32 backward (3xTF32): the defaults at head_dim 64 and 128, varlen + dropout at head_dim 64 and 40.
+# float32 backward (3xTF32): the defaults at head_dim 64 and 128, and with varlen + dropout (head_dim 40).
 _TF32_BACKWARD_CASES = [(TensorCoreConfig(64, 32, 2, 16), 64, False, False),
-                        (TensorCoreConfig(64, 16, 2, 16), 128, False, False),
-                        (TensorCoreConfig(64, 16, 2, 16), 64, True, True), (TensorCoreConfig(64, 16, 2, 16), 40, True, True)]
+                        (TensorCoreConfig(64, 16, 2, 16), 128, False, False), (TensorCoreConfig(64, 16, 2, 16), 40, True, True)]
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
