@@ -551,9 +551,9 @@ def test_pick_takes_the_tuned_tc_config_on_the_gpu(private_cache, monkeypatch, r
     assert api._pick(None, "forward", D, np.float32, False, n, q32) == default_tc_config(D, False, "forward", "tf32")
     tune_mod.store(D, np.float32, False, n, "forward", TensorCoreConfig(64, 32, 1, 16))
     assert api._pick(None, "forward", D, np.float32, False, n, q32) == TensorCoreConfig(64, 32, 1, 16)
-    tune_mod.store(256, np.float32, False, n, "forward", BlockConfig(32, 16, 128))
+    tune_mod.store(256, np.float32, False, n, "forward", BlockConfig(8, 16, 32))  # fits head_dim 256
     big = tuple((name, to_device(rng.standard_normal((1, 2, n, 256)).astype(np.float32))) for name in "qkv")
-    assert api._pick(None, "forward", 256, np.float32, False, n, big) == BlockConfig(32, 16, 128)
+    assert api._pick(None, "forward", 256, np.float32, False, n, big) == BlockConfig(8, 16, 32)
 
 
 @pytest.mark.skipif(not ON_GPU, reason=NEEDS_GPU)
