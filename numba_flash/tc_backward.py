@@ -44,7 +44,8 @@ from .masking import key_span, query_span, sequence_bounds
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, ld_shared_f32,
                   ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
                   shared_address, split_tf32, st_global_f32x2, st_global_u32)
-from .tc_forward import LOG2E, NEG_INF, keep_scale, masked, mma_3xtf32_add, row_address, tile_copier
+from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, keep_scale, masked, mma_3xtf32_add, mma_3xtf32_add_x2,
+                         row_address, tile_copier)
 from .unroll import static_range, unrolled
 
 POS_INF = float32(math.inf)
@@ -269,16 +270,10 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     j = 8 * jp
                     b0, b1, b2, b3 = ldmatrix_x4(sQ + off)
                     if TF32:
-                        b0, c0 = split_tf32(b0)
-                        b1, c1 = split_tf32(b1)
-                        b2, c2 = split_tf32(b2)
-                        b3, c3 = split_tf32(b3)
-                        st[j], st[j + 1], st[j + 2], st[j + 3] = mma_3xtf32_add(
-                            kf[0], kf[1], kf[2], kf[3], kf[4], kf[5], kf[6], kf[7], b0, b1, c0, c1,
-                            st[j], st[j + 1], st[j + 2], st[j + 3])
-                        st[j + 4], st[j + 5], st[j + 6], st[j + 7] = mma_3xtf32_add(
-                            kf[0], kf[1], kf[2], kf[3], kf[4], kf[5], kf[6], kf[7], b2, b3, c2, c3,
-                            st[j + 4], st[j + 5], st[j + 6], st[j + 7])
+                        (st[j], st[j + 1], st[j + 2], st[j + 3], st[j + 4], st[j + 5], st[j + 6],
+                         st[j + 7]) = mma_3xtf32_add_x2(
+                            kf[0], kf[1], kf[2], kf[3], kf[4], kf[5], kf[6], kf[7], b0, b1, b2, b3,
+                            st[j], st[j + 1], st[j + 2], st[j + 3], st[j + 4], st[j + 5], st[j + 6], st[j + 7])
                     else:
                         st[j], st[j + 1], st[j + 2], st[j + 3] = mma(k0, k1, k2, k3, b0, b1,
                                                                      st[j], st[j + 1], st[j + 2], st[j + 3])
@@ -286,16 +281,10 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                             k0, k1, k2, k3, b2, b3, st[j + 4], st[j + 5], st[j + 6], st[j + 7])
                     b0, b1, b2, b3 = ldmatrix_x4(sdO + off)
                     if TF32:
-                        b0, c0 = split_tf32(b0)
-                        b1, c1 = split_tf32(b1)
-                        b2, c2 = split_tf32(b2)
-                        b3, c3 = split_tf32(b3)
-                        dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3] = mma_3xtf32_add(
-                            vf[0], vf[1], vf[2], vf[3], vf[4], vf[5], vf[6], vf[7], b0, b1, c0, c1,
-                            dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3])
-                        dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7] = mma_3xtf32_add(
-                            vf[0], vf[1], vf[2], vf[3], vf[4], vf[5], vf[6], vf[7], b2, b3, c2, c3,
-                            dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7])
+                        (dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3], dpt[j + 4], dpt[j + 5], dpt[j + 6],
+                         dpt[j + 7]) = mma_3xtf32_add_x2(
+                            vf[0], vf[1], vf[2], vf[3], vf[4], vf[5], vf[6], vf[7], b0, b1, b2, b3,
+                            dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3], dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7])
                     else:
                         dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3] = mma(v0, v1, v2, v3, b0, b1,
                                                                          dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3])
@@ -338,10 +327,11 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                 for j in static_range(NT):
                     pa = cuda.local.array(8, uint32)
                     da = cuda.local.array(8, uint32)
-                    for e in static_range(4):  # C element e -> A register (0, 2, 1, 3)[e] (+ 4: small)
-                        pa[(e % 2) * 2 + e // 2], pa[(e % 2) * 2 + e // 2 + 4] = split_tf32(st[4 * j + e])
-                        if not DV_FIRST:
-                            da[(e % 2) * 2 + e // 2], da[(e % 2) * 2 + e // 2 + 4] = split_tf32(dpt[4 * j + e])
+                    (pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7]) = a_from_c_3xtf32(
+                        st[4 * j], st[4 * j + 1], st[4 * j + 2], st[4 * j + 3])
+                    if not DV_FIRST:
+                        (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
+                            dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2], dpt[4 * j + 3])
                     for dt in static_range(DT):
                         off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
                         b0, c0 = split_tf32(ld_shared_f32(sdO + off))
@@ -358,8 +348,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                                 dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3])
                 for j in static_range(NT if DV_FIRST else 0):
                     da = cuda.local.array(8, uint32)
-                    for e in static_range(4):
-                        da[(e % 2) * 2 + e // 2], da[(e % 2) * 2 + e // 2 + 4] = split_tf32(dpt[4 * j + e])
+                    (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
+                        dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2], dpt[4 * j + 3])
                     for dt in static_range(DT):
                         off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
                         b0, c0 = split_tf32(ld_shared_f32(sQ + off))
@@ -551,16 +541,10 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                     qa = 0 if TF32 else 4 * kk
                     b0, b1, b2, b3 = ldmatrix_x4(sK + off)
                     if TF32:
-                        b0, c0 = split_tf32(b0)
-                        b1, c1 = split_tf32(b1)
-                        b2, c2 = split_tf32(b2)
-                        b3, c3 = split_tf32(b3)
-                        sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma_3xtf32_add(
-                            qf[0], qf[1], qf[2], qf[3], qf[4], qf[5], qf[6], qf[7], b0, b1, c0, c1,
-                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3])
-                        sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7] = mma_3xtf32_add(
-                            qf[0], qf[1], qf[2], qf[3], qf[4], qf[5], qf[6], qf[7], b2, b3, c2, c3,
-                            sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
+                        (sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3], sacc[j + 4], sacc[j + 5], sacc[j + 6],
+                         sacc[j + 7]) = mma_3xtf32_add_x2(
+                            qf[0], qf[1], qf[2], qf[3], qf[4], qf[5], qf[6], qf[7], b0, b1, b2, b3,
+                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3], sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
                     else:
                         sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
                             qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1, sacc[j], sacc[j + 1], sacc[j + 2],
@@ -570,16 +554,10 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                             sacc[j + 7])
                     b0, b1, b2, b3 = ldmatrix_x4(sV + off)
                     if TF32:
-                        b0, c0 = split_tf32(b0)
-                        b1, c1 = split_tf32(b1)
-                        b2, c2 = split_tf32(b2)
-                        b3, c3 = split_tf32(b3)
-                        dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3] = mma_3xtf32_add(
-                            dof[0], dof[1], dof[2], dof[3], dof[4], dof[5], dof[6], dof[7], b0, b1, c0, c1,
-                            dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3])
-                        dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7] = mma_3xtf32_add(
-                            dof[0], dof[1], dof[2], dof[3], dof[4], dof[5], dof[6], dof[7], b2, b3, c2, c3,
-                            dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7])
+                        (dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3], dpacc[j + 4], dpacc[j + 5], dpacc[j + 6],
+                         dpacc[j + 7]) = mma_3xtf32_add_x2(
+                            dof[0], dof[1], dof[2], dof[3], dof[4], dof[5], dof[6], dof[7], b0, b1, b2, b3,
+                            dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3], dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7])
                     else:
                         dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3] = mma(
                             dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b0, b1, dpacc[j], dpacc[j + 1],
@@ -612,8 +590,8 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
             if TF32:  # 8 keys per k-step, C fragment keys 2t, 2t + 1 as k = t, t + 4 (see dkdv)
                 for j in static_range(NT):
                     da = cuda.local.array(8, uint32)
-                    for e in static_range(4):
-                        da[(e % 2) * 2 + e // 2], da[(e % 2) * 2 + e // 2 + 4] = split_tf32(dpacc[4 * j + e])
+                    (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
+                        dpacc[4 * j], dpacc[4 * j + 1], dpacc[4 * j + 2], dpacc[4 * j + 3])
                     for dt in static_range(DT):
                         off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
                         b0, c0 = split_tf32(ld_shared_f32(sK + off))

@@ -120,6 +120,32 @@ def mma_3xtf32_add(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1, c0, c1, c2, c
     return c0 + d0, c1 + d1, c2 + d2, c3 + d3
 
 
+@cuda.jit(device=True, forceinline=True)
+def mma_3xtf32_add_x2(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, b2, b3, c0, c1, c2, c3, c4, c5, c6, c7):
+    """:func:`mma_3xtf32_add` for the two 8-column n-tiles of one ``ldmatrix_x4`` of float32 B rows
+    (raw: b0, b1 the first n-tile's fragment, b2, b3 the second's, split here); c0..c3 and c4..c7
+    their sums."""
+    b0, t0 = split_tf32(b0)
+    b1, t1 = split_tf32(b1)
+    b2, t2 = split_tf32(b2)
+    b3, t3 = split_tf32(b3)
+    c0, c1, c2, c3 = mma_3xtf32_add(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1, c0, c1, c2, c3)
+    c4, c5, c6, c7 = mma_3xtf32_add(a0, a1, a2, a3, s0, s1, s2, s3, b2, b3, t2, t3, c4, c5, c6, c7)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@cuda.jit(device=True, forceinline=True)
+def a_from_c_3xtf32(c0, c1, c2, c3):
+    """A C fragment (rows g, g + 8; columns 2t, 2t + 1) as the split A fragment of the next product
+    (big a0..a3, small s0..s3), its columns 2t, 2t + 1 taken as k = t, t + 4: no shuffle, the B
+    operand's rows 2t, 2t + 1 are read to match."""
+    a0, s0 = split_tf32(c0)
+    a1, s1 = split_tf32(c2)
+    a2, s2 = split_tf32(c1)
+    a3, s3 = split_tf32(c3)
+    return a0, a1, a2, a3, s0, s1, s2, s3
+
+
 @functools.lru_cache(maxsize=None)
 def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                       elem: str = "f16"):
@@ -368,10 +394,9 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     pa = cuda.local.array(P_REGS, uint32)
                     for mt in static_range(WM):
                         s0 = mt * S_TILE + 4 * j
-                        pa[8 * mt], pa[8 * mt + 4] = split_tf32(sacc[s0])
-                        pa[8 * mt + 1], pa[8 * mt + 5] = split_tf32(sacc[s0 + 2])
-                        pa[8 * mt + 2], pa[8 * mt + 6] = split_tf32(sacc[s0 + 1])
-                        pa[8 * mt + 3], pa[8 * mt + 7] = split_tf32(sacc[s0 + 3])
+                        (pa[8 * mt], pa[8 * mt + 1], pa[8 * mt + 2], pa[8 * mt + 3], pa[8 * mt + 4], pa[8 * mt + 5],
+                         pa[8 * mt + 6], pa[8 * mt + 7]) = a_from_c_3xtf32(sacc[s0], sacc[s0 + 1], sacc[s0 + 2],
+                                                                          sacc[s0 + 3])
                     for dt in static_range(DT):
                         b0, c0 = split_tf32(ld_shared_f32(v_lane + uint32(8 * j * ROW_B + 32 * dt)))
                         b1, c1 = split_tf32(ld_shared_f32(v_lane + uint32((8 * j + 1) * ROW_B + 32 * dt)))
