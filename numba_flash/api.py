@@ -335,9 +335,18 @@ def _forward_plan(inputs, n_seq, max_q, varlen, group, scale, cfg, opts, lse_sha
     return plan
 
 
+def _no_dq_acc():
+    """A one-element float32 4-D array for the dK/dV kernel's unused ``dq_acc`` (no atomic dQ)."""
+    key = ("dq_acc", backend.BACKEND)
+    if key not in _NO_OFFSETS:
+        _NO_OFFSETS[key] = backend.array_module().zeros((1, 1, 1, 1), dtype=np.float32)
+    return _NO_OFFSETS[key]
+
+
 def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts, view) -> Plan:
     """The backward's plan; inputs ``(dout, q, k, v, out, lse)`` (+ ``cu_q, cu_k``); outputs delta
-    (the rows' dout . out, a scratch array), dq, dk, dv."""
+    (the rows' dout . out, a scratch array), dq, dk, dv, and with ``atomic_dq`` the float32 dQ the
+    dK/dV kernel adds into (scratch, zeroed by the delta kernel, scaled into dq at the end)."""
     p, seed, band_args = opts
     dout, q, k, v, out, lse = inputs[:6]
     plan = Plan(inputs, functools.partial(_seed_words, p), (seed,))
@@ -345,16 +354,19 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     qv, kv = view(q), view(k)
     H, H_kv, B = qv.shape[1], kv.shape[1], qv.shape[0]
     delta = plan.output(lse.shape, np.float32)
+    dq, dk, dv = plan.output(q.shape, q.dtype), plan.output(k.shape, k.dtype), plan.output(v.shape, v.dtype)
+    atomic = isinstance(cfg, TensorCoreConfig) and cfg.atomic_dq
+    dq_acc = plan.out(plan.output(q.shape, np.float32), view) if atomic else _no_dq_acc()
     dout_, q_, k_, v_, out_, lse_ = (plan.inp(i, view) for i in range(6))
+    row_grid = (_cdiv(qv.shape[2], _DELTA_THREADS), H, B)
     if isinstance(cfg, TensorCoreConfig):
         from .tc_backward import tc_delta_kernel, tc_delta_rows
 
-        plan.launch(tc_delta_kernel(D, tc_elem(q.dtype)), (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B), 128,
-                    dout_, out_, plan.out(delta, view))
+        row_grid = (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B)
+        plan.launch(tc_delta_kernel(D, tc_elem(q.dtype), atomic), row_grid, 128, dout_, out_, plan.out(delta, view),
+                    *((dq_acc,) if atomic else ()))
     else:
-        plan.launch(delta_kernel(D), (_cdiv(qv.shape[2], _DELTA_THREADS), H, B), _DELTA_THREADS,
-                    dout_, out_, plan.out(delta, view))
-    dq, dk, dv = plan.output(q.shape, q.dtype), plan.output(k.shape, k.dtype), plan.output(v.shape, v.dtype)
+        plan.launch(delta_kernel(D), row_grid, _DELTA_THREADS, dout_, out_, plan.out(delta, view))
     dropout = p > 0.0
     if isinstance(cfg, TensorCoreConfig):
         from .tc_backward import tc_dkdv_kernel, tc_dq_kernel  # GPU only: inline PTX
@@ -371,9 +383,18 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     common = (q_, k_, v_, dout_, lse_, plan.out(delta, view))
     cu = (plan.inp(6), plan.inp(7)) if varlen else (_no_offsets(), _no_offsets())
     tail = (np.float32(scale), group, *_tail(plan, p, band_args))
-    plan.launch(dkdv, dkdv_grid, cfg.num_threads, *common, plan.out(dk, view), plan.out(dv, view), *cu, *tail,
-                shared=shared[0])
-    plan.launch(dqk, dq_grid, cfg.num_threads, *common, plan.out(dq, view), *cu, *tail, shared=shared[1])
+    if isinstance(cfg, TensorCoreConfig):
+        plan.launch(dkdv, dkdv_grid, cfg.num_threads, *common, plan.out(dk, view), plan.out(dv, view), dq_acc, *cu,
+                    *tail, shared=shared[0])
+    else:
+        plan.launch(dkdv, dkdv_grid, cfg.num_threads, *common, plan.out(dk, view), plan.out(dv, view), *cu, *tail)
+    if atomic:  # dq = scale * dq_acc, in q's dtype
+        from .tc_backward import tc_dq_convert_kernel
+
+        plan.launch(tc_dq_convert_kernel(D, tc_elem(q.dtype)), row_grid, 128, dq_acc, plan.out(dq, view),
+                    np.float32(scale))
+    else:
+        plan.launch(dqk, dq_grid, cfg.num_threads, *common, plan.out(dq, view), *cu, *tail, shared=shared[1])
     return plan
 
 
@@ -540,7 +561,7 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_s
                                                                    seed is None, config, bfloat16))
     plan, arrays = _backward(key, dout, q, k, v, out, lse, causal, softmax_scale, window_size, dropout_p, seed,
                              config, bfloat16)
-    _, dq, dk, dv = _execute(plan, arrays, plan.extras(seed), ptrs)
+    _, dq, dk, dv = _execute(plan, arrays, plan.extras(seed), ptrs)[:4]
     return dq, dk, dv
 
 
@@ -659,5 +680,5 @@ def flash_attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_se
                 (("q", q), ("k", k), ("v", v), ("dout", dout), ("out", out)), opts[0] > 0.0)
     inputs = (dout, q, k, v, out, lse, cu_q, cu_k)
     plan = _backward_plan(inputs, n_seq, max_seqlen_q, max_seqlen_k, True, group, scale, cfg, opts, _packed)
-    _, dq, dk, dv = _execute(plan, inputs, plan.extras(seed))
+    _, dq, dk, dv = _execute(plan, inputs, plan.extras(seed))[:4]
     return dq, dk, dv

@@ -199,6 +199,13 @@ def tc_row_halves(head_dim: int) -> int:
     return -(-head_dim // 16) * 16 + 8
 
 
+def tc_ds_row_bytes(queries: int) -> int:
+    """Bytes per shared row of the atomic-dQ backward's 16-bit dS^T tile (a key's ``queries`` values):
+    + 16 bytes, so that the 8 rows an ldmatrix reads and the 8 rows a warp's stores hit fall in
+    different banks."""
+    return 2 * queries + 16
+
+
 def tc_row_bytes(head_dim: int, elem: str = "f16") -> int:
     """Bytes per shared-memory row of a tile of ``elem`` values. 16-bit: :func:`tc_row_halves`.
     float32 (``"tf32"``, read as TF32): head_dim (a multiple of 8: whole m16n8k8 k-steps) + 4 words,
@@ -220,14 +227,24 @@ class TensorCoreConfig:
     tile's copy overlaps this tile's math). Forward and dQ: ``block_m`` queries, ``block_n`` keys
     per tile; dK/dV: ``block_m`` keys, ``block_n`` queries per tile. With 32 rows per warp (forward
     only) every fragment read from shared memory feeds two mma instead of one (half the
-    shared-memory traffic per flop) at the price of twice the accumulator registers."""
+    shared-memory traffic per flop) at the price of twice the accumulator registers.
+
+    ``atomic_dq`` (backward, 16-bit data): the dK/dV kernel also adds each tile's dS K into a
+    float32 dQ with atomic adds, as FlashAttention-2 does, instead of a separate dQ kernel that
+    recomputes S and dP: 5 matrix products instead of 7, but dQ's sums then run in whatever order
+    the blocks reach them, so repeated calls may differ in dQ's last bits (dK and dV stay
+    deterministic). The forward ignores it."""
 
     block_m: int = 64
     block_n: int = 64
     stages: int = 2
     rows_per_warp: int = 16
+    atomic_dq: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.atomic_dq, (bool, np.bool_)):
+            raise ValueError(f"TensorCoreConfig.atomic_dq: expected a bool, got {self.atomic_dq!r}")
+        object.__setattr__(self, "atomic_dq", bool(self.atomic_dq))
         for name in ("block_m", "block_n", "stages", "rows_per_warp"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -261,8 +278,9 @@ class TensorCoreConfig:
         row = tc_row_bytes(head_dim, elem)
         if kernel == "dq":  # Q, dO | K, V stages
             return row * (2 * self.block_m + 2 * self.stages * self.block_n)
-        # lse, delta (float32) and Q, dO of each stage | K, V
-        return self.stages * 8 * self.block_n + row * (2 * self.block_m + 2 * self.stages * self.block_n)
+        # lse, delta (float32) and Q, dO of each stage | K, V | with atomic_dq: a 16-bit dS^T tile
+        return (self.stages * 8 * self.block_n + row * (2 * self.block_m + 2 * self.stages * self.block_n)
+                + (self.block_m * tc_ds_row_bytes(self.block_n) if self.atomic_dq else 0))
 
     def problems(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> list[str]:
         """What stops this config from running the tensor-core ``pass_`` at ``head_dim`` on ``elem``
@@ -273,6 +291,8 @@ class TensorCoreConfig:
                        f"head_dim must be at most {TC_MAX_HEAD_DIM}, got {head_dim}")
         if pass_ == "backward" and self.rows_per_warp != 16:
             out.append(f"the tensor-core backward takes rows_per_warp=16, got {self.rows_per_warp}")
+        if pass_ == "backward" and self.atomic_dq and elem == "tf32":
+            out.append("atomic_dq: the float32 (3xTF32) backward has no atomic dQ; pass atomic_dq=False")
         need = (self.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
                 else max(self.backward_shared_bytes(head_dim, k, elem) for k in ("dq", "dkdv")))
         if need > MAX_DYNAMIC_SHARED:

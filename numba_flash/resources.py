@@ -109,11 +109,12 @@ def tc_signature(kernel: str = "forward", elem: str = "f16"):
     # bfloat16 as bit patterns; "tf32": float32 arrays (multiplied as 3xTF32)
     a4 = types.Array({"f16": types.float16, "bf16": types.uint16, "tf32": types.float32}[elem], 4, "A")
     f3 = types.Array(types.float32, 3, "A")
+    f4 = types.Array(types.float32, 4, "A")  # dkdv's dq_acc (atomic_dq)
     cu = types.Array(types.int32, 1, "A")
     f32, i64, u64 = types.float32, types.int64, types.uint64
     options = (cu, cu, f32, i64, i64, i64, u64, u64, u64, f32)
     return {"forward": (a4, a4, a4, a4, f3), "dq": (a4, a4, a4, a4, f3, f3, a4),
-            "dkdv": (a4, a4, a4, a4, f3, f3, a4, a4)}[kernel] + options
+            "dkdv": (a4, a4, a4, a4, f3, f3, a4, a4, f4)}[kernel] + options
 
 
 def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="f16", cc=(9, 0),
@@ -136,6 +137,7 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
                mma_kind=sorted(set(re.findall(r"\bmma\.sync\.aligned\.m16n8k(?:16|8)\S*", ptx))),
                ldmatrix=len(re.findall(r"\bldmatrix\.sync", ptx)), cp_async=len(re.findall(r"\bcp\.async\.c[ag]", ptx)),
                ex2=len(re.findall(r"\bex2\.approx", ptx)), local_accesses=len(re.findall(r"\b(?:ld|st)\.local", ptx)),
+               red=len(re.findall(r"\bred\.global\.add", ptx)), atomic_dq=getattr(config, "atomic_dq", False),
                expected_dynamic_smem=smem)
     return out
 

@@ -39,11 +39,11 @@ import math
 from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
-from .config import TC_ELEMS, TensorCoreConfig, tc_row_bytes
+from .config import TC_ELEMS, TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes
 from .masking import key_span, query_span, sequence_bounds
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, ld_shared_f32,
                   ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
-                  shared_address, split_tf32, st_global_f32x2, st_global_u32)
+                  red_add_f32x2, shared_address, split_tf32, st_global_f32x2, st_global_u32, st_shared_u32)
 from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, keep_scale, masked, mma_3xtf32_add, mma_3xtf32_add_x2,
                          row_address, tile_copier)
 from .unroll import static_range, unrolled
@@ -83,11 +83,13 @@ def from_bf16(x):
 
 
 @functools.lru_cache(maxsize=None)
-def tc_delta_kernel(head_dim: int, elem: str = "f16"):
+def tc_delta_kernel(head_dim: int, elem: str = "f16", zero_dq: bool = False):
     """``delta[b, h, i] = sum_d dout[b, h, i, d] * out[b, h, i, d]`` (inputs of ``elem``: 16-bit, or float32).
 
     Launch with grid (cdiv(Nq, ROWS), H, B) and 128 threads, ``ROWS = tc_delta_rows(head_dim)``.
     A row's 8-element chunks go to consecutive lanes (coalesced reads), reduced with ``shfl.xor``.
+    ``zero_dq``: the kernel takes a fourth argument, the float32 dQ of the atomic-dQ backward
+    (``dq_acc``, shaped as dout), and zeroes it (it runs before the atomic adds: no extra launch).
     """
     _ops(elem)
     to_f32 = from_bf16 if elem == "bf16" else from_f16  # float32(x): float16 -> float32, float32 as is
@@ -95,13 +97,8 @@ def tc_delta_kernel(head_dim: int, elem: str = "f16"):
     LPR = 1 << (CH - 1).bit_length()  # lanes per row: a power of two >= CH (at most 32)
     ROWS = 128 // LPR
 
-    @cuda.jit
-    def kernel(dout, out, delta):
-        tid = cuda.threadIdx.x
-        r = cuda.blockIdx.x * ROWS + tid // LPR
-        c = tid % LPR
-        h = cuda.blockIdx.y
-        b = cuda.blockIdx.z
+    @cuda.jit(device=True, inline=True)
+    def row_dot(dout, out, delta, b, h, r, c):
         acc = float32(0.0)
         if r < out.shape[2] and c < CH:
             for e in range(8):
@@ -113,11 +110,56 @@ def tc_delta_kernel(head_dim: int, elem: str = "f16"):
         if c == 0 and r < out.shape[2]:
             delta[b, h, r] = acc
 
-    return kernel
+    if not zero_dq:
+        @cuda.jit
+        def kernel(dout, out, delta):
+            tid = cuda.threadIdx.x
+            row_dot(dout, out, delta, cuda.blockIdx.z, cuda.blockIdx.y, cuda.blockIdx.x * ROWS + tid // LPR, tid % LPR)
+
+        return kernel
+
+    @cuda.jit
+    def kernel_zeroing(dout, out, delta, dq_acc):
+        tid = cuda.threadIdx.x
+        b, h, r, c = cuda.blockIdx.z, cuda.blockIdx.y, cuda.blockIdx.x * ROWS + tid // LPR, tid % LPR
+        row_dot(dout, out, delta, b, h, r, c)
+        if r < out.shape[2] and c < CH:
+            for e in range(8):
+                dq_acc[b, h, r, 8 * c + e] = float32(0.0)
+
+    return kernel_zeroing
 
 
 def tc_delta_rows(head_dim: int) -> int:
     return 128 // (1 << (head_dim // 8 - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def tc_dq_convert_kernel(head_dim: int, elem: str = "f16"):
+    """``dq = scale * dq_acc`` in ``elem`` (16-bit): the last step of the atomic-dQ backward.
+
+    Launch as :func:`tc_delta_kernel` (grid (cdiv(Nq, ROWS), H, B), 128 threads); arguments
+    ``(dq_acc, dq, scale)``, dq_acc float32 and dq 16-bit, both shaped as q. A lane converts 8
+    columns of a row and stores them as 4 packed words."""
+    _, _, pack = _ops(elem)
+    CH = head_dim // 8
+    LPR = 1 << (CH - 1).bit_length()
+    ROWS = 128 // LPR
+
+    @cuda.jit
+    def kernel(dq_acc, dq, scale):
+        tid = cuda.threadIdx.x
+        r = cuda.blockIdx.x * ROWS + tid // LPR
+        c = tid % LPR
+        h = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        if r < dq.shape[2] and c < CH:
+            at = row_address(dq, b, h, r) + uint64(16 * c)
+            for e in range(4):
+                st_global_u32(at + uint64(4 * e), pack(dq_acc[b, h, r, 8 * c + 2 * e] * scale,
+                                                       dq_acc[b, h, r, 8 * c + 2 * e + 1] * scale))
+
+    return kernel
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,7 +168,9 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     """dK and dV on the tensor cores; launch with grid (cdiv(max Nk, config.block_m), H_kv, B),
     ``config.num_threads`` threads, ``config.backward_shared_bytes(head_dim, "dkdv", elem)`` dynamic
     shared memory. Signature as :func:`numba_flash.backward.dkdv_kernel` (q, k, v, dout, dk, dv of
-    ``elem``: 16-bit, or float32 multiplied as 3xTF32)."""
+    ``elem``: 16-bit, or float32 multiplied as 3xTF32) with ``dq_acc`` after dv: with
+    ``config.atomic_dq`` the float32 dQ (shaped as q, zeroed beforehand) that each block adds its
+    unscaled dS K to; otherwise unused (any float32 4-D array)."""
     TF32, mma, pack = _ops(elem)
     BLOCK_N, BLOCK_M, STAGES = config.block_m, config.block_n, config.stages  # owned keys, streamed queries
     NUM_THREADS = config.num_threads
@@ -146,10 +190,22 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     SK = STAGES * ROWS_BYTES  # byte offsets in shared memory: rows | K | V | Q stages | dO stages
     SQ = SK + 2 * KV_BYTES
     SDO = SQ + STAGES * TILE_BYTES
+    # atomic_dq: dS^T (16-bit, keys x queries) goes to shared memory at SDS, then the block's warps
+    # split dQ's tile (BLOCK_M queries x D) into units of 16 queries x 16 columns, UPW per warp,
+    # each a sum over the block's keys (one k-step per warp's 16 keys).
+    ATOMIC = config.atomic_dq
+    DS_ROW = tc_ds_row_bytes(BLOCK_M)
+    SDS = SDO + STAGES * TILE_BYTES
+    NW = BLOCK_N // 16
+    NP = DT // 2
+    UNITS = (BLOCK_M // 16) * NP
+    UPW = -(-UNITS // NW)
     DROPOUT = dropout
     sequence = sequence_bounds(varlen)
     load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     KV_ITERS, Q_ITERS = tile_iters(BLOCK_N), tile_iters(BLOCK_M)
+    if ATOMIC and TF32:
+        raise ValueError("atomic_dq: the float32 (3xTF32) backward has no atomic dQ")
 
     @cuda.jit(device=True, inline=True)
     def fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid):
@@ -168,11 +224,12 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
             cp_async4(dst + uint32(4 * (BLOCK_M + i)), d_src + uint64(i * delta.strides[2]) if ok else d_src,
                       uint32(4 if ok else 0))
 
-    def kernel(q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
+    def kernel(q, k, v, dout, lse, delta, dk, dv, dq_acc, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
                threshold, drop_scale):
         smem = cuda.shared.array(0, uint8)
         s_base = shared_address(smem)
         sK = s_base + uint32(SK)
+        sdS = s_base + uint32(SDS)
         sV = sK + uint32(KV_BYTES)
         kf = cuda.local.array(F_REGS, uint32)  # this warp's 16 keys x D of K, V as A fragments
         vf = cuda.local.array(F_REGS, uint32)
@@ -217,6 +274,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         b_lane = ((lane % 8) + 8 * (lane // 16)) * ROW_B + 16 * ((lane // 8) % 2)
         t_lane = ((lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16)
         f_lane = 2 * t * ROW_B + 4 * g
+        ds_lane = ((lane % 8) + 8 * (lane // 16)) * DS_ROW + 16 * ((lane // 8) % 2)  # dS^T read as dS's A
 
         for it in range(total):
             h = hk * group + it // m_tiles
@@ -362,6 +420,10 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                 for i in static_range(P_REGS):
                     pz[i] = pack(st[2 * i], st[2 * i + 1])
                     dst_[i] = pack(dpt[2 * i], dpt[2 * i + 1])
+                if ATOMIC:  # dS^T for dQ below: dst_[2j + r] holds key g + 8r, queries 8j + 2t, + 1
+                    for i in static_range(P_REGS):
+                        st_shared_u32(sdS + uint32((warp * 16 + g + 8 * (i % 2)) * DS_ROW + (8 * (i // 2) + 2 * t) * 2),
+                                      dst_[i])
             for kk in static_range(0 if TF32 else NT // 2):
                 for dp_ in static_range(DT // 2):
                     off = uint32(kk * 16 * ROW_B + t_lane + dp_ * 32)
@@ -380,6 +442,32 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     dk_acc[j + 4], dk_acc[j + 5], dk_acc[j + 6], dk_acc[j + 7] = mma(
                         dst_[4 * kk], dst_[4 * kk + 1], dst_[4 * kk + 2], dst_[4 * kk + 3], b2, b3,
                         dk_acc[j + 4], dk_acc[j + 5], dk_acc[j + 6], dk_acc[j + 7])
+            if ATOMIC:
+                # dQ[m0:, :] += dS K over this block's keys: A = dS (ldmatrix.trans of the dS^T tile that
+                # every warp wrote), B = K (as the dQ kernel reads it); each unit's 16 x 16 sums go to
+                # the float32 dQ by vector atomic adds (scaled when converted, tc_dq_convert_kernel).
+                cuda.syncthreads()
+                dqa = row_address(dq_acc, ab, h, q_off + m0)
+                for i in static_range(UPW):
+                    u = warp * UPW + i
+                    if u < UNITS:
+                        mq = u // NP
+                        col = (u % NP) * 16
+                        acc = cuda.local.array(8, float32)
+                        for e in static_range(8):
+                            acc[e] = float32(0.0)
+                        for kk in static_range(NW):
+                            a0, a1, a2, a3 = ldmatrix_x4_trans(sdS + uint32(kk * 16 * DS_ROW + ds_lane + mq * 32))
+                            b0, b1, b2, b3 = ldmatrix_x4_trans(sK + uint32(kk * 16 * ROW_B + t_lane + col * 2))
+                            acc[0], acc[1], acc[2], acc[3] = mma(a0, a1, a2, a3, b0, b1, acc[0], acc[1], acc[2], acc[3])
+                            acc[4], acc[5], acc[6], acc[7] = mma(a0, a1, a2, a3, b2, b3, acc[4], acc[5], acc[6], acc[7])
+                        for r in static_range(2):
+                            row = mq * 16 + g + 8 * r
+                            if m0 + row < n_q:
+                                at = dqa + uint64(row * dq_acc.strides[2] + (col + 2 * t) * 4)
+                                red_add_f32x2(at, acc[2 * r], acc[2 * r + 1])
+                                if col + 8 < D:  # the pair's second n-tile may be row padding (D % 16 = 8)
+                                    red_add_f32x2(at + uint64(32), acc[4 + 2 * r], acc[5 + 2 * r])
             cuda.syncthreads()  # every warp is done with this stage before a copy overwrites it
 
         cp_async_wait_all()  # nothing in flight at exit (no query tile at all: K, V only)
@@ -404,7 +492,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         st_global_u32(dv_base + uint64(key * dv.strides[2] + col), pack(dv_acc[e], dv_acc[e + 1]))
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
-                     TF32=TF32, DV_FIRST=DV_FIRST)
+                     TF32=TF32, DV_FIRST=DV_FIRST, ATOMIC=ATOMIC, UPW=UPW, NW=NW)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))
 
 

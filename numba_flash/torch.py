@@ -112,7 +112,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         plan = api._cached_plan(key)
         if plan is None:
             plan, _ = api._backward(key, *map(_view, tensors), causal, scale, window_size, dropout_p, seed, None, bf16)
-        _, dq, dk, dv = _run(plan, tensors, plan.extras(seed), q.device)
+        _, dq, dk, dv = _run(plan, tensors, plan.extras(seed), q.device)[:4]
         return dq, dk, dv, None, None, None, None, None
 
 

@@ -39,7 +39,7 @@ The best one is stored per (device name, head_dim, dtype, causal, seqlen bucket,
 small JSON file, ``~/.cache/numba_flash/tuning.json`` (``NUMBA_FLASH_TUNING_CACHE=PATH`` moves it,
 ``NUMBA_FLASH_TUNING_CACHE=off`` disables it). The seqlen bucket is the power of two at or above
 ``max(seqlen_q, seqlen_k)``. Tensor-core entries have ``|tensor_core`` appended to their key (and
-``"kind": "tensor_core"``, ``"config": [block_m, block_n, stages, rows_per_warp]``), so a tuned
+``"kind": "tensor_core"``, ``"config": [block_m, block_n, stages, rows_per_warp, atomic_dq]``), so a tuned
 BlockConfig and a tuned TensorCoreConfig coexist for the same problem; entries without a
 ``"kind"`` are BlockConfigs (files written before tensor-core tuning still load).
 
@@ -89,6 +89,7 @@ TC_BLOCK_M = (32, 64, 128)
 TC_BLOCK_N = (16, 32, 64, 128)
 TC_STAGES = (1, 2)
 TC_ROWS_PER_WARP = (16, 32)
+TC_ATOMIC_DQ = (False, True)  # backward only: dQ by atomic adds from the dK/dV kernel (TensorCoreConfig)
 # A config passes the oracle check when max|got - ref| <= RTOL * max|ref| for every output. The
 # kernels compute in fp32; the budget covers the final rounding to the storage dtype (fp16: 2^-11)
 # with margin, and fp32 accumulation over up to a few thousand keys. A broken tiling (a skipped
@@ -210,7 +211,7 @@ def _parse(entries: dict) -> dict:
     for key, entry in entries.items():
         try:
             kind, values = entry.get("kind", "block"), list(entry["config"])
-            if kind == "tensor_core" and len(values) == 4 and key.endswith("|tensor_core"):
+            if kind == "tensor_core" and len(values) in (4, 5) and key.endswith("|tensor_core"):
                 cfg = TensorCoreConfig(*values)
             elif kind == "block" and len(values) == 3 and not key.endswith("|tensor_core"):
                 cfg = BlockConfig(*values)
@@ -374,18 +375,20 @@ def _all_configs(block_sizes=BLOCK_SIZES, threads_per_row=THREADS_PER_ROW):
     return out
 
 
-def _all_tc_configs():
+def _all_tc_configs(pass_: str = "forward"):
     """Every TensorCoreConfig of the candidate grid (TC_BLOCK_M x TC_BLOCK_N x TC_STAGES x
-    TC_ROWS_PER_WARP) the constructor accepts (rows_per_warp must divide block_m)."""
+    TC_ROWS_PER_WARP, and for the backward x TC_ATOMIC_DQ) the constructor accepts (rows_per_warp
+    must divide block_m)."""
     out = []
     for bm in TC_BLOCK_M:
         for bn in TC_BLOCK_N:
             for stages in TC_STAGES:
                 for rpw in TC_ROWS_PER_WARP:
-                    try:
-                        out.append(TensorCoreConfig(bm, bn, stages, rpw))
-                    except ValueError:  # pragma: no cover - every rows_per_warp divides every block_m here
-                        continue
+                    for atomic in (TC_ATOMIC_DQ if pass_ == "backward" else (False,)):
+                        try:
+                            out.append(TensorCoreConfig(bm, bn, stages, rpw, atomic))
+                        except ValueError:  # pragma: no cover - every rows_per_warp divides every block_m here
+                            continue
     return out
 
 
@@ -396,7 +399,8 @@ def enumerate_configs(head_dim: int, pass_: str = "forward", *, kind: str = "blo
     ``kind="block"`` (the default): BlockConfigs that fit in shared memory and split evenly. For the
     backward pass both kernels (dK/dV over key rows, dQ over query rows) use the config, so it
     must fit both. ``kind="tensor_core"``: TensorCoreConfigs of the grid TC_BLOCK_M x TC_BLOCK_N x
-    TC_STAGES x TC_ROWS_PER_WARP (``block_sizes`` and ``threads_per_row`` do not apply) that pass
+    TC_STAGES x TC_ROWS_PER_WARP (x TC_ATOMIC_DQ for the backward; ``block_sizes`` and
+    ``threads_per_row`` do not apply) that pass
     ``TensorCoreConfig.problems``: dynamic shared memory, rows_per_warp=16 for the backward, head_dim
     <= 128 (so none at larger head_dim). These can be listed anywhere; only the GPU runs them.
     With ``with_skipped=True`` returns ``(ok, [(config, reasons), ...])``.
@@ -407,7 +411,7 @@ def enumerate_configs(head_dim: int, pass_: str = "forward", *, kind: str = "blo
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
     _check_kind(kind)
     ok, skipped = [], []
-    for cfg in (_all_tc_configs() if kind == "tensor_core" else _all_configs(block_sizes, threads_per_row)):
+    for cfg in (_all_tc_configs(pass_) if kind == "tensor_core" else _all_configs(block_sizes, threads_per_row)):
         why = _problems(cfg, head_dim, pass_, elem)
         (skipped.append((cfg, why)) if why else ok.append(cfg))
     return (ok, skipped) if with_skipped else ok
@@ -439,7 +443,8 @@ def _tc_heuristic_order(configs):
 
 def _as_config(c):
     """A BlockConfig or TensorCoreConfig as is; a 3-tuple ``(block_m, block_n, num_threads)`` as a
-    BlockConfig; a 4-tuple ``(block_m, block_n, stages, rows_per_warp)`` as a TensorCoreConfig."""
+    BlockConfig; a 4-tuple ``(block_m, block_n, stages, rows_per_warp)`` (or 5, with ``atomic_dq``)
+    as a TensorCoreConfig."""
     if isinstance(c, (BlockConfig, TensorCoreConfig)):
         return c
     try:
@@ -449,10 +454,10 @@ def _as_config(c):
                         f"got {c!r}") from None
     if len(values) == 3:
         return BlockConfig(*values)
-    if len(values) == 4:
+    if len(values) in (4, 5):
         return TensorCoreConfig(*values)
     raise ValueError(f"config: expected (block_m, block_n, num_threads) for a BlockConfig or (block_m, block_n, "
-                     f"stages, rows_per_warp) for a TensorCoreConfig, got {c!r}")
+                     f"stages, rows_per_warp[, atomic_dq]) for a TensorCoreConfig, got {c!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,12 +644,13 @@ class Trial:
         if isinstance(c, TensorCoreConfig):
             smem = (c.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
                     else max(c.backward_shared_bytes(head_dim, k, elem) for k in kernels))
-            tpr, stages, rpw = None, c.stages, c.rows_per_warp
+            tpr, stages, rpw, atomic = None, c.stages, c.rows_per_warp, c.atomic_dq
         else:
             smem = max(c.shared_memory_bytes(head_dim, k) for k in kernels)
-            tpr, stages, rpw = c.threads_per_row(c.block_m), None, None
+            tpr, stages, rpw, atomic = c.threads_per_row(c.block_m), None, None, None
         return {"kind": _kind_of(c), "block_m": c.block_m, "block_n": c.block_n, "num_threads": c.num_threads,
-                "threads_per_row": tpr, "stages": stages, "rows_per_warp": rpw, "smem_kib": smem / 1024,
+                "threads_per_row": tpr, "stages": stages, "rows_per_warp": rpw, "atomic_dq": atomic,
+                "smem_kib": smem / 1024,
                 "registers": self.registers, "median_ms": self.median_ms, "min_ms": self.min_ms,
                 "repeat": self.repeat, "tflops": self.tflops, "max_rel_err": self.max_rel_err,
                 "status": self.status, "reason": self.reason}
@@ -712,14 +718,16 @@ class TuneResult:
                  f"D={s['head_dim']} {s['dtype']}{' causal' if s['causal'] else ''} on {self.device}"
                  f"{' (tensor-core kernels)' if tc else ''}")
         t = Table(title=title)
-        shape_cols = ("stages", "rows/warp") if tc else ("thr/row",)
+        atomic_col = tc and self.pass_ == "backward"  # dQ: by atomic adds, or its own kernel
+        shape_cols = (("stages", "rows/warp") + (("dQ",) if atomic_col else ())) if tc else ("thr/row",)
         for col in ("#", "BM", "BN", "thr", *shape_cols, "smem KiB", "regs", "ms", "TFLOP/s", "vs default",
                     "max err", "status"):
             t.add_column(col, justify="right" if col not in ("status",) else "left")
 
         def head(r):
             cells = (r["stages"], r["rows_per_warp"]) if tc else (r["threads_per_row"],)
-            return (str(r["block_m"]), str(r["block_n"]), str(r["num_threads"]), *(_fmt(x, "d") for x in cells),
+            dq = ("atomic" if r["atomic_dq"] else "kernel",) if atomic_col else ()
+            return (str(r["block_m"]), str(r["block_n"]), str(r["num_threads"]), *(_fmt(x, "d") for x in cells), *dq,
                     f"{r['smem_kib']:.1f}", _fmt(r["registers"], "d"))
 
         default = self.trial(self.default)

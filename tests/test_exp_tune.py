@@ -1,5 +1,6 @@
 """The block-size tuner (numba_flash.tune), its cache as config=None sees it, and the sweep experiment."""
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -251,15 +252,15 @@ NEEDS_GPU = "the tensor-core kernels are inline PTX: they run only on the GPU ba
 def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
     ok, skipped = tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core", with_skipped=True)
     grid = (len(tune_mod.TC_BLOCK_M) * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES)
-            * len(tune_mod.TC_ROWS_PER_WARP))
-    assert len(ok) + len(skipped) == grid == 48
+            * len(tune_mod.TC_ROWS_PER_WARP) * (len(tune_mod.TC_ATOMIC_DQ) if pass_ == "backward" else 1))
+    assert len(ok) + len(skipped) == grid == (96 if pass_ == "backward" else 48)
     assert len(set(ok)) == len(ok) and not set(ok) & {c for c, _ in skipped}
     assert tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core") == ok
     for cfg in ok:
         assert isinstance(cfg, TensorCoreConfig) and cfg.problems(head_dim, pass_) == []
         cfg.validate(head_dim, pass_)
         assert (cfg.block_m in (32, 64, 128) and cfg.block_n in (16, 32, 64, 128) and cfg.stages in (1, 2)
-                and cfg.rows_per_warp in (16, 32))
+                and cfg.rows_per_warp in (16, 32) and cfg.atomic_dq in ((False, True) if pass_ == "backward" else (False,)))
     for cfg, why in skipped:
         assert why and cfg.problems(head_dim, pass_) == why
     if head_dim > 128:
@@ -269,7 +270,14 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
     if pass_ == "backward":
         assert {c.rows_per_warp for c in ok} == {16}
         assert all(any("rows_per_warp=16" in w for w in why) for c, why in skipped if c.rows_per_warp == 32)
-        assert len(ok) == 24  # every rows_per_warp=16 config fits at head_dim <= 128
+        # every rows_per_warp=16 config fits at head_dim <= 128; with atomic_dq's dS^T tile all do at
+        # head_dim <= 64, and at 128 all but the largest (shared memory)
+        plain = [c for c in ok if not c.atomic_dq]
+        atomic = [c for c in ok if c.atomic_dq]
+        assert len(plain) == 24 and {dataclasses.replace(c, atomic_dq=False) for c in atomic} <= set(plain)
+        assert len(atomic) == 24 if head_dim <= 64 else 12 <= len(atomic) < 24
+        assert all(any("shared memory" in w for w in why) for c, why in skipped
+                   if c.atomic_dq and c.rows_per_warp == 16)
     else:
         assert {c.rows_per_warp for c in ok} == {16, 32} and len(ok) == 48
 
@@ -297,7 +305,8 @@ def test_as_config_of_tuples():
     assert type(tune_mod._as_config((64, 32, 2, 16))) is TensorCoreConfig
     cfg = TensorCoreConfig(128, 32, 2, 32)
     assert tune_mod._as_config(cfg) is cfg
-    for bad in [(64, 32), (64, 32, 2, 16, 1)]:
+    assert tune_mod._as_config((64, 32, 2, 16, True)) == TensorCoreConfig(64, 32, 2, 16, atomic_dq=True)
+    for bad in [(64, 32), (64, 32, 2, 16, True, 0), (64, 32, 2, 16, 1)]:
         with pytest.raises(ValueError, match="TensorCoreConfig"):
             tune_mod._as_config(bad)
     with pytest.raises(ValueError):
@@ -428,7 +437,8 @@ def test_tc_trials_render(pass_):
     assert "stages" in headers and "rows/warp" in headers and "thr/row" not in headers
     assert table.row_count == 3
     d = result.to_dict()
-    assert d["kind"] == "tensor_core" and d["best"] == {"block_m": 64, "block_n": 64, "stages": 1, "rows_per_warp": 16}
+    assert d["kind"] == "tensor_core" and d["best"] == {"block_m": 64, "block_n": 64, "stages": 1, "rows_per_warp": 16,
+                                                   "atomic_dq": False}
     block_row = tune_mod.Trial(BlockConfig(32, 16, 128)).row(64, pass_)
     assert block_row["kind"] == "block" and block_row["stages"] is None and block_row["rows_per_warp"] is None
     assert block_row["threads_per_row"] == 4

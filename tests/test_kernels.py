@@ -32,6 +32,8 @@ if ON_GPU:
     # The tensor-core forward (float16 only; fit_config turns them into None elsewhere), forced.
     # (None picks it for float16; each tensor-core variant takes ~30 s to compile, so one more.)
     CONFIGS += [TensorCoreConfig(16, 16, 1)]
+    # and the backward with atomic dQ (the forward ignores atomic_dq)
+    CONFIGS += [TensorCoreConfig(64, 32, 2, 16, True)]
 DTYPES = [np.float32, np.float16]
 # dtype and causal are pytest parameters rather than drawn, so that each profile's max_examples
 # applies to every (dtype, causal) pair and pytest-xdist can spread the pairs over processes.

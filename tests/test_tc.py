@@ -31,8 +31,8 @@ _SCRIPT = r"""
 import json, sys
 from numba_flash.config import TensorCoreConfig
 from numba_flash.resources import tc_compile_report
-for kernel, (bm, bn, st, rw), d, varlen, dropout, elem in json.loads(sys.argv[1]):
-    print(json.dumps(tc_compile_report(TensorCoreConfig(bm, bn, st, rw), d, varlen, dropout, elem, kernel=kernel)))
+for kernel, config, d, varlen, dropout, elem in json.loads(sys.argv[1]):
+    print(json.dumps(tc_compile_report(TensorCoreConfig(*config), d, varlen, dropout, elem, kernel=kernel)))
 """
 
 
@@ -40,7 +40,7 @@ def _compile(cases, max_stack=0, max_spill=0):
     """Compile reports of ``cases``, in one subprocess per CPU (up to 4): each kernel takes 10-90 s."""
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
-    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp], d, vl, dr, elem]
+    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq], d, vl, dr, elem]
             for kernel, c, d, vl, dr, elem in cases]
     n = max(1, min(4, os.cpu_count() or 1, len(args)))
     procs = [subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(args[i::n])], env=env, text=True,
@@ -125,6 +125,33 @@ def test_tensor_core_backward_compiles_to_mma_without_spills():
         # Two products over head_dim (S and dP: ksteps x nt each), then one (dQ) or two (dK, dV)
         # over the streamed tile: (block_n / 16) x (head_dim / 8) each.
         assert r["mma"] == 2 * ksteps * nt + (1 if kernel == "dq" else 2) * (cfg.block_n // 16) * dt, r
+        assert r["red"] == 0, r
+
+
+# The atomic-dQ dK/dV kernel: at head_dim 64 and 128, with varlen + dropout at head_dim 40 (a
+# 16-column unit half in the row padding), bfloat16, and one warp per block.
+_ATOMIC_CASES = [(TensorCoreConfig(64, 32, 2, 16, True), 64, False, False, "f16"),
+                 (TensorCoreConfig(128, 32, 2, 16, True), 128, False, False, "f16"),
+                 (TensorCoreConfig(64, 16, 2, 16, True), 40, True, True, "f16"),
+                 (TensorCoreConfig(128, 32, 2, 16, True), 64, False, False, "bf16"),
+                 (TensorCoreConfig(16, 16, 1, 16, True), 128, False, False, "f16")]
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_atomic_dq_backward_compiles_to_mma_and_vector_atomics_without_spills():
+    cases = [("dkdv", cfg, d, vl, dr, elem) for cfg, d, vl, dr, elem in _ATOMIC_CASES]
+    for (_, cfg, d, _, _, elem), r in zip(cases, _compile(cases)):
+        assert any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
+        ksteps, dt, nt = -(-d // 16), d // 8, cfg.block_n // 8
+        # dQ's units: 16 queries x 16 columns (pairs of n-tiles, padding included), spread over the
+        # warps; each sums the block's keys (one 16-key k-step per warp) with 2 mma per k-step and
+        # adds its two rows per lane with 2 vector atomics each.
+        warps, pairs = cfg.warps, -(-d // 16)
+        per_warp = -(-(cfg.block_n // 16) * pairs // warps)
+        assert r["mma"] == (2 * ksteps * nt + 2 * (cfg.block_n // 16) * dt + per_warp * warps * 2), r
+        assert r["red"] == 4 * per_warp, r
+        assert r["expected_dynamic_smem"] == (cfg.stages * 8 * cfg.block_n + (2 * -(-d // 16) * 16 + 16) * (
+            2 * cfg.block_m + 2 * cfg.stages * cfg.block_n) + cfg.block_m * (2 * cfg.block_n + 16)), r
 
 
 def test_tensor_core_config_is_checked():
@@ -152,6 +179,15 @@ def test_tensor_core_config_is_checked():
     with pytest.raises(ValueError, match="shared memory"):  # 16-bit tiles of this size would fit
         TensorCoreConfig(128, 128, 2).validate(128, "backward", "tf32")
     assert TensorCoreConfig(128, 128, 2).validate(128, "backward", "f16")
+    # atomic_dq: a bool; the dK/dV kernel's shared memory grows by a 16-bit dS^T tile (keys x queries,
+    # rows padded by 16 bytes); float32's backward has none
+    with pytest.raises(ValueError, match="atomic_dq: expected a bool"):
+        TensorCoreConfig(64, 32, 2, 16, 1)
+    atomic = TensorCoreConfig(64, 32, 2, 16, True)
+    assert atomic.backward_shared_bytes(64, "dkdv") == TensorCoreConfig(64, 32).backward_shared_bytes(64, "dkdv") + 64 * 80
+    assert atomic.problems(64, "backward") == atomic.problems(64, "forward") == []
+    with pytest.raises(ValueError, match="atomic_dq: the float32"):
+        atomic.validate(64, "backward", "tf32")
 
 
 @pytest.mark.skipif(ON_GPU, reason="checks the simulator's refusal; on the GPU the tensor-core path runs")
@@ -168,6 +204,14 @@ def test_tensor_core_backward_config_is_checked(rng):
     with pytest.raises(ValueError, match=match):
         nf.flash_attention_backward(to_device(q), to_device(q), to_device(q), to_device(q), out, lse,
                                     config=TensorCoreConfig(64, 32, 2, 32))
+
+
+def _cfg_id(config) -> str:
+    """A short test id: "default", or "64x32x2x16" (+ "-atomic" with atomic_dq)."""
+    if config is None:
+        return "default"
+    return f"{config.block_m}x{config.block_n}x{config.stages}x{config.rows_per_warp}" + (
+        "-atomic" if config.atomic_dq else "")
 
 
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="the tensor-core kernels use inline PTX, which only a GPU runs")
@@ -197,7 +241,8 @@ def test_tensor_core_errors(rng):
 @pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 3, 1025, 1000, 64), (1, 4, 129, 513, 128),
                                    (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1)], ids=str)
+@pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1), TensorCoreConfig(64, 32, 2, 16, True),
+                                    TensorCoreConfig(16, 16, 1, 16, True)], ids=_cfg_id)
 def test_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, config):
     B, H, n_q, n_k, D = shape
     q, k, v, do = (rng.standard_normal((B, H, n, D)).astype(np.float16) for n in (n_q, n_k, n_k, n_q))
@@ -212,7 +257,7 @@ def test_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, confi
 @pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 3, 1025, 1000, 64), (1, 4, 129, 513, 128),
                                    (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1), TensorCoreConfig(128, 16, 2, 32)], ids=str)
+@pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1), TensorCoreConfig(128, 16, 2, 32)], ids=_cfg_id)
 def test_float32_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, config):
     """float32 through the 3xTF32 kernels, forward and backward (config=None: the defaults, one
     m-tile per warp; the smallest config; two m-tiles per warp, forward only: its backward is the
@@ -336,14 +381,46 @@ def test_bfloat16_errors(rng):
 @gpu_only
 @pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 4, 257, 300, 64), (1, 2, 129, 129, 128)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_bfloat16_kernels_match_oracle(rng, shape, causal):
+@pytest.mark.parametrize("config", [None, TensorCoreConfig(64, 32, 2, 16, True)], ids=_cfg_id)
+def test_bfloat16_kernels_match_oracle(rng, shape, causal, config):
     """bfloat16 in, bfloat16 out (as uint16 bit patterns), against the float64 oracle with the bounds
     of a naive bfloat16 implementation (helpers: rounding to bfloat16, unit roundoff 2^-8)."""
     B, H, n_q, n_k, D = shape
     q, k, v, do = (to_bf16(rng.standard_normal((B, H, n, D)).astype(np.float32)) for n in (n_q, n_k, n_k, n_q))
     dev = [to_device(bf16_bits(a)) for a in (q, k, v)]
-    out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True, bfloat16=True)
+    out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True, bfloat16=True, config=config)
     assert out.dtype == np.uint16
-    grads = nf.flash_attention_backward(to_device(bf16_bits(do)), *dev, out, lse, causal=causal, bfloat16=True)
+    grads = nf.flash_attention_backward(to_device(bf16_bits(do)), *dev, out, lse, causal=causal, bfloat16=True,
+                                        config=config)
     check_against_oracle(q, k, v, do, from_bf16_bits(to_host(out)), to_host(lse),
                          [from_bf16_bits(to_host(g)) for g in grads], causal, (-1, -1), 0.0, None, dtype=BF16)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [np.float16, BF16], ids=["float16", "bfloat16"])
+def test_atomic_dq_agrees_with_the_deterministic_backward(rng, dtype):
+    """The atomic-dQ backward against the two-kernel one with the same tiles, GQA, causal, ragged
+    sizes: dK and dV come from the same code in the same order (bit-identical); dQ sums the same
+    float32 products in another order (key blocks in arrival order, then one rounding to 16 bits):
+    within a 16-bit ulp of max |dq|, plus float32 reordering noise (far below it). Repeated atomic calls
+    agree the same way."""
+    B, H, H_kv, n_q, n_k, D = 2, 4, 2, 1000, 1200, 64
+    bf16 = dtype is BF16
+    conv = (lambda a: to_device(bf16_bits(to_bf16(a)))) if bf16 else (lambda a: to_device(a.astype(np.float16)))
+    back = (lambda a: from_bf16_bits(to_host(a)).astype(np.float64)) if bf16 else (
+        lambda a: to_host(a).astype(np.float64))
+    q, do = (rng.standard_normal((B, H, n_q, D)).astype(np.float32) for _ in range(2))
+    k, v = (rng.standard_normal((B, H_kv, n_k, D)).astype(np.float32) for _ in range(2))
+    dev = [conv(a) for a in (q, k, v)]
+    out, lse = nf.flash_attention(*dev, causal=True, return_lse=True, bfloat16=bf16)
+    runs = [nf.flash_attention_backward(conv(do), *dev, out, lse, causal=True, bfloat16=bf16, config=cfg)
+            for cfg in (TensorCoreConfig(64, 32, 2, 16), TensorCoreConfig(64, 32, 2, 16, True),
+                        TensorCoreConfig(64, 32, 2, 16, True))]
+    ulp = 2.0 ** (-7 if bf16 else -10)  # spacing of 16-bit values in [1, 2)
+    det = [back(g) for g in runs[0]]
+    for other in runs[1:]:
+        got = [back(g) for g in other]
+        np.testing.assert_array_equal(got[1], det[1])
+        np.testing.assert_array_equal(got[2], det[2])
+        assert np.isfinite(got[0]).all()
+        assert np.abs(got[0] - det[0]).max() <= ulp * np.abs(det[0]).max(), np.abs(got[0] - det[0]).max()

@@ -1,0 +1,266 @@
+"""The 16-bit backward with dQ by atomic adds (FlashAttention-2's layout) against the two-kernel one and SDPA.
+
+The two-kernel tensor-core backward (``TensorCoreConfig(..., atomic_dq=False)``, deterministic) does 7
+matrix products per tile pair: the dK/dV kernel S^T, dP^T, dV, dK; the dQ kernel S, dP again, dQ.
+With ``atomic_dq=True`` the dK/dV kernel also writes dS^T to shared memory and adds dS K into a
+float32 dQ with ``red.global.add.v2.f32``: 5 products, as FlashAttention-2 does, at the price of
+a float32 dQ in HBM, N / block_m atomic adds per dQ element, and dQ's sums in arrival order.
+
+Per shape, dtype and causal flag, in one process on one GPU, CUDA events (median):
+
+* backward-only and forward+backward TFLOP/s of numba_flash with the deterministic default backward
+  config and each ``--bwd-config`` (``BM,BN,STAGES,16,ATOMIC``), and of SDPA's FLASH_ATTENTION
+  backend (its backward: atomic dQ too);
+* error of dq, dk, dv against float64 (torch's MATH backend on the first batch entry), max |x - ref|
+  / max |ref|, for the deterministic default, the first atomic config and SDPA flash;
+* how far two atomic runs' dq differ (max |dq1 - dq2| / max |dq1|): the price of the arrival order.
+
+    bash .gpu/env.sh python experiments/atomic_dq.py --out $OUT/atomic_dq          # H100
+    python experiments/atomic_dq.py --shape 2,8,1024,64 --causal no --bwd-config 64,32,2,16,1
+
+Needs the GPU backend and PyTorch with CUDA; elsewhere it says why and exits with status 0.
+``--lock FILE``: take this file lock around each timing (several processes, e.g. one per head_dim,
+then compile side by side and time one at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's numba_flash, uninstalled
+
+DEFAULT_SHAPES = ["4,32,4096,64", "4,16,4096,128"]  # B*N = 16k tokens, 2048 hidden: the issue's shapes
+DEFAULT_BWD_CONFIGS = {64: ["64,32,2,16,1", "128,32,2,16,1"], 128: ["64,16,2,16,1", "128,32,2,16,1"]}
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        b, h, n, d = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,H,N,D (four integers), got {text!r}") from None
+    return b, h, n, d
+
+
+def _config(text: str):
+    from numba_flash.config import TensorCoreConfig
+
+    try:
+        bm, bn, stages, rpw, atomic = (int(x) for x in text.split(","))
+        return TensorCoreConfig(bm, bn, stages, rpw, bool(atomic))
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"expected block_m,block_n,stages,rows_per_warp,atomic (0/1): {e}") from None
+
+
+def label(cfg) -> str:
+    return f"{cfg.block_m},{cfg.block_n},{cfg.stages},{cfg.rows_per_warp}" + (" atomic" if cfg.atomic_dq else "")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", action="append", type=_shape, metavar="B,H,N,D", help=f"default {DEFAULT_SHAPES}")
+    p.add_argument("--dtype", action="append", choices=("float16", "bfloat16"), help="default float16")
+    p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
+    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16,ATOMIC",
+                   help=f"backward TensorCoreConfigs besides the default (default per head_dim: {DEFAULT_BWD_CONFIGS})")
+    p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
+    p.add_argument("--lock", default=None, help="a file to lock around each timing")
+    p.add_argument("--out", default="experiments/results/atomic_dq")
+    args = p.parse_args(argv)
+    args.shape = args.shape or [_shape(s) for s in DEFAULT_SHAPES]
+    args.dtype = args.dtype or ["float16"]
+    return args
+
+
+def run(args, torch, console) -> list[dict]:
+    import fcntl
+
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import numba_flash as nf
+    from numba_flash.config import default_tc_config
+    from numba_flash.timing import attention_flops, time_ms
+
+    @contextlib.contextmanager
+    def turn():
+        if args.lock is None:
+            yield
+            return
+        with open(args.lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def rel_err(x, ref) -> float:
+        return float((x.detach().double() - ref).abs().max() / ref.abs().max())
+
+    rows = []
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for (B, H, N, D) in args.shape:
+        configs = args.bwd_config if args.bwd_config is not None else [_config(c) for c in DEFAULT_BWD_CONFIGS.get(D, [])]
+        for dtype in args.dtype:
+            bf16 = dtype == "bfloat16"
+            tdt = torch.bfloat16 if bf16 else torch.float16
+            for causal in {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]:
+                q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=tdt, generator=gen) for _ in range(4))
+                qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+                # our kernels read bfloat16 as its bit patterns (CuPy has no bfloat16)
+                as_nf = (lambda t: nf.backend.array_module().from_dlpack(t.view(torch.int16)).view("uint16")) if bf16 \
+                    else (lambda t: nf.backend.array_module().from_dlpack(t))
+                to_torch = (lambda a: torch.from_dlpack(a.view("int16")).view(torch.bfloat16)) if bf16 \
+                    else (lambda a: torch.from_dlpack(a))
+                cq, ck, cv, cdo = (as_nf(t) for t in (q, k, v, do))
+                out, lse = nf.flash_attention(cq, ck, cv, causal=causal, return_lse=True, bfloat16=bf16)
+                base = dict(B=B, H=H, N=N, D=D, dtype=dtype, causal=causal)
+                flops = {p: attention_flops(B, H, N, N, D, causal, p) for p in ("forward", "forward_backward")}
+                flops["backward"] = flops["forward_backward"] - flops["forward"]
+
+                def timed(name, pass_, fn, config=None):
+                    try:
+                        fn()  # compile outside the lock
+                        torch.cuda.synchronize()
+                        with turn():
+                            t = time_ms(fn, repeat=args.repeat)
+                    except Exception as e:  # a config that does not fit: recorded, the sweep goes on
+                        rows.append({**base, "pass": pass_, "impl": name, "config": config, "status": f"error: {e}"})
+                        console.print(f"  {name:28s} {pass_:16s} error: {e}")
+                        return
+                    tf = flops[pass_] / (t["median_ms"] * 1e-3) / 1e12
+                    rows.append({**base, "pass": pass_, "impl": name, "config": config, "status": "ok",
+                                 "ms": t["median_ms"], "tflops": tf})
+                    console.print(f"  {name:28s} {pass_:16s} {t['median_ms']:8.3f} ms {tf:7.1f} TFLOP/s")
+
+                def ours_bwd(cfg):
+                    return nf.flash_attention_backward(cdo, cq, ck, cv, out, lse, causal=causal, config=cfg,
+                                                       bfloat16=bf16)
+
+                def ours_both(cfg):
+                    o, l_ = nf.flash_attention(cq, ck, cv, causal=causal, return_lse=True, bfloat16=bf16)
+                    return nf.flash_attention_backward(cdo, cq, ck, cv, o, l_, causal=causal, config=cfg, bfloat16=bf16)
+
+                def sdpa_both():
+                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                        o = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+                        return torch.autograd.grad(o, (qg, kg, vg), do)
+
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    o_s = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+
+                def sdpa_bwd():
+                    return torch.autograd.grad(o_s, (qg, kg, vg), do, retain_graph=True)
+
+                console.print(f"[bold]B={B} H={H} N={N} D={D} {dtype} causal={causal}[/bold]")
+                det = default_tc_config(D, False, "backward", "bf16" if bf16 else "f16")
+                for cfg in [det, *configs]:
+                    name = f"numba_flash {label(cfg)}"
+                    timed(name, "backward", lambda c=cfg: ours_bwd(c), label(cfg))
+                    timed(name, "forward_backward", lambda c=cfg: ours_both(c), label(cfg))
+                timed("sdpa_flash", "backward", sdpa_bwd)
+                timed("sdpa_flash", "forward_backward", sdpa_both)
+
+                # Errors against float64 on the first batch entry, and the atomic runs' spread.
+                e = slice(0, 1)
+                q64, k64, v64 = (t[e].double().requires_grad_(True) for t in (q, k, v))
+                with sdpa_kernel(SDPBackend.MATH):
+                    ref = F.scaled_dot_product_attention(q64, k64, v64, is_causal=causal)
+                    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do[e].double())
+                sub = [t[e].contiguous() for t in (q, k, v, do)]
+                csub = [as_nf(t) for t in sub]
+                o1, l1 = nf.flash_attention(*csub[:3], causal=causal, return_lse=True, bfloat16=bf16)
+                errs = {**base, "impl": "error vs float64"}
+                atomic = next((c for c in configs if c.atomic_dq), None)
+                for name, cfg in (("deterministic", det), ("atomic", atomic)):
+                    if cfg is None:
+                        continue
+                    g = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg, bfloat16=bf16)
+                    for n_, mine, want in zip(("dq", "dk", "dv"), g, ref_grads):
+                        errs[f"{n_}_{name}"] = rel_err(to_torch(mine), want)
+                    if name == "atomic":
+                        g2 = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg,
+                                                         bfloat16=bf16)
+                        a, b = to_torch(g[0]).double(), to_torch(g2[0]).double()
+                        errs["dq_atomic_run_to_run"] = float((a - b).abs().max() / a.abs().max())
+                gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    o_f = F.scaled_dot_product_attention(gq, gk, gv, is_causal=causal)
+                    sg = torch.autograd.grad(o_f, (gq, gk, gv), sub[3])
+                for n_, theirs, want in zip(("dq", "dk", "dv"), sg, ref_grads):
+                    errs[f"{n_}_sdpa_flash"] = rel_err(theirs, want)
+                console.print("  errors vs float64: " + "  ".join(f"{k_} {v_:.2e}" for k_, v_ in errs.items()
+                                                                  if k_.startswith("d")))
+                rows.append(errs)
+                del q64, k64, v64, ref, ref_grads, o_s
+                torch.cuda.empty_cache()
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """One line per (shape, dtype, causal, pass): the deterministic default, the fastest atomic config,
+    SDPA flash, and both ratios."""
+    out = []
+    keys = sorted({(r["D"], r["dtype"], r["causal"], r["pass"]) for r in rows if "pass" in r})
+    for D, dtype, causal, pass_ in keys:
+        sel = [r for r in rows if (r["D"], r["dtype"], r["causal"], r.get("pass")) == (D, dtype, causal, pass_)
+               and r["status"] == "ok"]
+        ours = [r for r in sel if r["impl"].startswith("numba_flash")]
+        det = next((r for r in ours if "atomic" not in r["impl"]), None)
+        atomic = max((r for r in ours if "atomic" in r["impl"]), key=lambda r: r["tflops"], default=None)
+        flash = next((r for r in sel if r["impl"] == "sdpa_flash"), None)
+        f = flash["tflops"] if flash else None
+        out.append({"D": D, "dtype": dtype, "causal": causal, "pass": pass_,
+                    "deterministic": det["tflops"] if det else None, "det config": det["config"] if det else "",
+                    "atomic best": atomic["tflops"] if atomic else None, "atomic config": atomic["config"] if atomic else "",
+                    "sdpa_flash": f, "det / flash": det["tflops"] / f if det and f else None,
+                    "atomic / flash": atomic["tflops"] / f if atomic and f else None,
+                    "atomic / det": atomic["tflops"] / det["tflops"] if atomic and det else None})
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from rich.console import Console
+
+    from numba_flash import backend
+    from numba_flash.results import markdown_table, save
+
+    console = Console()
+    if backend.BACKEND != backend.GPU:
+        console.print("atomic_dq: needs the GPU backend (the tensor-core kernels use inline PTX); nothing to do")
+        return 0
+    try:
+        import torch
+    except ImportError:
+        console.print("atomic_dq: needs PyTorch (SDPA is the baseline); nothing to do")
+        return 0
+    if not torch.cuda.is_available():
+        console.print("atomic_dq: PyTorch sees no CUDA device; nothing to do")
+        return 0
+    rows = run(args, torch, console)
+    table = summary(rows)
+    body = ("TFLOP/s as FlashAttention counts them (4·B·H·N²·D forward, halved when causal; backward = 2.5× "
+            "forward, forward+backward 3.5×); numba_flash's forward is its default in every forward+backward. "
+            "`deterministic`: the default two-kernel backward config; `atomic best`: the fastest atomic-dQ config "
+            "tried; ratios against SDPA FLASH_ATTENTION in the same process.\n\n" + markdown_table(table)
+            + "\n\n## Every measurement\n\n"
+            + markdown_table([r for r in rows if r["impl"] != "error vs float64"],
+                             ["B", "H", "N", "D", "dtype", "causal", "pass", "impl", "config", "ms", "tflops", "status"])
+            + "\n\n## Errors against float64 (max |x - ref| / max |ref|, first batch entry)\n\n"
+            + markdown_table([r for r in rows if r["impl"] == "error vs float64"], floatfmt=".3g"))
+    paths = save(args.out, "atomic_dq", {"rows": rows, "summary": table,
+                                         "args": {"shape": args.shape, "dtype": args.dtype, "causal": args.causal,
+                                                  "bwd_config": None if args.bwd_config is None
+                                                  else [label(c) for c in args.bwd_config],
+                                                  "repeat": args.repeat}},
+                 body, title="Backward with atomic dQ vs the two-kernel backward vs SDPA flash")
+    console.print(markdown_table(table))
+    console.print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
