@@ -200,6 +200,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     NP = DT // 2
     UNITS = (BLOCK_M // 16) * NP
     UPW = -(-UNITS // NW)
+    ACC_REGS = 8 * UPW
+    SHARED_A = NP % UPW == 0 and UNITS % NW == 0  # a warp's units lie in one m-tile
     DROPOUT = dropout
     sequence = sequence_bounds(varlen)
     load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
@@ -446,28 +448,34 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                 # dQ[m0:, :] += dS K over this block's keys: A = dS (ldmatrix.trans of the dS^T tile that
                 # every warp wrote), B = K (as the dQ kernel reads it); each unit's 16 x 16 sums go to
                 # the float32 dQ by vector atomic adds (scaled when converted, tc_dq_convert_kernel).
+                # The warp's units advance k-step by k-step together (independent mma chains in flight
+                # instead of one unit after another), sharing one A fragment when they share the m-tile.
+                # A warp past the last unit (UNITS % NW != 0) recomputes the last one and adds nothing.
                 cuda.syncthreads()
                 dqa = row_address(dq_acc, ab, h, q_off + m0)
+                acc = cuda.local.array(ACC_REGS, float32)
+                for e in static_range(ACC_REGS):
+                    acc[e] = float32(0.0)
+                for kk in static_range(NW):
+                    for i in static_range(UPW):
+                        u = min(warp * UPW + i, UNITS - 1)
+                        if i == 0 or not SHARED_A:
+                            a0, a1, a2, a3 = ldmatrix_x4_trans(sdS + uint32(kk * 16 * DS_ROW + ds_lane + (u // NP) * 32))
+                        b0, b1, b2, b3 = ldmatrix_x4_trans(sK + uint32(kk * 16 * ROW_B + t_lane + (u % NP) * 32))
+                        acc[8 * i], acc[8 * i + 1], acc[8 * i + 2], acc[8 * i + 3] = mma(
+                            a0, a1, a2, a3, b0, b1, acc[8 * i], acc[8 * i + 1], acc[8 * i + 2], acc[8 * i + 3])
+                        acc[8 * i + 4], acc[8 * i + 5], acc[8 * i + 6], acc[8 * i + 7] = mma(
+                            a0, a1, a2, a3, b2, b3, acc[8 * i + 4], acc[8 * i + 5], acc[8 * i + 6], acc[8 * i + 7])
                 for i in static_range(UPW):
                     u = warp * UPW + i
-                    if u < UNITS:
-                        mq = u // NP
-                        col = (u % NP) * 16
-                        acc = cuda.local.array(8, float32)
-                        for e in static_range(8):
-                            acc[e] = float32(0.0)
-                        for kk in static_range(NW):
-                            a0, a1, a2, a3 = ldmatrix_x4_trans(sdS + uint32(kk * 16 * DS_ROW + ds_lane + mq * 32))
-                            b0, b1, b2, b3 = ldmatrix_x4_trans(sK + uint32(kk * 16 * ROW_B + t_lane + col * 2))
-                            acc[0], acc[1], acc[2], acc[3] = mma(a0, a1, a2, a3, b0, b1, acc[0], acc[1], acc[2], acc[3])
-                            acc[4], acc[5], acc[6], acc[7] = mma(a0, a1, a2, a3, b2, b3, acc[4], acc[5], acc[6], acc[7])
-                        for r in static_range(2):
-                            row = mq * 16 + g + 8 * r
-                            if m0 + row < n_q:
-                                at = dqa + uint64(row * dq_acc.strides[2] + (col + 2 * t) * 4)
-                                red_add_f32x2(at, acc[2 * r], acc[2 * r + 1])
-                                if col + 8 < D:  # the pair's second n-tile may be row padding (D % 16 = 8)
-                                    red_add_f32x2(at + uint64(32), acc[4 + 2 * r], acc[5 + 2 * r])
+                    col = (u % NP) * 16
+                    for r in static_range(2):
+                        row = (u // NP) * 16 + g + 8 * r
+                        if u < UNITS and m0 + row < n_q:
+                            at = dqa + uint64(row * dq_acc.strides[2] + (col + 2 * t) * 4)
+                            red_add_f32x2(at, acc[8 * i + 2 * r], acc[8 * i + 2 * r + 1])
+                            if col + 8 < D:  # the pair's second n-tile may be row padding (D % 16 = 8)
+                                red_add_f32x2(at + uint64(32), acc[8 * i + 4 + 2 * r], acc[8 * i + 5 + 2 * r])
             cuda.syncthreads()  # every warp is done with this stage before a copy overwrites it
 
         cp_async_wait_all()  # nothing in flight at exit (no query tile at all: K, V only)
@@ -492,7 +500,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         st_global_u32(dv_base + uint64(key * dv.strides[2] + col), pack(dv_acc[e], dv_acc[e + 1]))
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
-                     TF32=TF32, DV_FIRST=DV_FIRST, ATOMIC=ATOMIC, UPW=UPW, NW=NW)
+                     TF32=TF32, DV_FIRST=DV_FIRST, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))
 
 
@@ -541,7 +549,7 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
         lane = tid % 32
         g = lane // 4
         t = lane % 4
-        m0 = cuda.blockIdx.x * BLOCK_M
+        m0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * BLOCK_M  # longest blocks first (see tc_forward)
         h = cuda.blockIdx.y
         b = cuda.blockIdx.z
         hk = h // group

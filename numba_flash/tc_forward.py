@@ -209,7 +209,9 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
         lane = tid % 32
         g = lane // 4
         t = lane % 4
-        m0 = cuda.blockIdx.x * BLOCK_M
+        # Query blocks in reverse: under a causal (bottom-right) band the last rows see the most keys,
+        # and the blocks that start first should be the longest ones (fewer idle SMs at the end).
+        m0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * BLOCK_M
         h = cuda.blockIdx.y
         b = cuda.blockIdx.z
         hk = h // group
