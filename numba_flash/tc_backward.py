@@ -197,7 +197,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     DS_ROW = tc_ds_row_bytes(BLOCK_M)
     SDS = SDO + STAGES * TILE_BYTES
     NW = BLOCK_N // 16
-    NP = DT // 2
+    NP = max(DT // 2, 1)  # (16-bit: DT is even; float32 at head_dim 8 has DT = 1, and no atomic dQ)
     UNITS = (BLOCK_M // 16) * NP
     UPW = -(-UNITS // NW)
     ACC_REGS = 8 * UPW
