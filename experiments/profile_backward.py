@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's numba_flash
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling scripts, however this one is loaded
 
 from atomic_dq import _config, _shape, label  # noqa: E402
 from hbm_traffic import _profiler  # noqa: E402

@@ -554,7 +554,9 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_s
     ``out`` and ``lse`` are what :func:`flash_attention` returned (``return_lse=True``) for the same
     q, k, v and the same options (causal, softmax_scale, window_size, dropout_p, seed): the dropout
     mask is regenerated from ``seed``, never stored. With GQA, dk and dv have k's H_kv heads, summed
-    over each group of query heads. Deterministic: no atomics, so repeated calls are bit-identical.
+    over each group of query heads. Deterministic: no atomics, so repeated calls are bit-identical
+    (except with ``config=TensorCoreConfig(..., atomic_dq=True)``: dq by atomic adds, its last bits
+    may differ from call to call).
     ``bfloat16=True`` as in :func:`flash_attention` (dout, out too; gradients come back as uint16).
     """
     key, ptrs = _call_key("backward", (dout, q, k, v, out, lse), (causal, softmax_scale, window_size, dropout_p,

@@ -15,6 +15,11 @@ fragment (16-bit data). Two kernels, each gradient owned by exactly one block (n
 * ``dq``: a block owns ``config.block_m`` queries and streams key tiles of ``config.block_n``:
   S = Q K^T, dP = dO V^T, dS = P (Z dP - delta), dQ += dS K.
 
+With ``config.atomic_dq`` (16-bit) the dkdv kernel also does dQ, as FlashAttention-2 does: dS^T goes to
+shared memory and the block's warps add dS K into a float32 dQ with vector atomics (5 products instead
+of 7; measured slower on the H100: README, experiments/results/atomic_dq-2026-11-24); the delta
+kernel zeroes that dQ and ``tc_dq_convert_kernel`` scales it into dq.
+
 ``lse`` and ``delta`` of a query tile travel with it (4-byte ``cp.async``); a query with
 ``lse = -inf`` (it saw no key) gets P = 0. Query rows past the sequence are zero-filled (Q, dO,
 lse, delta = 0), which makes their dS and their P dO exactly 0 without a mask; key rows past it

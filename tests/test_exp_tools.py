@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import load_experiment
+from helpers import ON_GPU, load_experiment
 
 SCRIPT = '''
 import sys
@@ -90,3 +90,30 @@ def test_fp32_tensor_cores_experiment_without_the_gpu_says_why(capsys):
         pytest.skip("checks the message of a machine without the GPU backend")
     assert load_experiment("fp32_tensor_cores").main(["--out", "/nonexistent/never-written"]) == 0
     assert "needs the GPU backend" in capsys.readouterr().out
+
+
+def test_atomic_dq_experiment_arguments_summary_and_cpu_exit(capsys):
+    exp = load_experiment("atomic_dq")
+    args = exp.parse_args(["--shape", "2,4,256,64", "--bwd-config", "64,32,2,16,1", "--causal", "no"])
+    assert args.shape == [(2, 4, 256, 64)] and args.dtype == ["float16"]
+    assert args.bwd_config[0].atomic_dq and args.bwd_config[0].block_n == 32
+    assert exp.label(args.bwd_config[0]) == "64,32,2,16 atomic"
+    assert exp.parse_args([]).bwd_config is None  # per head_dim defaults, DEFAULT_BWD_CONFIGS
+    with pytest.raises(SystemExit):
+        exp.parse_args(["--bwd-config", "64,32,2,16"])  # the atomic flag is required
+    base = dict(B=2, H=4, N=256, D=64, dtype="float16", causal=False, status="ok")
+    rows = [{**base, "pass": "backward", "impl": "numba_flash 64,64,2,16", "config": "64,64,2,16", "tflops": 100.0},
+            {**base, "pass": "backward", "impl": "numba_flash 64,32,2,16 atomic", "config": "64,32,2,16 atomic",
+             "tflops": 80.0},
+            {**base, "pass": "backward", "impl": "numba_flash 128,32,2,16 atomic", "config": "128,32,2,16 atomic",
+             "tflops": 90.0},
+            {**base, "pass": "backward", "impl": "sdpa_flash", "config": None, "tflops": 200.0},
+            {**base, "impl": "error vs float64", "dq_atomic": 1e-3}]
+    (line,) = exp.summary(rows)
+    assert line["deterministic"] == 100.0 and line["atomic best"] == 90.0 and line["atomic config"] == "128,32,2,16 atomic"
+    assert line["det / flash"] == 0.5 and line["atomic / det"] == 0.9
+    if not ON_GPU:  # no GPU: it says why and exits 0
+        assert exp.main(["--out", "unused"]) == 0
+        assert "needs the GPU backend" in capsys.readouterr().out
+        prof = load_experiment("profile_backward")
+        assert prof.main(["--config", "64,32,2,16,1"]) == 0
