@@ -284,15 +284,20 @@ def _launch(kernel, grid, threads, *args, shared=0):
     kernel[grid, threads](*(FakeCUDAArray(a) if isinstance(a, np.ndarray) else a for a in args))
 
 
-_NO_OFFSETS = {}
+_PLACEHOLDERS = {}
+
+
+def _placeholder(shape, dtype):
+    """A small zero array of this backend for a kernel argument the call does not use (made once)."""
+    key = (backend.BACKEND, shape, np.dtype(dtype))
+    if key not in _PLACEHOLDERS:
+        _PLACEHOLDERS[key] = backend.array_module().zeros(shape, dtype=dtype)
+    return _PLACEHOLDERS[key]
 
 
 def _no_offsets():
     """A one-element int32 array for the kernels' unused ``cu_q``/``cu_k`` in the padded layout."""
-    key = backend.BACKEND
-    if key not in _NO_OFFSETS:
-        _NO_OFFSETS[key] = backend.array_module().zeros(1, dtype=np.int32)
-    return _NO_OFFSETS[key]
+    return _placeholder((1,), np.int32)
 
 
 def _options(causal, window_size, dropout_p, seed):
@@ -335,14 +340,6 @@ def _forward_plan(inputs, n_seq, max_q, varlen, group, scale, cfg, opts, lse_sha
     return plan
 
 
-def _no_dq_acc():
-    """A one-element float32 4-D array for the dK/dV kernel's unused ``dq_acc`` (no atomic dQ)."""
-    key = ("dq_acc", backend.BACKEND)
-    if key not in _NO_OFFSETS:
-        _NO_OFFSETS[key] = backend.array_module().zeros((1, 1, 1, 1), dtype=np.float32)
-    return _NO_OFFSETS[key]
-
-
 def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts, view) -> Plan:
     """The backward's plan; inputs ``(dout, q, k, v, out, lse)`` (+ ``cu_q, cu_k``); outputs delta
     (the rows' dout . out, a scratch array), dq, dk, dv, and with ``atomic_dq`` the float32 dQ the
@@ -355,46 +352,41 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     H, H_kv, B = qv.shape[1], kv.shape[1], qv.shape[0]
     delta = plan.output(lse.shape, np.float32)
     dq, dk, dv = plan.output(q.shape, q.dtype), plan.output(k.shape, k.dtype), plan.output(v.shape, v.dtype)
-    atomic = isinstance(cfg, TensorCoreConfig) and cfg.atomic_dq
-    dq_acc = plan.out(plan.output(q.shape, np.float32), view) if atomic else _no_dq_acc()
+    tc = isinstance(cfg, TensorCoreConfig)
+    atomic = tc and cfg.atomic_dq
     dout_, q_, k_, v_, out_, lse_ = (plan.inp(i, view) for i in range(6))
-    row_grid = (_cdiv(qv.shape[2], _DELTA_THREADS), H, B)
-    if isinstance(cfg, TensorCoreConfig):
-        from .tc_backward import tc_delta_kernel, tc_delta_rows
-
-        row_grid = (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B)
-        plan.launch(tc_delta_kernel(D, tc_elem(q.dtype), atomic), row_grid, 128, dout_, out_, plan.out(delta, view),
-                    *((dq_acc,) if atomic else ()))
-    else:
-        plan.launch(delta_kernel(D), row_grid, _DELTA_THREADS, dout_, out_, plan.out(delta, view))
     dropout = p > 0.0
-    if isinstance(cfg, TensorCoreConfig):
-        from .tc_backward import tc_dkdv_kernel, tc_dq_kernel  # GPU only: inline PTX
+    if tc:
+        # GPU only (inline PTX)
+        from .tc_backward import (tc_delta_kernel, tc_delta_rows, tc_dkdv_kernel, tc_dq_convert_kernel,
+                                  tc_dq_kernel)
 
-        # dK/dV blocks own block_m keys, dQ blocks block_m queries (TensorCoreConfig's docstring)
+        # dK/dV blocks own block_m keys, dQ blocks block_m queries (TensorCoreConfig's docstring). The
+        # dK/dV kernel takes a float32 dQ to add into (a placeholder without atomic_dq).
         elem = tc_elem(q.dtype)
+        dq_acc = plan.out(plan.output(q.shape, np.float32), view) if atomic else _placeholder((1, 1, 1, 1), np.float32)
+        row_grid = (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B)
+        plan.launch(tc_delta_kernel(D, elem, atomic), row_grid, 128, dout_, out_, plan.out(delta, view),
+                    *((dq_acc,) if atomic else ()))
         dkdv, dkdv_grid = tc_dkdv_kernel(cfg, D, varlen, dropout, elem), (_cdiv(max_k, cfg.block_m), H_kv, n_seq)
-        dqk, dq_grid = tc_dq_kernel(cfg, D, varlen, dropout, elem), (_cdiv(max_q, cfg.block_m), H, n_seq)
+        dqk = None if atomic else tc_dq_kernel(cfg, D, varlen, dropout, elem)
         shared = cfg.backward_shared_bytes(D, "dkdv", elem), cfg.backward_shared_bytes(D, "dq", elem)
     else:
+        plan.launch(delta_kernel(D), (_cdiv(qv.shape[2], _DELTA_THREADS), H, B), _DELTA_THREADS, dout_, out_,
+                    plan.out(delta, view))
         dkdv, dkdv_grid = dkdv_kernel(cfg, D, varlen, dropout), (_cdiv(max_k, cfg.block_n), H_kv, n_seq)
-        dqk, dq_grid = dq_kernel(cfg, D, varlen, dropout), (_cdiv(max_q, cfg.block_m), H, n_seq)
+        dqk = dq_kernel(cfg, D, varlen, dropout)
         shared = 0, 0
     common = (q_, k_, v_, dout_, lse_, plan.out(delta, view))
     cu = (plan.inp(6), plan.inp(7)) if varlen else (_no_offsets(), _no_offsets())
     tail = (np.float32(scale), group, *_tail(plan, p, band_args))
-    if isinstance(cfg, TensorCoreConfig):
-        plan.launch(dkdv, dkdv_grid, cfg.num_threads, *common, plan.out(dk, view), plan.out(dv, view), dq_acc, *cu,
-                    *tail, shared=shared[0])
-    else:
-        plan.launch(dkdv, dkdv_grid, cfg.num_threads, *common, plan.out(dk, view), plan.out(dv, view), *cu, *tail)
+    plan.launch(dkdv, dkdv_grid, cfg.num_threads, *common, plan.out(dk, view), plan.out(dv, view),
+                *((dq_acc,) if tc else ()), *cu, *tail, shared=shared[0])
     if atomic:  # dq = scale * dq_acc, in q's dtype
-        from .tc_backward import tc_dq_convert_kernel
-
-        plan.launch(tc_dq_convert_kernel(D, tc_elem(q.dtype)), row_grid, 128, dq_acc, plan.out(dq, view),
-                    np.float32(scale))
+        plan.launch(tc_dq_convert_kernel(D, elem), row_grid, 128, dq_acc, plan.out(dq, view), np.float32(scale))
     else:
-        plan.launch(dqk, dq_grid, cfg.num_threads, *common, plan.out(dq, view), *cu, *tail, shared=shared[1])
+        plan.launch(dqk, (_cdiv(max_q, cfg.block_m), H, n_seq), cfg.num_threads, *common, plan.out(dq, view), *cu,
+                    *tail, shared=shared[1])
     return plan
 
 
