@@ -9,7 +9,7 @@ a float32 dQ in HBM, N / block_m atomic adds per dQ element, and dQ's sums in ar
 Per shape, dtype and causal flag, in one process on one GPU, CUDA events (median):
 
 * backward-only and forward+backward TFLOP/s of numba_flash with the deterministic default backward
-  config and each ``--bwd-config`` (``BM,BN,STAGES,16,ATOMIC``), and of SDPA's FLASH_ATTENTION
+  config and each ``--bwd-config`` (``BM,BN,STAGES,16[,atomic][,reread]``, ``TensorCoreConfig.parse``), and of SDPA's FLASH_ATTENTION
   backend (its backward: atomic dQ too);
 * error of dq, dk, dv against float64 (torch's MATH backend on the first batch entry), max |x - ref|
   / max |ref|, for the deterministic default, the first atomic config and SDPA flash;
@@ -26,7 +26,6 @@ then compile side by side and time one at a time).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -48,14 +47,13 @@ def _config(text: str):
     from numba_flash.config import TensorCoreConfig
 
     try:
-        bm, bn, stages, rpw, atomic = (int(x) for x in text.split(","))
-        return TensorCoreConfig(bm, bn, stages, rpw, bool(atomic))
-    except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(f"expected block_m,block_n,stages,rows_per_warp,atomic (0/1): {e}") from None
+        return TensorCoreConfig.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def label(cfg) -> str:
-    return f"{cfg.block_m},{cfg.block_n},{cfg.stages},{cfg.rows_per_warp}" + (" atomic" if cfg.atomic_dq else "")
+    return cfg.label()
 
 
 def parse_args(argv=None):
@@ -63,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--shape", action="append", type=_shape, metavar="B,H,N,D", help=f"default {DEFAULT_SHAPES}")
     p.add_argument("--dtype", action="append", choices=("float16", "bfloat16"), help="default float16")
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
-    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16,ATOMIC",
+    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16[,atomic][,reread]",
                    help=f"backward TensorCoreConfigs besides the default (default per head_dim: {DEFAULT_BWD_CONFIGS})")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
     p.add_argument("--lock", default=None, help="a file to lock around each timing")
@@ -75,26 +73,16 @@ def parse_args(argv=None):
 
 
 def run(args, torch, console) -> list[dict]:
-    import fcntl
 
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import numba_flash as nf
     from numba_flash.config import default_tc_config
-    from numba_flash.timing import attention_flops, time_ms
+    from numba_flash.timing import attention_flops, exclusive, time_ms
 
-    @contextlib.contextmanager
     def turn():
-        if args.lock is None:
-            yield
-            return
-        with open(args.lock, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return exclusive(args.lock)
 
     def rel_err(x, ref) -> float:
         return float((x.detach().double() - ref).abs().max() / ref.abs().max())

@@ -3,9 +3,11 @@
 For each (head_dim, causal) at B*N = 16k tokens and 2048 hidden (the speed issue's shapes), every
 TensorCoreConfig in the list is checked against SDPA's MATH backend in float32 (max abs error) and
 timed with CUDA events (median), beside SDPA FLASH_ATTENTION and CUDNN_ATTENTION on the same
-tensors. Prints a table, writes JSON + Markdown.
+tensors. Prints a table, writes JSON + Markdown. ``--lock FILE``: time under this file lock, so
+several sweeps (one per head_dim, say) can compile in parallel and take turns on the GPU.
 
     python experiments/tc_sweep.py --out experiments/results/tc_sweep
+    python experiments/tc_sweep.py --head-dims 128 --configs 64,32,2,16 64,64,2,16,reread
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ if str(ROOT) not in sys.path:
 import numba_flash as nf  # noqa: E402
 from numba_flash import backend, results  # noqa: E402
 from numba_flash.config import TensorCoreConfig  # noqa: E402
-from numba_flash.timing import attention_flops, time_ms  # noqa: E402
+from numba_flash.timing import attention_flops, exclusive, time_ms  # noqa: E402
 
-# (block_m, block_n, stages, rows_per_warp), per head_dim
-CONFIGS = {64: [(64, 64, 2, 16), (128, 32, 2, 32), (128, 64, 2, 16)],
-           128: [(64, 32, 2, 16), (128, 32, 2, 16), (64, 64, 2, 16)]}
+# TensorCoreConfig.parse strings, per head_dim
+CONFIGS = {64: ["64,64,2,16", "128,32,2,32", "128,32,2,32,reread", "128,64,2,16"],
+           128: ["64,32,2,16", "64,32,2,16,reread", "64,64,2,16", "64,64,2,16,reread"]}
+
+
+def _config(text: str) -> TensorCoreConfig:
+    try:
+        return TensorCoreConfig.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv=None) -> int:
@@ -33,7 +42,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="experiments/results/tc_sweep")
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--seqlen", type=int, default=4096)
-    parser.add_argument("--configs", nargs="*", default=None, help="block_m,block_n,stages,rows_per_warp ...")
+    parser.add_argument("--configs", nargs="*", default=None, type=_config,
+                        help="TensorCoreConfigs: BM,BN,STAGES,ROWS_PER_WARP[,reread] ...")
+    parser.add_argument("--causal", choices=("both", "yes", "no"), default="both")
+    parser.add_argument("--lock", default=None, help="a file to lock around each timing")
     args = parser.parse_args(argv)
     if backend.BACKEND != backend.GPU:
         print("skipped: needs a CUDA GPU")
@@ -43,7 +55,6 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    given = [tuple(int(x) for x in c.split(",")) for c in args.configs] if args.configs else None
     rows = []
     for D in args.head_dims:
         H = 2048 // D
@@ -51,7 +62,7 @@ def main(argv=None) -> int:
         B = 16384 // N
         q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.float16) for _ in range(3))
         cq, ck, cv = (cupy.from_dlpack(t) for t in (q, k, v))
-        for causal in (False, True):
+        for causal in {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]:
             flops = attention_flops(B, H, N, N, D, causal, "forward")
             with sdpa_kernel(SDPBackend.MATH):
                 want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
@@ -60,15 +71,16 @@ def main(argv=None) -> int:
                 def run(be=be):
                     with sdpa_kernel(be):
                         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                base[name] = time_ms(run, warmup=5, repeat=30)["median_ms"]
+                with exclusive(args.lock):
+                    base[name] = time_ms(run, warmup=5, repeat=30)["median_ms"]
                 base[name + "_err"] = float((run().float() - want).abs().max())
-            for c in given or CONFIGS.get(D, CONFIGS[64]):
-                cfg = TensorCoreConfig(*c)
-                row = {"D": D, "causal": causal, "B": B, "H": H, "N": N, "config": str(c)}
+            for cfg in args.configs or [_config(c) for c in CONFIGS.get(D, CONFIGS[64])]:
+                row = {"D": D, "causal": causal, "B": B, "H": H, "N": N, "config": cfg.label()}
                 try:
                     fn = lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=cfg)  # noqa: E731
                     err = float((torch.from_dlpack(fn()).float() - want).abs().max())
-                    ms = time_ms(fn, warmup=5, repeat=30)["median_ms"]
+                    with exclusive(args.lock):
+                        ms = time_ms(fn, warmup=5, repeat=30)["median_ms"]
                     row.update(ms=ms, tflops=flops / ms / 1e9, max_abs_err=err,
                                vs_flash=base["sdpa_flash"] / ms, vs_cudnn=base["sdpa_cudnn"] / ms)
                 except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on

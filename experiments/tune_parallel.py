@@ -15,7 +15,6 @@ private ``--cache-file``); the processes' logs land in OUT.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shlex
 import subprocess
@@ -33,12 +32,8 @@ def _locked_tune(argv: list[str], lock_path: str) -> int:
     real = timing.time_ms
 
     def time_ms(*args, **kwargs):
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                return real(*args, **kwargs)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with timing.exclusive(lock_path):
+            return real(*args, **kwargs)
 
     timing.time_ms = time_ms
     return tune.main(argv)

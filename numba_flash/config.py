@@ -233,18 +233,27 @@ class TensorCoreConfig:
     float32 dQ with atomic adds, as FlashAttention-2 does, instead of a separate dQ kernel that
     recomputes S and dP: 5 matrix products instead of 7, but dQ's sums then run in whatever order
     the blocks reach them, so repeated calls may differ in dQ's last bits (dK and dV stay
-    deterministic). The forward ignores it."""
+    deterministic). The forward ignores it.
+
+    ``reread_q`` (forward and dQ kernels, 16-bit data): read the owned queries' fragments (Q, and dO
+    in dQ) from shared memory again for every key tile, as FlashAttention-2 does, instead of holding
+    them in registers for the whole loop. That frees 4 registers per k-step and m-tile (32 per 16
+    rows at head_dim 128, 64 in dQ) for larger tiles, for one more ``ldmatrix`` per k-step and tile.
+    float32 (3xTF32) always re-reads (its fragments are split per tile anyway)."""
 
     block_m: int = 64
     block_n: int = 64
     stages: int = 2
     rows_per_warp: int = 16
     atomic_dq: bool = False
+    reread_q: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.atomic_dq, (bool, np.bool_)):
-            raise ValueError(f"TensorCoreConfig.atomic_dq: expected a bool, got {self.atomic_dq!r}")
-        object.__setattr__(self, "atomic_dq", bool(self.atomic_dq))
+        for name in ("atomic_dq", "reread_q"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"TensorCoreConfig.{name}: expected a bool, got {value!r}")
+            object.__setattr__(self, name, bool(value))
         for name in ("block_m", "block_n", "stages", "rows_per_warp"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -299,6 +308,37 @@ class TensorCoreConfig:
             out.append(f"it needs {need} bytes of shared memory at head_dim={head_dim}, but a block may use "
                        f"{MAX_DYNAMIC_SHARED}: reduce block_m, block_n or stages")
         return out
+
+    @classmethod
+    def parse(cls, text: str) -> "TensorCoreConfig":
+        """A config from ``"BM,BN,STAGES,ROWS_PER_WARP"`` followed by the flags that are on, by name
+        (``"64,64,2,16,reread"``) or as 0/1 in field order (``"64,32,2,16,1"``: atomic_dq), as the
+        experiment scripts take them on the command line; :meth:`label` writes it back."""
+        items = [x.strip() for x in str(text).split(",") if x.strip()]
+        flags = {"atomic": "atomic_dq", "atomic_dq": "atomic_dq", "reread": "reread_q", "reread_q": "reread_q"}
+        try:
+            if len(items) < 4:
+                raise ValueError("four integers first")
+            fields = [int(x) for x in items[:4]]
+            named = {}
+            for i, x in enumerate(items[4:]):
+                if x in ("0", "1"):
+                    if i > 1:
+                        raise ValueError(f"at most two 0/1 flags (atomic_dq, reread_q), got {len(items) - 4}")
+                    named[("atomic_dq", "reread_q")[i]] = x == "1"
+                elif x.lower() in flags:
+                    named[flags[x.lower()]] = True
+                else:
+                    raise ValueError(f"unknown flag {x!r} (expected 'atomic', 'reread' or 0/1)")
+            return cls(*fields, **named)
+        except ValueError as e:
+            raise ValueError(f"TensorCoreConfig {text!r}: expected BM,BN,STAGES,ROWS_PER_WARP[,atomic][,reread]: "
+                             f"{e}") from None
+
+    def label(self) -> str:
+        """``"BM,BN,STAGES,ROWS_PER_WARP"`` plus the flags that are on (:meth:`parse` reads it)."""
+        return ",".join([str(self.block_m), str(self.block_n), str(self.stages), str(self.rows_per_warp)]
+                        + (["atomic"] if self.atomic_dq else []) + (["reread"] if self.reread_q else []))
 
     def validate(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> "TensorCoreConfig":
         check_head_dim(head_dim)

@@ -523,9 +523,10 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
     KSTEPS = (ROW_B - 16) // 32
     DT = (ROW_B - 16) // (32 if TF32 else 16)
     NT = BLOCK_N // 8
-    # Q and dO fragments: all k-steps' (16-bit), else one k-step's (TF32, big and small parts: re-read
-    # from shared memory for every key tile, as the forward does)
-    F_REGS, S_REGS, O_REGS, P_REGS = (8 if TF32 else KSTEPS * 4), NT * 4, DT * 4, NT * 2
+    # Q and dO fragments: all k-steps' (16-bit), else one k-step's, re-read from shared memory for
+    # every key tile, as the forward does (TF32: big and small parts; 16-bit with config.reread_q)
+    REREAD = TF32 or config.reread_q
+    F_REGS, S_REGS, O_REGS, P_REGS = (8 if TF32 else 4 if REREAD else KSTEPS * 4), NT * 4, DT * 4, NT * 2
     Q_BYTES = BLOCK_M * ROW_B
     KV_BYTES = BLOCK_N * ROW_B
     SDO = Q_BYTES  # byte offsets: Q | dO | K stages | V stages
@@ -614,7 +615,7 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                 cp_async_wait_all()
             cuda.syncthreads()
 
-            if not TF32 and it == 0:
+            if not REREAD and it == 0:
                 for kk in static_range(KSTEPS):
                     off = uint32(a_lane + kk * 32)
                     qf[4 * kk], qf[4 * kk + 1], qf[4 * kk + 2], qf[4 * kk + 3] = ldmatrix_x4(sQ + off)
@@ -636,10 +637,13 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                     dof[1], dof[5] = split_tf32(a1)
                     dof[2], dof[6] = split_tf32(a2)
                     dof[3], dof[7] = split_tf32(a3)
+                elif REREAD:  # this k-step's 16-bit Q and dO fragments
+                    qf[0], qf[1], qf[2], qf[3] = ldmatrix_x4(sQ + uint32(a_lane + kk * 32))
+                    dof[0], dof[1], dof[2], dof[3] = ldmatrix_x4(sdO + uint32(a_lane + kk * 32))
                 for jp in static_range(NT // 2):
                     off = uint32(jp * 16 * ROW_B + b_lane + kk * 32)
                     j = 8 * jp
-                    qa = 0 if TF32 else 4 * kk
+                    qa = 0 if REREAD else 4 * kk
                     b0, b1, b2, b3 = ldmatrix_x4(sK + off)
                     if TF32:
                         (sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3], sacc[j + 4], sacc[j + 5], sacc[j + 6],
@@ -733,5 +737,5 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                                       pack(dq_acc[e] * scale, dq_acc[e + 1] * scale))
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
-                     TF32=TF32)
+                     TF32=TF32, REREAD=REREAD)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))

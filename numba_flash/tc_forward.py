@@ -178,8 +178,11 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     # in registers; TF32 ones are re-read from shared memory (and split) for every K tile: kept, they
     # took the registers that two m-tiles per warp need (measured on the H100 at head_dim 64: (128, 16, 2,
     # 32) re-reading Q ran 57 TFLOP/s, the best config keeping it 47).
+    # With config.reread_q the 16-bit ones are re-read too: at head_dim 128 that frees 32 registers
+    # per m-tile, which took (64, 64, 2, 16) from a spill to none.
     Q_FRAG = 8 if TF32 else 4
-    Q_MT, Q_KK = (Q_FRAG, 0) if TF32 else (KSTEPS * Q_FRAG, Q_FRAG)  # register offsets of m-tile, k-step
+    REREAD = TF32 or config.reread_q
+    Q_MT, Q_KK = (Q_FRAG, 0) if REREAD else (KSTEPS * Q_FRAG, Q_FRAG)  # register offsets of m-tile, k-step
     # fragment registers per lane (literal sizes for cuda.local.array)
     Q_REGS, S_REGS, O_REGS, ROWS2, P_REGS = WM * Q_MT, WM * S_TILE, WM * O_TILE, 2 * WM, WM * Q_FRAG
     Q_BYTES = BLOCK_M * ROW_B
@@ -270,7 +273,7 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
             # This lane's ldmatrix row of Q (16 rows x 32 bytes per m-tile and k-step) and of K.
             q_lane = sQ + uint32((warp * 16 * WM + (lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16))
             k_lane = sK + uint32(((lane % 8) + 8 * (lane // 16)) * ROW_B + 16 * ((lane // 8) % 2))
-            if not TF32 and it == 0:  # 16-bit Q fragments, once
+            if not REREAD and it == 0:  # 16-bit Q fragments, once
                 for mt in static_range(WM):
                     for kk in static_range(KSTEPS):
                         a0, a1, a2, a3 = ldmatrix_x4(q_lane + uint32(mt * 16 * ROW_B + kk * 32))
@@ -291,6 +294,10 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                         qf[mt * Q_MT + 1], qf[mt * Q_MT + 5] = split_tf32(a1)
                         qf[mt * Q_MT + 2], qf[mt * Q_MT + 6] = split_tf32(a2)
                         qf[mt * Q_MT + 3], qf[mt * Q_MT + 7] = split_tf32(a3)
+                elif REREAD:  # this k-step's 16-bit Q fragments
+                    for mt in static_range(WM):
+                        (qf[mt * Q_MT], qf[mt * Q_MT + 1], qf[mt * Q_MT + 2],
+                         qf[mt * Q_MT + 3]) = ldmatrix_x4(q_lane + uint32(mt * 16 * ROW_B + kk * 32))
                 for jp in static_range(NT // 2):
                     b0, b1, b2, b3 = ldmatrix_x4(k_lane + uint32(jp * 16 * ROW_B + kk * 32))
                     if TF32:
@@ -484,5 +491,5 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     lse[ab, h, q_off + row1] = m_1 * float32(LN2) + math.log(l_1) if l_1 > float32(0.0) else NEG_INF
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, WM=WM, Q_REGS=Q_REGS, S_REGS=S_REGS, O_REGS=O_REGS,
-                     ROWS2=ROWS2, P_REGS=P_REGS, S_TILE=S_TILE, O_TILE=O_TILE, D_TILES=D // 8, TF32=TF32)
+                     ROWS2=ROWS2, P_REGS=P_REGS, S_TILE=S_TILE, O_TILE=O_TILE, D_TILES=D // 8, TF32=TF32, REREAD=REREAD)
     return cuda.jit(fastmath=False)(unrolled(kernel, constants))

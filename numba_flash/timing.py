@@ -6,6 +6,7 @@ code ran (the simulator is not a performance model).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Sequence
 
@@ -42,6 +43,24 @@ def time_ms(fn: Callable[..., object], inputs: Sequence[tuple] | None = None, *,
         stop.record(stream)
     events[-1][1].synchronize()
     return _summary([cupy.cuda.get_elapsed_time(a, b) for a, b in events])
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | None):
+    """Hold an exclusive lock on the file ``lock_path`` (created if missing) inside the ``with``;
+    a no-op for None. Several processes that compile in parallel take turns to time with it, so no
+    timing shares the GPU with another."""
+    if lock_path is None:
+        yield
+        return
+    import fcntl  # POSIX only, and only needed here
+
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _summary(times) -> dict:
