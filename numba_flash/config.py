@@ -349,10 +349,14 @@ class TensorCoreConfig:
 
 
 def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward", elem: str = "f16") -> TensorCoreConfig:
-    """The tensor-core config used when ``config=None`` on the GPU: the fastest one that compiles
-    without register spills (experiments/results/tc_sweep, H100, N = 4096: at D = 64 (128, 32, 2, 32)
-    ran 284 TFLOP/s against 254 for (64, 64, 2, 16); at D = 128 (64, 64, 2, 16) ran 289 but spills,
-    (64, 32, 2, 16) 261). Dropout's Philox rounds need registers: 16 rows per warp, smaller tiles.
+    """The tensor-core config used when ``config=None`` on the GPU: the fastest one measured
+    (experiments/results/tc_sweep, reread-2026-11-24; H100, N = 4096, float16). At D = 64
+    (128, 32, 2, 32) ran 288 TFLOP/s against 257 with Q re-read and 254 for (64, 64, 2, 16). Above
+    64, (128, 32, 2, 32) with Q re-read per key tile (``reread_q``) ran 331 (causal 282) against 250
+    (234) for the spill-free (64, 32, 2, 16) it replaced and 281 (255) for (64, 64, 2, 16): 32 rows
+    per warp halve the shared-memory reads per mma, and only re-reading Q leaves them the registers
+    (it spills 20 bytes; with Q held, 304). Dropout's Philox rounds need registers: 16 rows per
+    warp, smaller tiles.
     Backward (both kernels): 64 owned rows; streamed tiles of 64 at head_dim <= 64, else 32 (the dK
     and dV accumulators take 128 registers at head_dim 128), halved with dropout."""
     if pass_ == "backward":
@@ -366,4 +370,4 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
         return TensorCoreConfig(128, 16, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 32, 2, 16)
     if dropout:
         return TensorCoreConfig(64, 32, 2, 16) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16)
-    return TensorCoreConfig(128, 32, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 32, 2, 16)
+    return TensorCoreConfig(128, 32, 2, 32) if head_dim <= 64 else TensorCoreConfig(128, 32, 2, 32, reread_q=True)

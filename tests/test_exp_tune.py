@@ -251,16 +251,19 @@ NEEDS_GPU = "the tensor-core kernels are inline PTX: they run only on the GPU ba
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
 def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
     ok, skipped = tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core", with_skipped=True)
-    grid = (len(tune_mod.TC_BLOCK_M) * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES)
-            * len(tune_mod.TC_ROWS_PER_WARP) * (len(tune_mod.TC_ATOMIC_DQ) if pass_ == "backward" else 1))
-    assert len(ok) + len(skipped) == grid == (96 if pass_ == "backward" else 48)
+    # the tile grid, x 2 for reread_q, and for the backward + the atomic-dQ configs (which have no dQ
+    # kernel, so no reread_q variant)
+    tiles = len(tune_mod.TC_BLOCK_M) * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES) * len(tune_mod.TC_ROWS_PER_WARP)
+    grid = tiles * (len(tune_mod.TC_REREAD_Q) + (1 if pass_ == "backward" else 0))
+    assert len(ok) + len(skipped) == grid == (144 if pass_ == "backward" else 96)
     assert len(set(ok)) == len(ok) and not set(ok) & {c for c, _ in skipped}
     assert tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core") == ok
     for cfg in ok:
         assert isinstance(cfg, TensorCoreConfig) and cfg.problems(head_dim, pass_) == []
         cfg.validate(head_dim, pass_)
         assert (cfg.block_m in (32, 64, 128) and cfg.block_n in (16, 32, 64, 128) and cfg.stages in (1, 2)
-                and cfg.rows_per_warp in (16, 32) and cfg.atomic_dq in ((False, True) if pass_ == "backward" else (False,)))
+                and cfg.rows_per_warp in (16, 32) and cfg.atomic_dq in ((False, True) if pass_ == "backward" else (False,))
+                and not (cfg.atomic_dq and cfg.reread_q))
     for cfg, why in skipped:
         assert why and cfg.problems(head_dim, pass_) == why
     if head_dim > 128:
@@ -272,14 +275,16 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
         assert all(any("rows_per_warp=16" in w for w in why) for c, why in skipped if c.rows_per_warp == 32)
         # every rows_per_warp=16 config fits at head_dim <= 128; with atomic_dq's dS^T tile all do at
         # head_dim <= 64, and at 128 all but the largest (shared memory)
-        plain = [c for c in ok if not c.atomic_dq]
+        plain = [c for c in ok if not c.atomic_dq and not c.reread_q]
         atomic = [c for c in ok if c.atomic_dq]
         assert len(plain) == 24 and {dataclasses.replace(c, atomic_dq=False) for c in atomic} <= set(plain)
+        assert {c for c in ok if c.reread_q} == {dataclasses.replace(c, reread_q=True) for c in plain}
         assert len(atomic) == 24 if head_dim <= 64 else 12 <= len(atomic) < 24
         assert all(any("shared memory" in w for w in why) for c, why in skipped
                    if c.atomic_dq and c.rows_per_warp == 16)
     else:
-        assert {c.rows_per_warp for c in ok} == {16, 32} and len(ok) == 48
+        assert {c.rows_per_warp for c in ok} == {16, 32} and len(ok) == 96
+        assert sum(c.reread_q for c in ok) == 48
 
 
 def test_enumerate_configs_kind_block_is_the_default():
@@ -306,7 +311,8 @@ def test_as_config_of_tuples():
     cfg = TensorCoreConfig(128, 32, 2, 32)
     assert tune_mod._as_config(cfg) is cfg
     assert tune_mod._as_config((64, 32, 2, 16, True)) == TensorCoreConfig(64, 32, 2, 16, atomic_dq=True)
-    for bad in [(64, 32), (64, 32, 2, 16, True, 0), (64, 32, 2, 16, 1)]:
+    assert tune_mod._as_config((64, 32, 2, 16, False, True)) == TensorCoreConfig(64, 32, 2, 16, reread_q=True)
+    for bad in [(64, 32), (64, 32, 2, 16, True, 0), (64, 32, 2, 16, 1), (64, 32, 2, 16, False, False, True)]:
         with pytest.raises(ValueError, match="TensorCoreConfig"):
             tune_mod._as_config(bad)
     with pytest.raises(ValueError):
@@ -342,6 +348,16 @@ def test_tc_cache_entry_coexists_with_a_block_entry(private_cache):
     tune_mod.store(*problem, TensorCoreConfig(128, 32, 2, 32))
     assert tune_mod.lookup(*problem, kind="tensor_core") == TensorCoreConfig(128, 32, 2, 32)
     assert tune_mod.lookup(*problem) == block and len(tune_mod.cache_entries()) == 2
+
+
+@pytest.mark.parametrize("cfg", [TensorCoreConfig(128, 32, 2, 32, reread_q=True), TensorCoreConfig(64, 32, 2, 16, True)])
+def test_tc_cache_entries_keep_their_flags(private_cache, cfg):
+    # (until session 9 a tuned atomic_dq config was stored as its four tile sizes and came back without it)
+    pass_ = "backward" if cfg.atomic_dq else "forward"
+    tune_mod.store(128, "float16", False, 4096, pass_, cfg)
+    assert tune_mod.lookup(128, "float16", False, 4096, pass_, kind="tensor_core") == cfg
+    (entry,) = json.loads(private_cache.read_text())["entries"].values()
+    assert entry["config"] == [cfg.block_m, cfg.block_n, cfg.stages, cfg.rows_per_warp, cfg.atomic_dq, cfg.reread_q]
 
 
 def test_store_validates_a_tc_config(private_cache):
@@ -438,7 +454,7 @@ def test_tc_trials_render(pass_):
     assert table.row_count == 3
     d = result.to_dict()
     assert d["kind"] == "tensor_core" and d["best"] == {"block_m": 64, "block_n": 64, "stages": 1, "rows_per_warp": 16,
-                                                   "atomic_dq": False}
+                                                   "atomic_dq": False, "reread_q": False}
     block_row = tune_mod.Trial(BlockConfig(32, 16, 128)).row(64, pass_)
     assert block_row["kind"] == "block" and block_row["stages"] is None and block_row["rows_per_warp"] is None
     assert block_row["threads_per_row"] == 4

@@ -32,8 +32,9 @@ if ON_GPU:
     # The tensor-core forward (float16 only; fit_config turns them into None elsewhere), forced.
     # (None picks it for float16; each tensor-core variant takes ~30 s to compile, so one more.)
     CONFIGS += [TensorCoreConfig(16, 16, 1)]
-    # and the backward with atomic dQ (the forward ignores atomic_dq)
-    CONFIGS += [TensorCoreConfig(64, 32, 2, 16, True)]
+    # and the backward with atomic dQ (the forward ignores atomic_dq), and Q re-read per key tile
+    # (forward and dQ kernels; the head_dim-128 default re-reads it with 32 rows per warp)
+    CONFIGS += [TensorCoreConfig(64, 32, 2, 16, True), TensorCoreConfig(64, 32, 2, 16, reread_q=True)]
 DTYPES = [np.float32, np.float16]
 # dtype and causal are pytest parameters rather than drawn, so that each profile's max_examples
 # applies to every (dtype, causal) pair and pytest-xdist can spread the pairs over processes.

@@ -13,15 +13,16 @@ import pytest
 
 import numba_flash as nf
 from numba_flash import api
-from numba_flash.config import BlockConfig, TensorCoreConfig
+from numba_flash.config import BlockConfig, TensorCoreConfig, default_tc_config
 
 from helpers import BF16, ON_GPU, bf16_bits, from_bf16_bits, to_bf16, to_device, to_host
 from test_compile import _have_toolchain
 from test_features import check_against_oracle
 from numba_flash.philox import reference_keep_mask
 
-# The defaults (plain and with varlen + dropout) and the smallest config, at three head dims.
-_CASES = [(TensorCoreConfig(128, 32, 2, 32), 64, False, False), (TensorCoreConfig(64, 32, 2, 16), 128, False, False),
+# The defaults (plain and with varlen + dropout) and the smallest config, at three head dims. (The
+# head_dim-128 default, (128, 32, 2, 32, reread_q), is compiled on its own: it spills a little.)
+_CASES = [(TensorCoreConfig(128, 32, 2, 32), 64, False, False), (TensorCoreConfig(128, 32, 2, 32, reread_q=True), 96, False, False),
           (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True),
           (TensorCoreConfig(16, 16, 1), 128, True, True)]
 # The backward's defaults (plain and with varlen + dropout) and the smallest config.
@@ -40,7 +41,7 @@ def _compile(cases, max_stack=0, max_spill=0):
     """Compile reports of ``cases``, in one subprocess per CPU (up to 4): each kernel takes 10-90 s."""
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
-    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq], d, vl, dr, elem]
+    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q], d, vl, dr, elem]
             for kernel, c, d, vl, dr, elem in cases]
     n = max(1, min(4, os.cpu_count() or 1, len(args)))
     procs = [subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(args[i::n])], env=env, text=True,
@@ -69,6 +70,27 @@ def test_tensor_core_forward_compiles_to_mma_without_spills():
         # Per m-tile, Q K^T: ksteps x nt mma per tile; P V: (block_n / 16) x (head_dim / 8), the
         # padding columns' products being dead code; unrolled, each appears once.
         assert r["mma"] == wm * (ksteps * nt + (cfg.block_n // 16) * dt), r
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_reread_q_frees_registers_for_the_head_dim_128_forward_default():
+    """reread_q: the same mma and ldmatrix counts (the Q reads move into the key loop), fewer registers;
+    that is what lets the head_dim-128 default hold 32 rows per warp. It is the one default that
+    spills (20 bytes with CI's wheels, measured 331 TFLOP/s against 281 for the fastest spill-free
+    config, experiments/results/reread-2026-11-24), bounded here."""
+    held, reread = TensorCoreConfig(64, 32, 2, 16), TensorCoreConfig(64, 32, 2, 16, reread_q=True)
+    pairs = [("forward", held, reread, 128), ("dq", held, reread, 128)]
+    cases = [(k, c, d, False, False, "f16") for k, a, b, d in pairs for c in (a, b)]
+    reports = _compile(cases)
+    for i in range(0, len(reports), 2):
+        a, b = reports[i], reports[i + 1]
+        assert a["mma"] == b["mma"] and a["ldmatrix"] == b["ldmatrix"], (a, b)
+        assert b["registers"] <= a["registers"] - 24, (a, b)  # measured 223 -> 176 (forward)
+    default = default_tc_config(128)
+    assert default == TensorCoreConfig(128, 32, 2, 32, reread_q=True)
+    for elem in ("f16", "bf16"):
+        (r,) = _compile([("forward", default, 128, False, False, elem)], max_stack=32, max_spill=32)
+        assert r["mma"] == 2 * (8 * 4 + 2 * 16), r
 
 
 # float32 forward (3xTF32): the defaults at head_dim 64 and 128, and with varlen + dropout at head_dim 64.
@@ -154,6 +176,27 @@ def test_atomic_dq_backward_compiles_to_mma_and_vector_atomics_without_spills():
             2 * cfg.block_m + 2 * cfg.stages * cfg.block_n) + cfg.block_m * (2 * cfg.block_n + 16)), r
 
 
+def test_tensor_core_config_reread_q_and_its_text_form():
+    with pytest.raises(ValueError, match="reread_q: expected a bool"):
+        TensorCoreConfig(64, 32, 2, 16, False, 1)
+    cfg = TensorCoreConfig(128, 32, 2, 32, reread_q=True)
+    # Q stays in shared memory either way: the same shared memory, the same checks
+    assert cfg.shared_memory_bytes(128) == TensorCoreConfig(128, 32, 2, 32).shared_memory_bytes(128)
+    assert cfg.problems(128) == [] and "rows_per_warp=16" in cfg.problems(128, "backward")[0]
+    for text, want in [("128,32,2,32,reread", cfg), ("64,32,2,16", TensorCoreConfig(64, 32)),
+                       ("64,32,2,16,1", TensorCoreConfig(64, 32, 2, 16, True)),
+                       ("64,32,2,16,0,1", TensorCoreConfig(64, 32, 2, 16, reread_q=True)),
+                       (" 64, 32, 2, 16, atomic, reread ", TensorCoreConfig(64, 32, 2, 16, True, True))]:
+        got = TensorCoreConfig.parse(text)
+        assert got == want and TensorCoreConfig.parse(got.label()) == got, text
+    assert cfg.label() == "128,32,2,32,reread" and TensorCoreConfig(64, 32).label() == "64,32,2,16"
+    for bad, why in [("64,32", "four integers"), ("64,32,2,16,fast", "unknown flag 'fast'"),
+                     ("64,32,2,16,0,0,1", "at most two"), ("64,x,2,16", "invalid literal"),
+                     ("64,32,3,16", "stages")]:
+        with pytest.raises(ValueError, match=why):
+            TensorCoreConfig.parse(bad)
+
+
 def test_tensor_core_config_is_checked():
     with pytest.raises(ValueError, match="multiple of 16"):
         TensorCoreConfig(48 + 8, 64)
@@ -207,11 +250,11 @@ def test_tensor_core_backward_config_is_checked(rng):
 
 
 def _cfg_id(config) -> str:
-    """A short test id: "default", or "64x32x2x16" (+ "-atomic" with atomic_dq)."""
+    """A short test id: "default", or "64x32x2x16" (+ "-atomic" with atomic_dq, "-reread" with reread_q)."""
     if config is None:
         return "default"
-    return f"{config.block_m}x{config.block_n}x{config.stages}x{config.rows_per_warp}" + (
-        "-atomic" if config.atomic_dq else "")
+    return (f"{config.block_m}x{config.block_n}x{config.stages}x{config.rows_per_warp}"
+            + ("-atomic" if config.atomic_dq else "") + ("-reread" if config.reread_q else ""))
 
 
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="the tensor-core kernels use inline PTX, which only a GPU runs")
@@ -242,7 +285,8 @@ def test_tensor_core_errors(rng):
                                    (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1), TensorCoreConfig(64, 32, 2, 16, True),
-                                    TensorCoreConfig(16, 16, 1, 16, True)], ids=_cfg_id)
+                                    TensorCoreConfig(16, 16, 1, 16, True), TensorCoreConfig(64, 64, 2, 16, reread_q=True)],
+                         ids=_cfg_id)
 def test_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, config):
     B, H, n_q, n_k, D = shape
     q, k, v, do = (rng.standard_normal((B, H, n, D)).astype(np.float16) for n in (n_q, n_k, n_k, n_q))
