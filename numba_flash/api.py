@@ -309,20 +309,27 @@ def _options(causal, window_size, dropout_p, seed):
 
 
 def _seed_words(p: float, seed) -> tuple:
-    """The per-call kernel arguments: the dropout seed's two Philox key words (0, 0 without dropout)."""
-    return dropout_kernel_args(seed, p)[:2] if p > 0.0 else (np.uint64(0), np.uint64(0))
+    """The per-call kernel arguments with dropout: the seed's two Philox key words."""
+    return dropout_kernel_args(seed, p)[:2]
+
+
+def _new_plan(inputs, p: float, seed) -> Plan:
+    """A plan whose per-call extras are the dropout seed words, when there is dropout (without, the
+    words are constant zeros in the template and a call has no extras to work out)."""
+    return Plan(inputs, functools.partial(_seed_words, p), (seed,)) if p > 0.0 else Plan(inputs)
 
 
 def _tail(plan: Plan, p: float, band_args) -> tuple:
     """Runtime kernel arguments shared by every pass: band, then the dropout words (seed per call)."""
-    return (*band_args, plan.extra(0), plan.extra(1), np.uint64(keep_threshold(p)), np.float32(1.0 / (1.0 - p)))
+    words = (plan.extra(0), plan.extra(1)) if p > 0.0 else (np.uint64(0), np.uint64(0))
+    return (*band_args, *words, np.uint64(keep_threshold(p)), np.float32(1.0 / (1.0 - p)))
 
 
 def _forward_plan(inputs, n_seq, max_q, varlen, group, scale, cfg, opts, lse_shape, view) -> Plan:
     """The forward's plan; inputs ``(q, k, v)`` (+ ``cu_q, cu_k`` when varlen); outputs out, lse."""
     p, seed, band_args = opts
     q = inputs[0]
-    plan = Plan(inputs, functools.partial(_seed_words, p), (seed,))
+    plan = _new_plan(inputs, p, seed)
     out, lse = plan.output(q.shape, q.dtype), plan.output(lse_shape, np.float32)
     H, D = view(q).shape[1], q.shape[-1]
     grid = (_cdiv(max_q, cfg.block_m), H, n_seq)
@@ -346,7 +353,7 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     dK/dV kernel adds into (scratch, zeroed by the delta kernel, scaled into dq at the end)."""
     p, seed, band_args = opts
     dout, q, k, v, out, lse = inputs[:6]
-    plan = Plan(inputs, functools.partial(_seed_words, p), (seed,))
+    plan = _new_plan(inputs, p, seed)
     D = q.shape[-1]
     qv, kv = view(q), view(k)
     H, H_kv, B = qv.shape[1], kv.shape[1], qv.shape[0]
