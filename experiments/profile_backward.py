@@ -23,7 +23,7 @@ from hbm_traffic import _profiler  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", type=_shape, default=(4, 32, 4096, 64), metavar="B,H,N,D")
-    p.add_argument("--config", action="append", type=_config, required=True, metavar="BM,BN,STAGES,16,ATOMIC")
+    p.add_argument("--config", action="append", type=_config, required=True, metavar="BM,BN,STAGES,16[,atomic][,reread]")
     p.add_argument("--causal", action="store_true")
     args = p.parse_args(argv)
     import numpy as np

@@ -97,10 +97,12 @@ def test_atomic_dq_experiment_arguments_summary_and_cpu_exit(capsys):
     args = exp.parse_args(["--shape", "2,4,256,64", "--bwd-config", "64,32,2,16,1", "--causal", "no"])
     assert args.shape == [(2, 4, 256, 64)] and args.dtype == ["float16"]
     assert args.bwd_config[0].atomic_dq and args.bwd_config[0].block_n == 32
-    assert exp.label(args.bwd_config[0]) == "64,32,2,16 atomic"
+    assert exp.label(args.bwd_config[0]) == "64,32,2,16,atomic"
     assert exp.parse_args([]).bwd_config is None  # per head_dim defaults, DEFAULT_BWD_CONFIGS
-    with pytest.raises(SystemExit):
-        exp.parse_args(["--bwd-config", "64,32,2,16"])  # the atomic flag is required
+    assert not exp.parse_args(["--bwd-config", "64,32,2,16,reread"]).bwd_config[0].atomic_dq  # flags by name too
+    for bad in ("64,32,2", "64,32,2,16,fast"):
+        with pytest.raises(SystemExit):
+            exp.parse_args(["--bwd-config", bad])
     base = dict(B=2, H=4, N=256, D=64, dtype="float16", causal=False, status="ok")
     rows = [{**base, "pass": "backward", "impl": "numba_flash 64,64,2,16", "config": "64,64,2,16", "tflops": 100.0},
             {**base, "pass": "backward", "impl": "numba_flash 64,32,2,16 atomic", "config": "64,32,2,16 atomic",
