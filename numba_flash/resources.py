@@ -138,6 +138,7 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
                ldmatrix=len(re.findall(r"\bldmatrix\.sync", ptx)), cp_async=len(re.findall(r"\bcp\.async\.c[ag]", ptx)),
                ex2=len(re.findall(r"\bex2\.approx", ptx)), local_accesses=len(re.findall(r"\b(?:ld|st)\.local", ptx)),
                red=len(re.findall(r"\bred\.global\.add", ptx)), atomic_dq=getattr(config, "atomic_dq", False),
+               reread_q=getattr(config, "reread_q", False),
                expected_dynamic_smem=smem)
     return out
 

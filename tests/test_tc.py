@@ -76,8 +76,8 @@ def test_tensor_core_forward_compiles_to_mma_without_spills():
 def test_reread_q_frees_registers_for_the_head_dim_128_forward_default():
     """reread_q: the same mma and ldmatrix counts (the Q reads move into the key loop), fewer registers;
     that is what lets the head_dim-128 default hold 32 rows per warp. It is the one default that
-    spills (20 bytes with CI's wheels, measured 331 TFLOP/s against 281 for the fastest spill-free
-    config, experiments/results/reread-2026-11-24), bounded here."""
+    spills (20 bytes with CI's wheels; measured 331 TFLOP/s against 250 for the spill-free default it
+    replaced, experiments/results/reread-2026-11-24), bounded here."""
     held, reread = TensorCoreConfig(64, 32, 2, 16), TensorCoreConfig(64, 32, 2, 16, reread_q=True)
     pairs = [("forward", held, reread, 128), ("dq", held, reread, 128)]
     cases = [(k, c, d, False, False, "f16") for k, a, b, d in pairs for c in (a, b)]
