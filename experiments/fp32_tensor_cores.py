@@ -226,20 +226,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from rich.console import Console
 
-    from numba_flash import backend
+    from numba_flash.bench import torch_for_sdpa
     from numba_flash.results import markdown_table, save
 
     console = Console()
-    if backend.BACKEND != backend.GPU:
-        console.print("fp32_tensor_cores: needs the GPU backend (the tensor-core kernels use inline PTX); nothing to do")
-        return 0
-    try:
-        import torch
-    except ImportError:
-        console.print("fp32_tensor_cores: needs PyTorch (SDPA is the baseline); nothing to do")
-        return 0
-    if not torch.cuda.is_available():
-        console.print("fp32_tensor_cores: PyTorch sees no CUDA device; nothing to do")
+    torch, why = torch_for_sdpa()
+    if torch is None:
+        console.print(f"fp32_tensor_cores: {why}; nothing to do")
         return 0
     rows = run(args, torch, console)
     table = summary(rows)

@@ -19,22 +19,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling scripts, however this one is loaded
 
 import numba_flash as nf  # noqa: E402
+from atomic_dq import _config  # noqa: E402 - TensorCoreConfig.parse as an argparse type
 from numba_flash import backend, results  # noqa: E402
-from numba_flash.config import TensorCoreConfig  # noqa: E402
 from numba_flash.timing import attention_flops, exclusive, time_ms  # noqa: E402
 
 # TensorCoreConfig.parse strings, per head_dim
 CONFIGS = {64: ["64,64,2,16", "128,32,2,32", "128,32,2,32,reread", "128,64,2,16"],
            128: ["64,32,2,16", "64,32,2,16,reread", "64,64,2,16", "64,64,2,16,reread"]}
-
-
-def _config(text: str) -> TensorCoreConfig:
-    try:
-        return TensorCoreConfig.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv=None) -> int:

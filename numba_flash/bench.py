@@ -173,16 +173,24 @@ def _standard_impl() -> Impl:
     return Impl("cupy_standard", f"standard attention in {lib}, N x N matrices in HBM", ("float16", "float32"), make)
 
 
-def _torch():
-    """torch, when it is importable and can use this GPU (and only on the GPU backend); else None."""
+def torch_for_sdpa():
+    """``(torch, None)`` when SDPA can be a baseline here: the GPU backend, torch >= 2.3 importable and
+    seeing a CUDA device; else ``(None, why)``, a phrase the experiments print before "nothing to do"."""
     if backend.BACKEND != backend.GPU:
-        return None
+        return None, "needs the GPU backend (the tensor-core kernels use inline PTX)"
     try:
         import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: F401 - torch >= 2.3
     except ImportError:
-        return None
-    return torch if torch.cuda.is_available() else None
+        return None, "needs PyTorch >= 2.3 (SDPA is the baseline)"
+    if not torch.cuda.is_available():
+        return None, "PyTorch sees no CUDA device"
+    return torch, None
+
+
+def _torch():
+    """torch, when it is importable and can use this GPU (and only on the GPU backend); else None."""
+    return torch_for_sdpa()[0]
 
 
 def _torch_impl(name: str) -> Impl:
