@@ -9,11 +9,12 @@ a float32 dQ in HBM, N / block_m atomic adds per dQ element, and dQ's sums in ar
 Per shape, dtype and causal flag, in one process on one GPU, CUDA events (median):
 
 * backward-only and forward+backward TFLOP/s of numba_flash with the deterministic default backward
-  config and each ``--bwd-config`` (``BM,BN,STAGES,16[,atomic][,reread]``, ``TensorCoreConfig.parse``), and of SDPA's FLASH_ATTENTION
+  config and each ``--bwd-config`` (``BM,BN,STAGES,16[,atomic][,reread][,bK]``, ``TensorCoreConfig.parse``), and of SDPA's FLASH_ATTENTION
   backend (its backward: atomic dQ too);
 * error of dq, dk, dv against float64 (torch's MATH backend on the first batch entry), max |x - ref|
-  / max |ref|, for the deterministic default, the first atomic config and SDPA flash;
-* how far two atomic runs' dq differ (max |dq1 - dq2| / max |dq1|): the price of the arrival order.
+  / max |ref|, for the deterministic default, each ``--bwd-config`` and SDPA flash;
+* how far two atomic runs' dq differ (max |dq1 - dq2| / max |dq1|): the price of the arrival order;
+* every kernel launched, with its registers and resident blocks per SM (``launch.occupancy``).
 
     bash .gpu/env.sh python experiments/atomic_dq.py --out $OUT/atomic_dq          # H100
     python experiments/atomic_dq.py --shape 2,8,1024,64 --causal no --bwd-config 64,32,2,16,1
@@ -61,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--shape", action="append", type=_shape, metavar="B,H,N,D", help=f"default {DEFAULT_SHAPES}")
     p.add_argument("--dtype", action="append", choices=("float16", "bfloat16"), help="default float16")
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
-    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16[,atomic][,reread]",
+    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16[,atomic][,reread][,bK]",
                    help=f"backward TensorCoreConfigs besides the default (default per head_dim: {DEFAULT_BWD_CONFIGS})")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
     p.add_argument("--lock", default=None, help="a file to lock around each timing")
@@ -161,18 +162,15 @@ def run(args, torch, console) -> list[dict]:
                 csub = [as_nf(t) for t in sub]
                 o1, l1 = nf.flash_attention(*csub[:3], causal=causal, return_lse=True, bfloat16=bf16)
                 errs = {**base, "impl": "error vs float64"}
-                atomic = next((c for c in configs if c.atomic_dq), None)
-                for name, cfg in (("deterministic", det), ("atomic", atomic)):
-                    if cfg is None:
-                        continue
+                for name, cfg in [("deterministic", det)] + [(label(c), c) for c in configs if c != det]:
                     g = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg, bfloat16=bf16)
                     for n_, mine, want in zip(("dq", "dk", "dv"), g, ref_grads):
                         errs[f"{n_}_{name}"] = rel_err(to_torch(mine), want)
-                    if name == "atomic":
+                    if cfg.atomic_dq:
                         g2 = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg,
                                                          bfloat16=bf16)
                         a, b = to_torch(g[0]).double(), to_torch(g2[0]).double()
-                        errs["dq_atomic_run_to_run"] = float((a - b).abs().max() / a.abs().max())
+                        errs[f"dq_{name}_run_to_run"] = float((a - b).abs().max() / a.abs().max())
                 gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
                 with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                     o_f = F.scaled_dot_product_attention(gq, gk, gv, is_causal=causal)
@@ -223,6 +221,10 @@ def main(argv=None) -> int:
         return 0
     rows = run(args, torch, console)
     table = summary(rows)
+    from numba_flash import launch
+
+    occupancy = launch.occupancy()  # every kernel launched: registers, and blocks per SM at its launch shape
+    console.print(markdown_table(occupancy))
     body = ("TFLOP/s as FlashAttention counts them (4·B·H·N²·D forward, halved when causal; backward = 2.5× "
             "forward, forward+backward 3.5×); numba_flash's forward is its default in every forward+backward. "
             "`deterministic`: the default two-kernel backward config; `atomic best`: the fastest atomic-dQ config "
@@ -231,8 +233,10 @@ def main(argv=None) -> int:
             + markdown_table([r for r in rows if r["impl"] != "error vs float64"],
                              ["B", "H", "N", "D", "dtype", "causal", "pass", "impl", "config", "ms", "tflops", "status"])
             + "\n\n## Errors against float64 (max |x - ref| / max |ref|, first batch entry)\n\n"
-            + markdown_table([r for r in rows if r["impl"] == "error vs float64"], floatfmt=".3g"))
-    paths = save(args.out, "atomic_dq", {"rows": rows, "summary": table,
+            + markdown_table([r for r in rows if r["impl"] == "error vs float64"], floatfmt=".3g")
+            + "\n\n## Kernels launched: registers and resident blocks per SM (the driver's occupancy calculator)\n\n"
+            + markdown_table(occupancy))
+    paths = save(args.out, "atomic_dq", {"rows": rows, "summary": table, "occupancy": occupancy,
                                          "args": {"shape": args.shape, "dtype": args.dtype, "causal": args.causal,
                                                   "bwd_config": None if args.bwd_config is None
                                                   else [label(c) for c in args.bwd_config],

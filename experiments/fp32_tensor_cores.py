@@ -22,6 +22,8 @@ Per shape and causal flag:
     python experiments/fp32_tensor_cores.py --shape 2,8,1024,64 --causal no --out /tmp/fp32
 
 Needs the GPU backend and PyTorch with CUDA; elsewhere it says why and exits with status 0.
+``--lock FILE``: take this file lock around each timing (several processes compile side by side and
+time one at a time).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's numba_flash, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling scripts, however this one is loaded
+
+from atomic_dq import _config  # noqa: E402 - TensorCoreConfig.parse as an argparse type
 
 DEFAULT_SHAPES = ["4,32,4096,64", "4,16,4096,128"]  # B*N = 16k tokens, 2048 hidden: the issue's shapes
 DEFAULT_CONFIGS = ["64,64,2,16", "64,32,2,16", "128,32,2,32", "64,64,1,16"]
@@ -47,25 +52,17 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return b, h, n, d
 
 
-def _config(text: str):
-    from numba_flash.config import TensorCoreConfig
-
-    try:
-        return TensorCoreConfig(*(int(x) for x in text.split(",")))
-    except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(f"expected block_m,block_n,stages,rows_per_warp: {e}") from None
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", type=_shape, metavar="B,H,N,D", help=f"default {DEFAULT_SHAPES}")
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
-    p.add_argument("--config", action="append", type=_config, metavar="BM,BN,STAGES,ROWS_PER_WARP",
+    p.add_argument("--config", action="append", type=_config, metavar="BM,BN,STAGES,ROWS_PER_WARP[,bK]",
                    help=f"TensorCoreConfigs timed besides the 3xTF32 default (default {DEFAULT_CONFIGS})")
-    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16",
+    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16[,bK]",
                    help=f"TensorCoreConfigs of the backward timed besides its default (default {DEFAULT_BWD_CONFIGS})")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
     p.add_argument("--error-batch", type=int, default=1, help="batch entries checked against float64")
+    p.add_argument("--lock", default=None, help="a file to lock around each timing")
     p.add_argument("--out", default="experiments/results/fp32_tensor_cores")
     args = p.parse_args(argv)
     args.shape = args.shape or [_shape(s) for s in DEFAULT_SHAPES]
@@ -85,7 +82,7 @@ def run(args, torch, console) -> list[dict]:
 
     import numba_flash as nf
     from numba_flash.config import default_config, default_tc_config
-    from numba_flash.timing import attention_flops, time_ms
+    from numba_flash.timing import attention_flops, exclusive, time_ms
 
     def sdpa(backend):
         def fwd(q, k, v, causal):
@@ -119,7 +116,10 @@ def run(args, torch, console) -> list[dict]:
 
             def timed(name, pass_, fn, config=None, flops=None):
                 try:
-                    t = time_ms(fn, repeat=args.repeat)
+                    fn()  # compile outside the lock
+                    torch.cuda.synchronize()
+                    with exclusive(args.lock):
+                        t = time_ms(fn, repeat=args.repeat)
                 except Exception as e:  # e.g. a config that does not fit: recorded, the sweep goes on
                     rows.append({**base, "pass": pass_, "impl": name, "config": config, "status": f"error: {e}"})
                     console.print(f"  {name:28s} {pass_:16s} error: {e}")

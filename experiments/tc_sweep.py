@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling scripts,
 
 import numba_flash as nf  # noqa: E402
 from atomic_dq import _config  # noqa: E402 - TensorCoreConfig.parse as an argparse type
-from numba_flash import backend, results  # noqa: E402
+from numba_flash import backend, launch, results  # noqa: E402
 from numba_flash.timing import attention_flops, exclusive, time_ms  # noqa: E402
 
 # TensorCoreConfig.parse strings, per head_dim
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--configs", nargs="*", default=None, type=_config,
-                        help="TensorCoreConfigs: BM,BN,STAGES,ROWS_PER_WARP[,reread] ...")
+                        help="TensorCoreConfigs: BM,BN,STAGES,ROWS_PER_WARP[,reread][,bK] ...")
     parser.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     parser.add_argument("--lock", default=None, help="a file to lock around each timing")
     args = parser.parse_args(argv)
@@ -77,6 +77,9 @@ def main(argv=None) -> int:
                         ms = time_ms(fn, warmup=5, repeat=30)["median_ms"]
                     row.update(ms=ms, tflops=flops / ms / 1e9, max_abs_err=err,
                                vs_flash=base["sdpa_flash"] / ms, vs_cudnn=base["sdpa_cudnn"] / ms)
+                    occ = [o for o in launch.occupancy() if o["kernel"] == "tc_forward" and o["config"] == cfg.label()]
+                    if occ:  # what the launch bound (min_blocks) and the registers allow
+                        row.update(registers=occ[-1]["registers"], blocks_per_sm=occ[-1]["blocks_per_sm"])
                 except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
                     row.update(error=f"{type(e).__name__}: {e}"[:200])
                 row.update(flash_ms=base["sdpa_flash"], flash_tflops=flops / base["sdpa_flash"] / 1e9,
@@ -84,8 +87,8 @@ def main(argv=None) -> int:
                            cudnn_tflops=flops / base["sdpa_cudnn"] / 1e9)
                 rows.append(row)
                 print(row, flush=True)
-    cols = ["D", "causal", "config", "tflops", "vs_flash", "vs_cudnn", "max_abs_err", "flash_tflops", "flash_err",
-            "cudnn_tflops", "ms", "flash_ms"]
+    cols = ["D", "causal", "config", "tflops", "vs_flash", "vs_cudnn", "max_abs_err", "registers", "blocks_per_sm",
+            "flash_tflops", "flash_err", "cudnn_tflops", "ms", "flash_ms"]
     table = results.markdown_table(rows, cols)
     print(table)
     md = ("Tensor-core forward, float16, B*N = 16384 tokens, H*D = 2048, against SDPA on the same tensors "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import numpy as np
 
@@ -181,6 +182,8 @@ def default_config(head_dim: int, dtype=np.float32, pass_: str = "forward", simu
 # ---- the tensor-core kernels (numba_flash.tc_forward) ------------------------------------------
 
 MAX_DYNAMIC_SHARED = 227 * 1024  # per block on sm_90, after raising the kernel's limit above 48 KB
+SM_SHARED = 228 * 1024  # per SM on sm_90, of which the runtime reserves 1 KB per resident block
+SM_REGISTERS = 65536  # 32-bit registers per SM on sm_90
 TC_MAX_HEAD_DIM = 128
 
 
@@ -239,7 +242,13 @@ class TensorCoreConfig:
     in dQ) from shared memory again for every key tile, as FlashAttention-2 does, instead of holding
     them in registers for the whole loop. That frees 4 registers per k-step and m-tile (32 per 16
     rows at head_dim 128, 64 in dQ) for larger tiles, for one more ``ldmatrix`` per k-step and tile.
-    float32 (3xTF32) always re-reads (its fragments are split per tile anyway)."""
+    float32 (3xTF32) always re-reads (its fragments are split per tile anyway).
+
+    ``min_blocks`` (forward and dQ kernels): compile for this many resident blocks per SM (a launch
+    bound: the compiler caps registers at 65536 / (min_blocks x num_threads), spilling if it must).
+    1 leaves the compiler free (it takes up to 255, which with 4 warps allows 2 blocks). The dK/dV
+    kernel ignores it: its dK and dV accumulators need the registers (capped at 168 it spills 288
+    bytes)."""
 
     block_m: int = 64
     block_n: int = 64
@@ -247,6 +256,7 @@ class TensorCoreConfig:
     rows_per_warp: int = 16
     atomic_dq: bool = False
     reread_q: bool = False
+    min_blocks: int = 1
 
     def __post_init__(self):
         for name in ("atomic_dq", "reread_q"):
@@ -254,7 +264,7 @@ class TensorCoreConfig:
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"TensorCoreConfig.{name}: expected a bool, got {value!r}")
             object.__setattr__(self, name, bool(value))
-        for name in ("block_m", "block_n", "stages", "rows_per_warp"):
+        for name in ("block_m", "block_n", "stages", "rows_per_warp", "min_blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"TensorCoreConfig.{name}: expected a positive int, got {value!r}")
@@ -269,6 +279,9 @@ class TensorCoreConfig:
         if self.rows_per_warp not in (16, 32) or self.block_m % self.rows_per_warp:
             raise ValueError(f"TensorCoreConfig.rows_per_warp={self.rows_per_warp}: expected 16 or 32, dividing "
                              f"block_m={self.block_m}")
+        if self.min_blocks > 4:
+            raise ValueError(f"TensorCoreConfig.min_blocks={self.min_blocks}: expected 1 to 4 (4 blocks of 4 warps "
+                             "leave 128 registers per thread)")
 
     @property
     def warps(self) -> int:
@@ -277,6 +290,15 @@ class TensorCoreConfig:
     @property
     def num_threads(self) -> int:
         return 32 * self.warps
+
+    def launch_bounds(self, kernel: str = "forward"):
+        """``cuda.jit``'s ``launch_bounds`` for ``kernel`` ("forward", "dq" or "dkdv"): ``(num_threads,
+        min_blocks)`` where ``min_blocks`` asks for more than one block per SM, else None."""
+        return (self.num_threads, self.min_blocks) if self.min_blocks > 1 and kernel != "dkdv" else None
+
+    def max_registers(self) -> int:
+        """Registers per thread the launch bound leaves (255 without one)."""
+        return min(255, SM_REGISTERS // (self.min_blocks * self.num_threads) // 8 * 8)
 
     def shared_memory_bytes(self, head_dim: int, elem: str = "f16") -> int:
         """Dynamic shared memory of the forward kernel: Q and ``stages`` K and V tiles of ``elem``."""
@@ -307,13 +329,20 @@ class TensorCoreConfig:
         if need > MAX_DYNAMIC_SHARED:
             out.append(f"it needs {need} bytes of shared memory at head_dim={head_dim}, but a block may use "
                        f"{MAX_DYNAMIC_SHARED}: reduce block_m, block_n or stages")
+        if self.min_blocks > 1:
+            own = (self.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
+                   else self.backward_shared_bytes(head_dim, "dq", elem))
+            if self.min_blocks * (own + 1024) > SM_SHARED:
+                out.append(f"min_blocks={self.min_blocks}: {self.min_blocks} blocks of {own} bytes of shared memory "
+                           f"(+1 KB each) do not fit in an SM's {SM_SHARED}")
         return out
 
     @classmethod
     def parse(cls, text: str) -> "TensorCoreConfig":
         """A config from ``"BM,BN,STAGES,ROWS_PER_WARP"`` followed by the flags that are on, by name
-        (``"64,64,2,16,reread"``) or as 0/1 in field order (``"64,32,2,16,1"``: atomic_dq), as the
-        experiment scripts take them on the command line; :meth:`label` writes it back."""
+        (``"64,64,2,16,reread"``) or as 0/1 in field order (``"64,32,2,16,1"``: atomic_dq), and
+        ``bK`` for ``min_blocks=K`` (``"64,32,2,16,reread,b3"``), as the experiment scripts take them
+        on the command line; :meth:`label` writes it back."""
         items = [x.strip() for x in str(text).split(",") if x.strip()]
         flags = {"atomic": "atomic_dq", "atomic_dq": "atomic_dq", "reread": "reread_q", "reread_q": "reread_q"}
         try:
@@ -328,17 +357,20 @@ class TensorCoreConfig:
                     named[("atomic_dq", "reread_q")[i]] = x == "1"
                 elif x.lower() in flags:
                     named[flags[x.lower()]] = True
+                elif re.fullmatch(r"b\d+", x.lower()):
+                    named["min_blocks"] = int(x[1:])
                 else:
-                    raise ValueError(f"unknown flag {x!r} (expected 'atomic', 'reread' or 0/1)")
+                    raise ValueError(f"unknown flag {x!r} (expected 'atomic', 'reread', 'bK' or 0/1)")
             return cls(*fields, **named)
         except ValueError as e:
-            raise ValueError(f"TensorCoreConfig {text!r}: expected BM,BN,STAGES,ROWS_PER_WARP[,atomic][,reread]: "
+            raise ValueError(f"TensorCoreConfig {text!r}: expected BM,BN,STAGES,ROWS_PER_WARP[,atomic][,reread][,bK]: "
                              f"{e}") from None
 
     def label(self) -> str:
         """``"BM,BN,STAGES,ROWS_PER_WARP"`` plus the flags that are on (:meth:`parse` reads it)."""
         return ",".join([str(self.block_m), str(self.block_n), str(self.stages), str(self.rows_per_warp)]
-                        + (["atomic"] if self.atomic_dq else []) + (["reread"] if self.reread_q else []))
+                        + (["atomic"] if self.atomic_dq else []) + (["reread"] if self.reread_q else [])
+                        + ([f"b{self.min_blocks}"] if self.min_blocks > 1 else []))
 
     def validate(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> "TensorCoreConfig":
         check_head_dim(head_dim)

@@ -125,6 +125,7 @@ class _Prepared:
         cufunc = kernel._codelibrary.get_cufunc()
         self.kernel = kernel
         self.name = dispatcher.py_func.__name__
+        self.config = getattr(dispatcher, "config_label", "")  # TensorCoreConfig.label() of a tensor-core kernel
         try:
             self.handle = int(cufunc.handle)
         except TypeError:  # older cuda.bindings handle objects
@@ -133,6 +134,7 @@ class _Prepared:
         self.fmt, self.offsets = param_layout(argtypes)
         self.size = struct.calcsize(self.fmt)
         self.max_shared = 48 * 1024
+        self.last = None  # (block, shared bytes) of the latest launch, for occupancy()
         self.by_buffer = True  # cleared if the driver refuses the packed buffer
         self._tls = threading.local()
 
@@ -172,6 +174,7 @@ class _Prepared:
         buf, params, extra, _ = self._buffers()
         struct.pack_into(self.fmt, buf, 0, *values)
         gx, gy, gz = grid
+        self.last = (block, shared)
         lib = _libcuda()
         by_buffer = PARAM_BUFFER and self.by_buffer
         rc = lib.cuLaunchKernel(self.handle, gx, gy, gz, block, 1, 1, shared, stream, None if by_buffer else params,
@@ -188,8 +191,33 @@ class _Prepared:
             raise RuntimeError(f"launching {self.name}: {_error(rc)}")
 
 
+    def blocks_per_sm(self, block: int, shared: int) -> int:
+        """Resident blocks per SM at ``block`` threads and ``shared`` bytes of dynamic shared memory
+        (the driver's occupancy calculator: registers, shared memory and the launch bound)."""
+        n = ctypes.c_int()
+        rc = _libcuda().cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), ctypes.c_void_p(self.handle),
+                                                                     ctypes.c_int(block), ctypes.c_size_t(shared))
+        if rc != 0:
+            raise RuntimeError(f"occupancy of {self.name}: {_error(rc)}")
+        return n.value
+
+
 _PREPARED: dict = {}
 _LOCK = threading.Lock()
+
+
+def occupancy() -> list[dict]:
+    """The kernels launched so far (one row per compiled kernel and argument kind): registers,
+    local memory, and resident blocks and warps per SM at the latest launch's shape."""
+    rows = []
+    for p in list(_PREPARED.values()):
+        if p.last is None:
+            continue
+        block, shared = p.last
+        blocks = p.blocks_per_sm(block, shared)
+        rows.append({"kernel": p.name, "config": p.config, "registers": p.kernel.regs_per_thread, "local_bytes": p.kernel.local_mem_per_thread,
+                     "threads": block, "shared_bytes": shared, "blocks_per_sm": blocks, "warps_per_sm": blocks * block // 32})
+    return rows
 
 
 def prepared(dispatcher, args) -> _Prepared:

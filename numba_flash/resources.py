@@ -57,7 +57,7 @@ class _Device:
         self.compute_capability = cc
 
 
-def compile_for(py_func, signature, cc=(9, 0), name="kernel") -> tuple[str, dict]:
+def compile_for(py_func, signature, cc=(9, 0), name="kernel", launch_bounds=None) -> tuple[str, dict]:
     """PTX of ``py_func`` for ``signature`` and ``cc`` (NVVM), assembled by nvJitLink; returns
     ``(ptx, resources)`` with registers, barriers, stack, smem, lmem and spill bytes."""
     from cuda.bindings import nvjitlink
@@ -70,7 +70,7 @@ def compile_for(py_func, signature, cc=(9, 0), name="kernel") -> tuple[str, dict
     real_device = numba_dispatcher.get_current_device
     numba_dispatcher.get_current_device = lambda: _Device(cc)
     try:
-        ptx, _ = cuda.compile_ptx(py_func, signature, cc=cc)
+        ptx, _ = cuda.compile_ptx(py_func, signature, cc=cc, launch_bounds=launch_bounds)
     finally:
         numba_dispatcher.get_current_device = real_device
     handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose"])
@@ -128,7 +128,7 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
 
         factory = {"dq": tc_dq_kernel, "dkdv": tc_dkdv_kernel}[kernel]
     fn = factory(config, head_dim, varlen, dropout, elem)
-    ptx, out = compile_for(fn.py_func, tc_signature(kernel, elem), cc, f"tc_{kernel}")
+    ptx, out = compile_for(fn.py_func, tc_signature(kernel, elem), cc, f"tc_{kernel}", fn.targetoptions.get("launch_bounds"))
     smem = (config.shared_memory_bytes(head_dim, elem) if kernel == "forward"
             else config.backward_shared_bytes(head_dim, kernel, elem))
     out.update(kernel=f"tc_{kernel}", head_dim=head_dim, varlen=varlen, dropout=dropout, elem=elem,
@@ -138,7 +138,7 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
                ldmatrix=len(re.findall(r"\bldmatrix\.sync", ptx)), cp_async=len(re.findall(r"\bcp\.async\.c[ag]", ptx)),
                ex2=len(re.findall(r"\bex2\.approx", ptx)), local_accesses=len(re.findall(r"\b(?:ld|st)\.local", ptx)),
                red=len(re.findall(r"\bred\.global\.add", ptx)), atomic_dq=getattr(config, "atomic_dq", False),
-               reread_q=getattr(config, "reread_q", False),
+               reread_q=getattr(config, "reread_q", False), min_blocks=getattr(config, "min_blocks", 1),
                expected_dynamic_smem=smem)
     return out
 

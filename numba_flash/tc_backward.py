@@ -50,7 +50,7 @@ from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_o
                   ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
                   red_add_f32x2, shared_address, split_tf32, st_global_f32x2, st_global_u32, st_shared_u32)
 from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, keep_scale, masked, mma_3xtf32_add, mma_3xtf32_add_x2,
-                         row_address, tile_copier)
+                         row_address, tc_jit, tile_copier)
 from .unroll import static_range, unrolled
 
 POS_INF = float32(math.inf)
@@ -506,7 +506,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
                      TF32=TF32, DV_FIRST=DV_FIRST, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS)
-    return cuda.jit(fastmath=False)(unrolled(kernel, constants))
+    return tc_jit(config, "dkdv")(unrolled(kernel, constants))
 
 
 @functools.lru_cache(maxsize=None)
@@ -738,4 +738,4 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
                      TF32=TF32, REREAD=REREAD)
-    return cuda.jit(fastmath=False)(unrolled(kernel, constants))
+    return tc_jit(config, "dq")(unrolled(kernel, constants))

@@ -80,6 +80,21 @@ def tile_copier(head_dim: int, num_threads: int, elem: str = "f16"):
     return load_tile, (lambda rows: -(-rows // ROW_STEP))
 
 
+def tc_jit(config: TensorCoreConfig, kernel: str):
+    """``cuda.jit`` for a tensor-core kernel: exact float arithmetic (the online softmax's roundings are
+    the tests' budget), and ``config``'s launch bound where it has one (``TensorCoreConfig.min_blocks``)."""
+    bounds = config.launch_bounds(kernel)
+    jit = cuda.jit(fastmath=False, **({"launch_bounds": bounds} if bounds else {}))
+
+    def named(fn):
+        fn.__name__ = f"tc_{kernel}"  # for launch errors and launch.occupancy()
+        dispatcher = jit(fn)
+        dispatcher.config_label = config.label()
+        return dispatcher
+
+    return named
+
+
 @cuda.jit(device=True, forceinline=True)
 def row_address(a, ab, h, row):
     """Global address (uint64) of row ``row`` of head ``h`` of batch entry ``ab`` of a 3-D or 4-D array."""
@@ -492,4 +507,4 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, WM=WM, Q_REGS=Q_REGS, S_REGS=S_REGS, O_REGS=O_REGS,
                      ROWS2=ROWS2, P_REGS=P_REGS, S_TILE=S_TILE, O_TILE=O_TILE, D_TILES=D // 8, TF32=TF32, REREAD=REREAD)
-    return cuda.jit(fastmath=False)(unrolled(kernel, constants))
+    return tc_jit(config, "forward")(unrolled(kernel, constants))
