@@ -134,11 +134,11 @@ def run(args, torch, console) -> list[dict]:
             tc = default_tc_config(D, False, "forward", "tf32")
             tc_bwd = default_tc_config(D, False, "backward", "tf32")
             portable_bwd = default_config(D, np.float32, "backward", simulator=False)
-            timed("numba_flash", "forward", lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=tc))
+            timed("numba_flash", "forward", lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=tc),
+                  config=tc.label())
             for cfg in args.config:
-                label = f"numba_flash {cfg.block_m},{cfg.block_n},{cfg.stages},{cfg.rows_per_warp}"
-                timed(label, "forward", lambda c=cfg: nf.flash_attention(cq, ck, cv, causal=causal, config=c),
-                      config=[cfg.block_m, cfg.block_n, cfg.stages, cfg.rows_per_warp])
+                timed(f"numba_flash {cfg.label()}", "forward",
+                      lambda c=cfg: nf.flash_attention(cq, ck, cv, causal=causal, config=c), config=cfg.label())
             portable = default_config(D, np.float32, "forward", simulator=False)
             timed("numba_flash portable", "forward",
                   lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=portable),
@@ -148,9 +148,8 @@ def run(args, torch, console) -> list[dict]:
             timed("numba_flash", "forward_backward", lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, tc_bwd),
                   flops=both_flops)
             for cfg in args.bwd_config:
-                timed(f"numba_flash bwd {cfg.block_m},{cfg.block_n},{cfg.stages},{cfg.rows_per_warp}", "forward_backward",
-                      lambda c=cfg: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, c), flops=both_flops,
-                      config=[cfg.block_m, cfg.block_n, cfg.stages, cfg.rows_per_warp])
+                timed(f"numba_flash bwd {cfg.label()}", "forward_backward",
+                      lambda c=cfg: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, c), flops=both_flops, config=cfg.label())
             timed("numba_flash portable bwd", "forward_backward",
                   lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, portable_bwd), flops=both_flops)
             timed("sdpa_efficient", "forward_backward", lambda: eff_fwd_bwd(qg, kg, vg, do, causal), flops=both_flops)
@@ -249,8 +248,8 @@ def main(argv=None) -> int:
             + markdown_table([r for r in rows if r["impl"] == "error vs float64"], floatfmt=".3g"))
     paths = save(args.out, "fp32_tensor_cores", {"rows": rows, "summary": table,
                                                  "args": {"shape": args.shape, "causal": args.causal,
-                                                          "config": [str(c) for c in args.config],
-                                                          "bwd_config": [str(c) for c in args.bwd_config],
+                                                          "config": [c.label() for c in args.config],
+                                                          "bwd_config": [c.label() for c in args.bwd_config],
                                                           "repeat": args.repeat, "error_batch": args.error_batch}},
                  body, title="float32 on the tensor cores (3xTF32) vs SDPA EFFICIENT")
     console.print(markdown_table(table))

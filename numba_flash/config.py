@@ -390,16 +390,23 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
     (it spills 20 bytes; with Q held, 304). Dropout's Philox rounds need registers: 16 rows per
     warp, smaller tiles.
     Backward (both kernels): 64 owned rows; streamed tiles of 64 at head_dim <= 64, else 32 (the dK
-    and dV accumulators take 128 registers at head_dim 128), halved with dropout."""
+    and dV accumulators take 128 registers at head_dim 128), halved with dropout. At head_dim <= 64
+    without dropout the dQ kernel re-reads Q and dO and is compiled for 3 blocks per SM
+    (``min_blocks=3``, 168 registers, 8 bytes of spill): backward 197 against 191 TFLOP/s (causal
+    185 against 178; experiments/results/blocks-2026-11-24). At head_dim 128 the same was slower (198
+    against 208). float32 (3xTF32) forward above head_dim 64: (64, 16, 2, 16) for 3 blocks per SM, 43
+    against 40 TFLOP/s for (64, 32, 2, 16) (whose shared memory allows 2)."""
     if pass_ == "backward":
         if elem == "tf32":  # float32 tiles hold twice the bytes, 3xTF32 needs split fragments: half the streamed rows
             return TensorCoreConfig(64, 32 if head_dim <= 64 and not dropout else 16, 2, 16)
+        if head_dim <= 64 and not dropout:
+            return TensorCoreConfig(64, 64, 2, 16, reread_q=True, min_blocks=3)
         return TensorCoreConfig(64, (64 if head_dim <= 64 else 32) // (2 if dropout else 1), 2, 16)
     if elem == "tf32":  # float32 (3xTF32) forward: experiments/results/fp32_tensor_cores, H100, N = 4096, D = 64:
         # (128, 16, 2, 32) 57 TFLOP/s, (128, 32, 2, 32) 61 but spills, (64, 32, 2, 16) 47, (64, 64, 2, 16) 44
         if dropout:
             return TensorCoreConfig(64, 32 if head_dim <= 64 else 16, 2, 16)
-        return TensorCoreConfig(128, 16, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 32, 2, 16)
+        return TensorCoreConfig(128, 16, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16, min_blocks=3)
     if dropout:
         return TensorCoreConfig(64, 32, 2, 16) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16)
     return TensorCoreConfig(128, 32, 2, 32) if head_dim <= 64 else TensorCoreConfig(128, 32, 2, 32, reread_q=True)

@@ -40,7 +40,7 @@ small JSON file, ``~/.cache/numba_flash/tuning.json`` (``NUMBA_FLASH_TUNING_CACH
 ``NUMBA_FLASH_TUNING_CACHE=off`` disables it). The seqlen bucket is the power of two at or above
 ``max(seqlen_q, seqlen_k)``. Tensor-core entries have ``|tensor_core`` appended to their key (and
 ``"kind": "tensor_core"``, ``"config": [block_m, block_n, stages, rows_per_warp]``, followed by
-``atomic_dq, reread_q`` when either is on), so a tuned
+``atomic_dq, reread_q`` when either is on or min_blocks > 1, then ``min_blocks`` when > 1), so a tuned
 BlockConfig and a tuned TensorCoreConfig coexist for the same problem; entries without a
 ``"kind"`` are BlockConfigs (files written before tensor-core tuning still load).
 
@@ -93,6 +93,9 @@ TC_STAGES = (1, 2)
 TC_ROWS_PER_WARP = (16, 32)
 TC_ATOMIC_DQ = (False, True)  # backward only: dQ by atomic adds from the dK/dV kernel (TensorCoreConfig)
 TC_REREAD_Q = (False, True)  # forward and dQ kernels: Q fragments re-read per key tile (not with atomic dQ)
+# forward and dQ kernels: compiled for this many blocks per SM; 3 only where it changes something and
+# leaves 168 registers: 4-warp blocks (255 registers allow 2), and not with atomic dQ (no dQ kernel)
+TC_MIN_BLOCKS = (1, 3)
 # A config passes the oracle check when max|got - ref| <= RTOL * max|ref| for every output. The
 # kernels compute in fp32; the budget covers the final rounding to the storage dtype (fp16: 2^-11)
 # with margin, and fp32 accumulation over up to a few thousand keys. A broken tiling (a skipped
@@ -161,7 +164,8 @@ def _kind_of(config) -> str:
 
 def _config_list(config) -> list:
     if isinstance(config, TensorCoreConfig):
-        flags = [config.atomic_dq, config.reread_q] if config.atomic_dq or config.reread_q else []
+        flags = ([config.atomic_dq, config.reread_q] if config.atomic_dq or config.reread_q or config.min_blocks > 1
+                 else []) + ([config.min_blocks] if config.min_blocks > 1 else [])
         return [config.block_m, config.block_n, config.stages, config.rows_per_warp, *flags]
     return [config.block_m, config.block_n, config.num_threads]
 
@@ -215,7 +219,7 @@ def _parse(entries: dict) -> dict:
     for key, entry in entries.items():
         try:
             kind, values = entry.get("kind", "block"), list(entry["config"])
-            if kind == "tensor_core" and len(values) in (4, 5, 6) and key.endswith("|tensor_core"):
+            if kind == "tensor_core" and len(values) in (4, 5, 6, 7) and key.endswith("|tensor_core"):
                 cfg = TensorCoreConfig(*values)
             elif kind == "block" and len(values) == 3 and not key.endswith("|tensor_core"):
                 cfg = BlockConfig(*values)
@@ -381,16 +385,18 @@ def _all_configs(block_sizes=BLOCK_SIZES, threads_per_row=THREADS_PER_ROW):
 
 def _all_tc_configs(pass_: str = "forward"):
     """Every TensorCoreConfig of the candidate grid (TC_BLOCK_M x TC_BLOCK_N x TC_STAGES x
-    TC_ROWS_PER_WARP x TC_REREAD_Q, and for the backward x TC_ATOMIC_DQ, where reread_q only goes
-    with the dQ kernel, not with atomic dQ) the constructor accepts (rows_per_warp must divide
-    block_m)."""
+    TC_ROWS_PER_WARP x TC_REREAD_Q x TC_MIN_BLOCKS, and for the backward x TC_ATOMIC_DQ, where
+    reread_q and min_blocks only go with the dQ kernel, not with atomic dQ, and min_blocks > 1 only
+    with 4 warps) the constructor accepts (rows_per_warp must divide block_m)."""
     out = []
-    flags = [(a, r) for a in (TC_ATOMIC_DQ if pass_ == "backward" else (False,)) for r in TC_REREAD_Q
-             if not (a and r)]
-    for bm, bn, stages, rpw, (atomic, reread) in itertools.product(TC_BLOCK_M, TC_BLOCK_N, TC_STAGES,
-                                                                   TC_ROWS_PER_WARP, flags):
+    flags = [(a, r, b) for a in (TC_ATOMIC_DQ if pass_ == "backward" else (False,)) for r in TC_REREAD_Q
+             for b in TC_MIN_BLOCKS if not (a and (r or b > 1))]
+    for bm, bn, stages, rpw, (atomic, reread, blocks) in itertools.product(TC_BLOCK_M, TC_BLOCK_N, TC_STAGES,
+                                                                           TC_ROWS_PER_WARP, flags):
+        if blocks > 1 and bm // rpw != 4:
+            continue
         try:
-            out.append(TensorCoreConfig(bm, bn, stages, rpw, atomic, reread))
+            out.append(TensorCoreConfig(bm, bn, stages, rpw, atomic, reread, blocks))
         except ValueError:  # pragma: no cover - every rows_per_warp divides every block_m here
             continue
     return out
@@ -448,7 +454,8 @@ def _tc_heuristic_order(configs):
 def _as_config(c):
     """A BlockConfig or TensorCoreConfig as is; a 3-tuple ``(block_m, block_n, num_threads)`` as a
     BlockConfig; a 4-tuple ``(block_m, block_n, stages, rows_per_warp)`` (or 5, with ``atomic_dq``,
-    or 6, with ``atomic_dq, reread_q``) as a TensorCoreConfig."""
+    6, with ``atomic_dq, reread_q``, or 7, with ``atomic_dq, reread_q, min_blocks``) as a
+    TensorCoreConfig."""
     if isinstance(c, (BlockConfig, TensorCoreConfig)):
         return c
     try:
@@ -458,10 +465,10 @@ def _as_config(c):
                         f"got {c!r}") from None
     if len(values) == 3:
         return BlockConfig(*values)
-    if len(values) in (4, 5, 6):
+    if len(values) in (4, 5, 6, 7):
         return TensorCoreConfig(*values)
     raise ValueError(f"config: expected (block_m, block_n, num_threads) for a BlockConfig or (block_m, block_n, "
-                     f"stages, rows_per_warp[, atomic_dq[, reread_q]]) for a TensorCoreConfig, got {c!r}")
+                     f"stages, rows_per_warp[, atomic_dq[, reread_q[, min_blocks]]]) for a TensorCoreConfig, got {c!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -648,13 +655,14 @@ class Trial:
         if isinstance(c, TensorCoreConfig):
             smem = (c.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
                     else max(c.backward_shared_bytes(head_dim, k, elem) for k in kernels))
-            tpr, stages, rpw, atomic, reread = None, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q
+            tpr, stages, rpw, atomic, reread, blocks = (None, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q,
+                                                        c.min_blocks)
         else:
             smem = max(c.shared_memory_bytes(head_dim, k) for k in kernels)
-            tpr, stages, rpw, atomic, reread = c.threads_per_row(c.block_m), None, None, None, None
+            tpr, stages, rpw, atomic, reread, blocks = c.threads_per_row(c.block_m), None, None, None, None, None
         return {"kind": _kind_of(c), "block_m": c.block_m, "block_n": c.block_n, "num_threads": c.num_threads,
                 "threads_per_row": tpr, "stages": stages, "rows_per_warp": rpw, "atomic_dq": atomic, "reread_q": reread,
-                "smem_kib": smem / 1024,
+                "min_blocks": blocks, "smem_kib": smem / 1024,
                 "registers": self.registers, "median_ms": self.median_ms, "min_ms": self.min_ms,
                 "repeat": self.repeat, "tflops": self.tflops, "max_rel_err": self.max_rel_err,
                 "status": self.status, "reason": self.reason}
@@ -723,14 +731,15 @@ class TuneResult:
                  f"{' (tensor-core kernels)' if tc else ''}")
         t = Table(title=title)
         atomic_col = tc and self.pass_ == "backward"  # dQ: by atomic adds, or its own kernel
-        shape_cols = (("stages", "rows/warp", "Q") + (("dQ",) if atomic_col else ())) if tc else ("thr/row",)
+        shape_cols = (("stages", "rows/warp", "Q", "blk/SM") + (("dQ",) if atomic_col else ())) if tc else ("thr/row",)
         for col in ("#", "BM", "BN", "thr", *shape_cols, "smem KiB", "regs", "ms", "TFLOP/s", "vs default",
                     "max err", "status"):
             t.add_column(col, justify="right" if col not in ("status",) else "left")
 
         def head(r):
             cells = (r["stages"], r["rows_per_warp"]) if tc else (r["threads_per_row"],)
-            q = ("re-read" if r["reread_q"] else "regs",) if tc else ()  # Q fragments: per key tile, or held
+            # Q fragments: per key tile, or held; the launch bound (blocks per SM asked for)
+            q = ("re-read" if r["reread_q"] else "regs", _fmt(r.get("min_blocks") or 1, "d")) if tc else ()
             dq = ("atomic" if r["atomic_dq"] else "kernel",) if atomic_col else ()
             return (str(r["block_m"]), str(r["block_n"]), str(r["num_threads"]), *(_fmt(x, "d") for x in cells), *q, *dq,
                     f"{r['smem_kib']:.1f}", _fmt(r["registers"], "d"))

@@ -252,10 +252,13 @@ NEEDS_GPU = "the tensor-core kernels are inline PTX: they run only on the GPU ba
 def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
     ok, skipped = tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core", with_skipped=True)
     # the tile grid, x 2 for reread_q, and for the backward + the atomic-dQ configs (which have no dQ
-    # kernel, so no reread_q variant)
+    # kernel, so no reread_q variant); + a min_blocks=3 variant of each 4-warp one ((64, rows 16) and
+    # (128, rows 32)) that is not atomic
     tiles = len(tune_mod.TC_BLOCK_M) * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES) * len(tune_mod.TC_ROWS_PER_WARP)
-    grid = tiles * (len(tune_mod.TC_REREAD_Q) + (1 if pass_ == "backward" else 0))
-    assert len(ok) + len(skipped) == grid == (144 if pass_ == "backward" else 96)
+    four_warp = 2 * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES) * len(tune_mod.TC_REREAD_Q)
+    grid = tiles * (len(tune_mod.TC_REREAD_Q) + (1 if pass_ == "backward" else 0)) + four_warp
+    assert tune_mod.TC_MIN_BLOCKS == (1, 3)
+    assert len(ok) + len(skipped) == grid == (176 if pass_ == "backward" else 128)
     assert len(set(ok)) == len(ok) and not set(ok) & {c for c, _ in skipped}
     assert tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core") == ok
     for cfg in ok:
@@ -264,6 +267,9 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
         assert (cfg.block_m in (32, 64, 128) and cfg.block_n in (16, 32, 64, 128) and cfg.stages in (1, 2)
                 and cfg.rows_per_warp in (16, 32) and cfg.atomic_dq in ((False, True) if pass_ == "backward" else (False,))
                 and not (cfg.atomic_dq and cfg.reread_q))
+        if cfg.min_blocks > 1:  # the bound binds (4 warps: 255 registers allow 2 blocks) and leaves 168
+            assert cfg.min_blocks == 3 and cfg.warps == 4 and not cfg.atomic_dq and cfg.max_registers() == 168
+            assert dataclasses.replace(cfg, min_blocks=1) in ok
     for cfg, why in skipped:
         assert why and cfg.problems(head_dim, pass_) == why
     if head_dim > 128:
@@ -275,16 +281,23 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
         assert all(any("rows_per_warp=16" in w for w in why) for c, why in skipped if c.rows_per_warp == 32)
         # every rows_per_warp=16 config fits at head_dim <= 128; with atomic_dq's dS^T tile all do at
         # head_dim <= 64, and at 128 all but the largest (shared memory)
-        plain = [c for c in ok if not c.atomic_dq and not c.reread_q]
+        plain = [c for c in ok if not c.atomic_dq and not c.reread_q and c.min_blocks == 1]
         atomic = [c for c in ok if c.atomic_dq]
         assert len(plain) == 24 and {dataclasses.replace(c, atomic_dq=False) for c in atomic} <= set(plain)
-        assert {c for c in ok if c.reread_q} == {dataclasses.replace(c, reread_q=True) for c in plain}
+        assert {c for c in ok if c.reread_q and c.min_blocks == 1} == {dataclasses.replace(c, reread_q=True) for c in plain}
         assert len(atomic) == 24 if head_dim <= 64 else 12 <= len(atomic) < 24
         assert all(any("shared memory" in w for w in why) for c, why in skipped
                    if c.atomic_dq and c.rows_per_warp == 16)
     else:
-        assert {c.rows_per_warp for c in ok} == {16, 32} and len(ok) == 96
-        assert sum(c.reread_q for c in ok) == 48
+        unbound = [c for c in ok if c.min_blocks == 1]
+        assert {c.rows_per_warp for c in ok} == {16, 32} and len(unbound) == 96
+        assert sum(c.reread_q for c in unbound) == 48
+    # 3 blocks' shared memory must fit in an SM: the bound is skipped, with that reason, where it does not
+    bound_skipped = [(c, why) for c, why in skipped if c.min_blocks > 1 and c.problems(head_dim, pass_, "f16")
+                     and not dataclasses.replace(c, min_blocks=1).problems(head_dim, pass_, "f16")]
+    assert all(len(why) == 1 and "min_blocks=3" in why[0] for _, why in bound_skipped)
+    if head_dim == 128:
+        assert bound_skipped  # e.g. (64, 64, 2, 16) at head_dim 128: 3 x 87 KB
 
 
 def test_enumerate_configs_kind_block_is_the_default():
@@ -312,6 +325,8 @@ def test_as_config_of_tuples():
     assert tune_mod._as_config(cfg) is cfg
     assert tune_mod._as_config((64, 32, 2, 16, True)) == TensorCoreConfig(64, 32, 2, 16, atomic_dq=True)
     assert tune_mod._as_config((64, 32, 2, 16, False, True)) == TensorCoreConfig(64, 32, 2, 16, reread_q=True)
+    assert tune_mod._as_config((64, 64, 2, 16, False, True, 3)) == TensorCoreConfig(64, 64, 2, 16, reread_q=True,
+                                                                                      min_blocks=3)
     for bad in [(64, 32), (64, 32, 2, 16, True, 0), (64, 32, 2, 16, 1), (64, 32, 2, 16, False, False, True)]:
         with pytest.raises(ValueError, match="TensorCoreConfig"):
             tune_mod._as_config(bad)
@@ -350,14 +365,16 @@ def test_tc_cache_entry_coexists_with_a_block_entry(private_cache):
     assert tune_mod.lookup(*problem) == block and len(tune_mod.cache_entries()) == 2
 
 
-@pytest.mark.parametrize("cfg", [TensorCoreConfig(128, 32, 2, 32, reread_q=True), TensorCoreConfig(64, 32, 2, 16, True)])
+@pytest.mark.parametrize("cfg", [TensorCoreConfig(128, 32, 2, 32, reread_q=True), TensorCoreConfig(64, 32, 2, 16, True),
+                                 TensorCoreConfig(64, 32, 2, 16, reread_q=True, min_blocks=3)])
 def test_tc_cache_entries_keep_their_flags(private_cache, cfg):
     # (until session 9 a tuned atomic_dq config was stored as its four tile sizes and came back without it)
     pass_ = "backward" if cfg.atomic_dq else "forward"
     tune_mod.store(128, "float16", False, 4096, pass_, cfg)
     assert tune_mod.lookup(128, "float16", False, 4096, pass_, kind="tensor_core") == cfg
     (entry,) = json.loads(private_cache.read_text())["entries"].values()
-    assert entry["config"] == [cfg.block_m, cfg.block_n, cfg.stages, cfg.rows_per_warp, cfg.atomic_dq, cfg.reread_q]
+    assert entry["config"] == [cfg.block_m, cfg.block_n, cfg.stages, cfg.rows_per_warp, cfg.atomic_dq, cfg.reread_q,
+                               *([cfg.min_blocks] if cfg.min_blocks > 1 else [])]
 
 
 def test_store_validates_a_tc_config(private_cache):
@@ -454,7 +471,7 @@ def test_tc_trials_render(pass_):
     assert table.row_count == 3
     d = result.to_dict()
     assert d["kind"] == "tensor_core" and d["best"] == {"block_m": 64, "block_n": 64, "stages": 1, "rows_per_warp": 16,
-                                                   "atomic_dq": False, "reread_q": False}
+                                                   "atomic_dq": False, "reread_q": False, "min_blocks": 1}
     block_row = tune_mod.Trial(BlockConfig(32, 16, 128)).row(64, pass_)
     assert block_row["kind"] == "block" and block_row["stages"] is None and block_row["rows_per_warp"] is None
     assert block_row["threads_per_row"] == 4

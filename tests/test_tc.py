@@ -26,7 +26,8 @@ _CASES = [(TensorCoreConfig(128, 32, 2, 32), 64, False, False), (TensorCoreConfi
           (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True),
           (TensorCoreConfig(16, 16, 1), 128, True, True)]
 # The backward's defaults (plain and with varlen + dropout) and the smallest config.
-_BACKWARD_CASES = [(TensorCoreConfig(64, 64, 2, 16), 64, False, False), (TensorCoreConfig(64, 32, 2, 16), 128, False, False),
+_BACKWARD_CASES = [(TensorCoreConfig(64, 64, 2, 16, reread_q=True, min_blocks=3), 64, False, False),
+                   (TensorCoreConfig(64, 32, 2, 16), 128, False, False),
                    (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True)]
 _SCRIPT = r"""
 import json, sys
@@ -37,12 +38,15 @@ for kernel, config, d, varlen, dropout, elem in json.loads(sys.argv[1]):
 """
 
 
-def _compile(cases, max_stack=0, max_spill=0):
-    """Compile reports of ``cases``, in one subprocess per CPU (up to 4): each kernel takes 10-90 s."""
+def _compile(cases, max_stack=0, max_spill=0, bounds=None):
+    """Compile reports of ``cases``, in one subprocess per CPU (up to 4): each kernel takes 10-90 s.
+    Every report is checked: tensor-core instructions there, no local memory in the PTX, at most
+    ``max_stack`` bytes of stack and ``max_spill`` of spills, except where ``bounds`` (``{case index:
+    (max_stack, max_spill)}``) says otherwise, and no more registers than the launch bound leaves."""
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
-    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q], d, vl, dr, elem]
-            for kernel, c, d, vl, dr, elem in cases]
+    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q, c.min_blocks], d, vl,
+             dr, elem] for kernel, c, d, vl, dr, elem in cases]
     n = max(1, min(4, os.cpu_count() or 1, len(args)))
     procs = [subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(args[i::n])], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(n)]
@@ -52,11 +56,13 @@ def _compile(cases, max_stack=0, max_spill=0):
     parts = [[json.loads(line) for line in out.strip().splitlines()] for out, _ in outs]
     reports = [parts[i % n][i // n] for i in range(len(args))]  # back in the order of cases
     assert len(reports) == len(cases)
-    for r in reports:
+    for i, ((kernel, cfg, *_), r) in enumerate(zip(cases, reports)):
+        stack, spill = (bounds or {}).get(i, (max_stack, max_spill))
         assert r["ldmatrix"] > 0 and r["cp_async"] > 0 and r["ex2"] > 0, r
-        assert r["local_accesses"] == 0 and r["stack"] <= max_stack and r["lmem"] <= max_stack, r
-        assert r["spill_stores"] <= max_spill and r["spill_loads"] <= max_spill, r
-        assert r["registers"] <= 255, r
+        assert r["local_accesses"] == 0 and r["stack"] <= stack and r["lmem"] <= stack, r
+        assert r["spill_stores"] <= spill and r["spill_loads"] <= spill, r
+        assert r["registers"] <= (cfg.max_registers() if cfg.launch_bounds(kernel) else 255), r
+        assert r["min_blocks"] == cfg.min_blocks, r
     return reports
 
 
@@ -95,8 +101,10 @@ def test_reread_q_frees_registers_for_the_head_dim_128_forward_default():
 
 # float32 forward (3xTF32): the defaults at head_dim 64 and 128, and with varlen + dropout at head_dim 64.
 # (The head_dim-128 dropout default, (64, 16, 2, 16), takes 255 registers: no spills with CI's wheels,
-# 8 bytes with the GPU image's CUDA 13.0 toolchain; README, caveats.)
-_TF32_CASES = [(TensorCoreConfig(128, 16, 2, 32), 64, False, False), (TensorCoreConfig(64, 32, 2, 16), 128, False, False),
+# 8 bytes with the GPU image's CUDA 13.0 toolchain; README, caveats.) The head_dim-128 default is
+# compiled for 3 blocks per SM (168 registers) and spills 104 bytes: bounded below.
+_TF32_CASES = [(TensorCoreConfig(128, 16, 2, 32), 64, False, False),
+               (TensorCoreConfig(64, 16, 2, 16, min_blocks=3), 128, False, False),
                (TensorCoreConfig(64, 32, 2, 16), 64, True, True)]
 
 
@@ -105,7 +113,8 @@ def test_float32_tensor_core_forward_compiles_to_tf32_mma_without_spills():
     cases = [("forward", *case, "tf32") for case in _TF32_CASES]
     # No spill stores or loads (checked in _compile), but an 8-byte stack frame is allowed: the GPU
     # image's CUDA 13.0 toolchain gave the 255-register defaults one (with no spills), CI's wheels none.
-    for (_, cfg, d, _, _, _), r in zip(cases, _compile(cases, max_stack=8)):
+    assert cases[1][1] == default_tc_config(128, elem="tf32")
+    for (_, cfg, d, _, _, _), r in zip(cases, _compile(cases, max_stack=8, bounds={1: (128, 128)})):
         assert r["mma_kind"] == ["mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"], r
         assert r["expected_dynamic_smem"] == 4 * (d + 4) * (cfg.block_m + 4 * cfg.block_n), r
         # Three mma per 16 x 8 x 8 product (3xTF32); Q K^T: (head_dim / 8) k-steps x (block_n / 8)
@@ -124,10 +133,9 @@ def test_float32_tensor_core_backward_compiles_to_tf32_mma_without_spills():
     cases = [(kernel, *case, "tf32") for case in _TF32_BACKWARD_CASES for kernel in ("dq", "dkdv")]
     # The one exception, bounded: dkdv at head_dim 128 (dK and dV accumulators: 128 registers) spills
     # 16 bytes (README, caveats); everything else none.
-    dkdv128 = [c for c in cases if c[0] == "dkdv" and c[2] == 128]
-    cases = [c for c in cases if c not in dkdv128]
-    reports = _compile(cases, max_stack=8) + _compile(dkdv128, max_stack=16, max_spill=16)
-    for (kernel, cfg, d, _, _, _), r in zip(cases + dkdv128, reports):
+    reports = _compile(cases, max_stack=8, bounds={i: (16, 16) for i, c in enumerate(cases)
+                                                    if c[0] == "dkdv" and c[2] == 128})
+    for (kernel, cfg, d, _, _, _), r in zip(cases, reports):
         assert r["mma_kind"] == ["mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"], r
         streamed = 4 * (d + 4) * (2 * cfg.block_m + 2 * cfg.stages * cfg.block_n)
         assert r["expected_dynamic_smem"] == streamed + (8 * cfg.stages * cfg.block_n if kernel == "dkdv" else 0), r
@@ -141,7 +149,17 @@ def test_float32_tensor_core_backward_compiles_to_tf32_mma_without_spills():
 def test_tensor_core_backward_compiles_to_mma_without_spills():
     cases = [(kernel, *case, "f16") for case in _BACKWARD_CASES for kernel in ("dq", "dkdv")]
     cases += [(kernel, _BACKWARD_CASES[0][0], 64, False, False, "bf16") for kernel in ("dq", "dkdv")]
-    for (kernel, cfg, d, _, _, elem), r in zip(cases, _compile(cases)):
+    # The head_dim-64 default's dQ kernel is compiled for 3 blocks per SM (min_blocks): at most 168
+    # registers (checked in _compile), for which it spills 12 bytes with CI's wheels (8 on the GPU
+    # image): bounded. Without the bound the same kernel takes more, with the same instructions.
+    assert _BACKWARD_CASES[0][0] == default_tc_config(64, pass_="backward")
+    free = TensorCoreConfig(64, 64, 2, 16, reread_q=True)
+    cases += [("dq", free, 64, False, False, "f16")]
+    reports = _compile(cases, bounds={i: (16, 16) for i, c in enumerate(cases) if c[1].launch_bounds(c[0])})
+    bound, unbound = reports[0], reports[-1]
+    assert bound["registers"] <= 168 < unbound["registers"], (bound, unbound)  # measured 168 against 184-197
+    assert (bound["mma"], bound["ldmatrix"]) == (unbound["mma"], unbound["ldmatrix"]), (bound, unbound)
+    for (kernel, cfg, d, _, _, elem), r in zip(cases, reports):
         assert any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
         ksteps, dt, nt = -(-d // 16), d // 8, cfg.block_n // 8
         # Two products over head_dim (S and dP: ksteps x nt each), then one (dQ) or two (dK, dV)
@@ -192,9 +210,32 @@ def test_tensor_core_config_reread_q_and_its_text_form():
     assert cfg.label() == "128,32,2,32,reread" and TensorCoreConfig(64, 32).label() == "64,32,2,16"
     for bad, why in [("64,32", "four integers"), ("64,32,2,16,fast", "unknown flag 'fast'"),
                      ("64,32,2,16,0,0,1", "at most two"), ("64,x,2,16", "invalid literal"),
-                     ("64,32,3,16", "stages")]:
+                     ("64,32,3,16", "stages"), ("64,32,2,16,b5", "min_blocks=5"), ("64,32,2,16,b0", "min_blocks")]:
         with pytest.raises(ValueError, match=why):
             TensorCoreConfig.parse(bad)
+
+
+def test_tensor_core_config_min_blocks():
+    """min_blocks: a launch bound on the forward and dQ kernels, in the text form as bK; 3 blocks'
+    shared memory must fit in an SM (228 KB, 1 KB reserved per block)."""
+    with pytest.raises(ValueError, match="min_blocks: expected a positive int"):
+        TensorCoreConfig(64, 32, 2, 16, min_blocks=0)
+    with pytest.raises(ValueError, match="min_blocks: expected a positive int"):
+        TensorCoreConfig(64, 32, 2, 16, min_blocks=True)
+    cfg = TensorCoreConfig(64, 64, 2, 16, reread_q=True, min_blocks=3)
+    assert cfg.label() == "64,64,2,16,reread,b3" and TensorCoreConfig.parse("64,64,2,16,reread,b3") == cfg
+    assert TensorCoreConfig.parse("64,64,2,16,0,1,B3") == cfg
+    assert cfg.launch_bounds("forward") == cfg.launch_bounds("dq") == (128, 3) and cfg.launch_bounds("dkdv") is None
+    assert cfg.max_registers() == 168 and TensorCoreConfig(64, 64).max_registers() == 255
+    assert TensorCoreConfig(64, 64).launch_bounds("dq") is None
+    assert TensorCoreConfig(128, 32, 2, 32, min_blocks=2).max_registers() == 255  # 4 warps x 2: no cap
+    # shared memory: (64, 64, 2, 16) at head_dim 64 takes 46 KB forward, 55 KB in dQ (3 fit); at 128,
+    # 87 and 104 KB (3 do not)
+    assert cfg.problems(64) == [] and cfg.problems(64, "backward") == []
+    for pass_ in ("forward", "backward"):
+        (why,) = cfg.problems(128, pass_)
+        assert "min_blocks=3" in why and "233472" in why
+        assert TensorCoreConfig(64, 64, 2, 16, reread_q=True).problems(128, pass_) == []
 
 
 def test_tensor_core_config_is_checked():
@@ -250,11 +291,13 @@ def test_tensor_core_backward_config_is_checked(rng):
 
 
 def _cfg_id(config) -> str:
-    """A short test id: "default", or "64x32x2x16" (+ "-atomic" with atomic_dq, "-reread" with reread_q)."""
+    """A short test id: "default", or "64x32x2x16" (+ "-atomic" with atomic_dq, "-reread" with reread_q,
+    "-b3" with min_blocks=3)."""
     if config is None:
         return "default"
     return (f"{config.block_m}x{config.block_n}x{config.stages}x{config.rows_per_warp}"
-            + ("-atomic" if config.atomic_dq else "") + ("-reread" if config.reread_q else ""))
+            + ("-atomic" if config.atomic_dq else "") + ("-reread" if config.reread_q else "")
+            + (f"-b{config.min_blocks}" if config.min_blocks > 1 else ""))
 
 
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="the tensor-core kernels use inline PTX, which only a GPU runs")
@@ -285,7 +328,8 @@ def test_tensor_core_errors(rng):
                                    (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("config", [None, TensorCoreConfig(16, 16, 1), TensorCoreConfig(64, 32, 2, 16, True),
-                                    TensorCoreConfig(16, 16, 1, 16, True), TensorCoreConfig(64, 64, 2, 16, reread_q=True)],
+                                    TensorCoreConfig(16, 16, 1, 16, True), TensorCoreConfig(64, 64, 2, 16, reread_q=True),
+                                    TensorCoreConfig(64, 32, 2, 16, reread_q=True, min_blocks=3)],
                          ids=_cfg_id)
 def test_tensor_core_kernels_match_oracle_at_odd_sizes(rng, shape, causal, config):
     B, H, n_q, n_k, D = shape
