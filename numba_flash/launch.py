@@ -190,7 +190,6 @@ class _Prepared:
         if rc != 0:
             raise RuntimeError(f"launching {self.name}: {_error(rc)}")
 
-
     def blocks_per_sm(self, block: int, shared: int) -> int:
         """Resident blocks per SM at ``block`` threads and ``shared`` bytes of dynamic shared memory
         (the driver's occupancy calculator: registers, shared memory and the launch bound)."""
@@ -215,8 +214,9 @@ def occupancy() -> list[dict]:
             continue
         block, shared = p.last
         blocks = p.blocks_per_sm(block, shared)
-        rows.append({"kernel": p.name, "config": p.config, "registers": p.kernel.regs_per_thread, "local_bytes": p.kernel.local_mem_per_thread,
-                     "threads": block, "shared_bytes": shared, "blocks_per_sm": blocks, "warps_per_sm": blocks * block // 32})
+        rows.append({"kernel": p.name, "config": p.config, "registers": p.kernel.regs_per_thread,
+                     "local_bytes": p.kernel.local_mem_per_thread, "threads": block, "shared_bytes": shared,
+                     "blocks_per_sm": blocks, "warps_per_sm": blocks * block // 32})
     return rows
 
 

@@ -324,6 +324,30 @@ def test_tensor_core_errors(rng):
 
 
 @gpu_only
+def test_launch_bound_puts_three_dq_blocks_on_an_sm(rng):
+    """min_blocks=3 (the head_dim-64 backward default): the driver's occupancy calculator
+    (launch.occupancy) gives its dQ kernel 3 blocks per SM at <= 168 registers, the same kernel
+    without the bound 2, the dK/dV kernel (which ignores the bound) 2; the two dQ kernels' results
+    differ by at most one float16 rounding (the bound changes register allocation, not arithmetic)."""
+    from numba_flash import launch
+
+    cfg = default_tc_config(64, pass_="backward")
+    assert cfg.min_blocks == 3 and cfg.reread_q
+    free = TensorCoreConfig(64, 64, 2, 16, reread_q=True)
+    q, k, v, do = (to_device(rng.standard_normal((2, 4, 300, 64)).astype(np.float16)) for _ in range(4))
+    out, lse = nf.flash_attention(q, k, v, causal=True, return_lse=True)
+    dq_bound = to_host(nf.flash_attention_backward(do, q, k, v, out, lse, causal=True, config=cfg)[0])
+    dq_free = to_host(nf.flash_attention_backward(do, q, k, v, out, lse, causal=True, config=free)[0])
+    occ = {(r["kernel"], r["config"]): r for r in launch.occupancy()}
+    bound, unbound = occ[("tc_dq", cfg.label())], occ[("tc_dq", free.label())]
+    assert bound["blocks_per_sm"] == 3 and bound["registers"] <= 168 and bound["warps_per_sm"] == 12, bound
+    assert unbound["blocks_per_sm"] == 2 and unbound["registers"] > 168, unbound
+    assert occ[("tc_dkdv", cfg.label())]["blocks_per_sm"] == 2
+    diff = np.abs(dq_bound.astype(np.float64) - dq_free).max()
+    assert np.isfinite(dq_bound).all() and diff <= 2.0 ** -10 * np.abs(dq_free).max(), diff
+
+
+@gpu_only
 @pytest.mark.parametrize("shape", [(1, 2, 97, 97, 40), (2, 3, 1025, 1000, 64), (1, 4, 129, 513, 128),
                                    (1, 1, 1, 300, 64), (1, 2, 300, 1, 16)])
 @pytest.mark.parametrize("causal", [False, True])
