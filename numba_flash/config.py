@@ -393,7 +393,8 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
     and dV accumulators take 128 registers at head_dim 128), halved with dropout. At head_dim <= 64
     without dropout the dQ kernel re-reads Q and dO and is compiled for 3 blocks per SM
     (``min_blocks=3``, 168 registers, 8-12 bytes of spill): backward 197 against 191 TFLOP/s (causal
-    185 against 178; experiments/results/blocks-2026-11-24). At head_dim 128 the same was slower (198
+    185 against 178; faster in every comparison, though by less than the run-to-run spread of one
+    process; experiments/results/blocks-2026-11-24). At head_dim 128 the same was slower (198
     against 208). float32 (3xTF32) forward above head_dim 64: (64, 16, 2, 16) for 3 blocks per SM, 43
     against 40 TFLOP/s for (64, 32, 2, 16) (whose shared memory allows 2)."""
     if pass_ == "backward":
