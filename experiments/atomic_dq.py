@@ -20,6 +20,9 @@ Per shape, dtype and causal flag, in one process on one GPU, CUDA events (median
     python experiments/atomic_dq.py --shape 2,8,1024,64 --causal no --bwd-config 64,32,2,16,1
 
 Needs the GPU backend and PyTorch with CUDA; elsewhere it says why and exits with status 0.
+``--interleave ROUNDS``: time each pass's configs and SDPA in turns (``timing.time_interleaved``),
+ROUNDS rounds of ``--repeat`` calls each, and report each one's spread of round medians: timed one
+after the other, the same kernels measured 12 % apart in one process (results/blocks-2026-11-24/call7).
 ``--lock FILE``: take this file lock around each timing (several processes, e.g. one per head_dim,
 then compile side by side and time one at a time).
 """
@@ -65,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16[,atomic][,reread][,bK]",
                    help=f"backward TensorCoreConfigs besides the default (default per head_dim: {DEFAULT_BWD_CONFIGS})")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
+    p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                   help="time the configs and SDPA of each pass in turns, ROUNDS rounds of --repeat calls "
+                        "(timing.time_interleaved; the rows then carry each one's spread of round medians)")
     p.add_argument("--lock", default=None, help="a file to lock around each timing")
     p.add_argument("--out", default="experiments/results/atomic_dq")
     args = p.parse_args(argv)
@@ -80,7 +86,7 @@ def run(args, torch, console) -> list[dict]:
 
     import numba_flash as nf
     from numba_flash.config import default_tc_config
-    from numba_flash.timing import attention_flops, exclusive, time_ms
+    from numba_flash.timing import attention_flops, exclusive, time_interleaved, time_ms
 
     def turn():
         return exclusive(args.lock)
@@ -143,14 +149,43 @@ def run(args, torch, console) -> list[dict]:
                 def sdpa_bwd():
                     return torch.autograd.grad(o_s, (qg, kg, vg), do, retain_graph=True)
 
+                def timed_in_turns(pass_, fns, configs):
+                    ok = {}
+                    for name, fn in fns.items():
+                        try:
+                            fn()  # compile outside the lock
+                            ok[name] = fn
+                        except Exception as e:  # recorded, the others go on
+                            rows.append({**base, "pass": pass_, "impl": name, "config": configs.get(name),
+                                         "status": f"error: {e}"})
+                            console.print(f"  {name:28s} {pass_:16s} error: {e}")
+                    torch.cuda.synchronize()
+                    with turn():
+                        res = time_interleaved(ok, rounds=args.interleave, repeat=args.repeat)
+                    for name, t in res.items():
+                        tf = flops[pass_] / (t["median_ms"] * 1e-3) / 1e12
+                        rows.append({**base, "pass": pass_, "impl": name, "config": configs.get(name), "status": "ok",
+                                     "ms": t["median_ms"], "tflops": tf, "spread": t["spread"],
+                                     "round_medians": t["round_medians"]})
+                        console.print(f"  {name:28s} {pass_:16s} {t['median_ms']:8.3f} ms {tf:7.1f} TFLOP/s  "
+                                      f"(round medians spread {t['spread']:.3f})")
+
                 console.print(f"[bold]B={B} H={H} N={N} D={D} {dtype} causal={causal}[/bold]")
                 det = default_tc_config(D, False, "backward", "bf16" if bf16 else "f16")
-                for cfg in [det, *configs]:
-                    name = f"numba_flash {label(cfg)}"
-                    timed(name, "backward", lambda c=cfg: ours_bwd(c), label(cfg))
-                    timed(name, "forward_backward", lambda c=cfg: ours_both(c), label(cfg))
-                timed("sdpa_flash", "backward", sdpa_bwd)
-                timed("sdpa_flash", "forward_backward", sdpa_both)
+                if args.interleave:
+                    names = {f"numba_flash {label(c)}": c for c in [det, *configs]}
+                    labels = {n: label(c) for n, c in names.items()}
+                    timed_in_turns("backward", {**{n: (lambda c=c: ours_bwd(c)) for n, c in names.items()},
+                                                "sdpa_flash": sdpa_bwd}, labels)
+                    timed_in_turns("forward_backward", {**{n: (lambda c=c: ours_both(c)) for n, c in names.items()},
+                                                        "sdpa_flash": sdpa_both}, labels)
+                else:
+                    for cfg in [det, *configs]:
+                        name = f"numba_flash {label(cfg)}"
+                        timed(name, "backward", lambda c=cfg: ours_bwd(c), label(cfg))
+                        timed(name, "forward_backward", lambda c=cfg: ours_both(c), label(cfg))
+                    timed("sdpa_flash", "backward", sdpa_bwd)
+                    timed("sdpa_flash", "forward_backward", sdpa_both)
 
                 # Errors against float64 on the first batch entry, and the atomic runs' spread.
                 e = slice(0, 1)
@@ -231,7 +266,8 @@ def main(argv=None) -> int:
             "tried; ratios against SDPA FLASH_ATTENTION in the same process.\n\n" + markdown_table(table)
             + "\n\n## Every measurement\n\n"
             + markdown_table([r for r in rows if r["impl"] != "error vs float64"],
-                             ["B", "H", "N", "D", "dtype", "causal", "pass", "impl", "config", "ms", "tflops", "status"])
+                             ["B", "H", "N", "D", "dtype", "causal", "pass", "impl", "config", "ms", "tflops", "spread",
+                              "status"])
             + "\n\n## Errors against float64 (max |x - ref| / max |ref|, first batch entry)\n\n"
             + markdown_table([r for r in rows if r["impl"] == "error vs float64"], floatfmt=".3g")
             + "\n\n## Kernels launched: registers and resident blocks per SM (the driver's occupancy calculator)\n\n"
@@ -240,7 +276,7 @@ def main(argv=None) -> int:
                                          "args": {"shape": args.shape, "dtype": args.dtype, "causal": args.causal,
                                                   "bwd_config": None if args.bwd_config is None
                                                   else [label(c) for c in args.bwd_config],
-                                                  "repeat": args.repeat}},
+                                                  "repeat": args.repeat, "interleave": args.interleave}},
                  body, title="Backward with atomic dQ vs the two-kernel backward vs SDPA flash")
     console.print(markdown_table(table))
     console.print(f"wrote {paths[0]} and {paths[1]}")

@@ -22,6 +22,11 @@ def time_ms(fn: Callable[..., object], inputs: Sequence[tuple] | None = None, *,
     Give several input sets when one fits in L2 (50 MB on an H100), so that repeated calls do not
     just measure the cache. Returns ``{"median_ms", "min_ms", "max_ms", "repeat"}``.
     """
+    return _summary(_times_ms(fn, inputs, warmup, repeat))
+
+
+def _times_ms(fn, inputs, warmup: int, repeat: int) -> list[float]:
+    """Milliseconds of each of ``repeat`` calls (CUDA events; the simulator: wall clock, no warm-up)."""
     inputs = list(inputs) if inputs else [()]
     if backend.BACKEND == backend.SIMULATOR:
         times = []
@@ -29,7 +34,7 @@ def time_ms(fn: Callable[..., object], inputs: Sequence[tuple] | None = None, *,
             t0 = time.perf_counter()
             fn(*inputs[i % len(inputs)])
             times.append((time.perf_counter() - t0) * 1e3)
-        return _summary(times)
+        return times
     import cupy
 
     for i in range(warmup):  # compiles, loads modules, creates handles
@@ -42,7 +47,29 @@ def time_ms(fn: Callable[..., object], inputs: Sequence[tuple] | None = None, *,
         fn(*inputs[i % len(inputs)])
         stop.record(stream)
     events[-1][1].synchronize()
-    return _summary([cupy.cuda.get_elapsed_time(a, b) for a, b in events])
+    return [cupy.cuda.get_elapsed_time(a, b) for a, b in events]
+
+
+def time_interleaved(fns: dict, *, rounds: int = 5, repeat: int = 10, warmup: int = 3) -> dict:
+    """Time several callables in turns, for A/B comparisons: ``rounds`` rounds, each timing every
+    callable for ``repeat`` calls, the order rotated from round to round, so that a drift of the
+    GPU's clocks (power, heat) during the measurement falls on all of them alike. (Timed one after
+    the other, the same kernels measured 12 % apart in one process on the H100:
+    experiments/results/blocks-2026-11-24/call7.) Returns, per name, :func:`time_ms`'s summary of
+    all its calls, plus ``round_medians`` and ``spread`` (largest / smallest round median)."""
+    if rounds < 1 or repeat < 1:
+        raise ValueError(f"time_interleaved: rounds and repeat must be >= 1, got {rounds}, {repeat}")
+    names = list(fns)
+    times = {n: [] for n in names}
+    medians = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            t = _times_ms(fns[n], None, warmup if r == 0 else 1, repeat)
+            times[n] += t
+            medians[n].append(float(np.median(t)))
+    return {n: {**_summary(times[n]), "round_medians": medians[n], "spread": max(medians[n]) / min(medians[n])}
+            for n in names}
 
 
 @contextlib.contextmanager

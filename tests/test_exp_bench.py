@@ -22,6 +22,25 @@ def test_attention_flops_follows_flashattention_convention():
     assert attention_flops(1, 1, 16, 48, 8, False) == 4.0 * 16 * 48 * 8  # Nq != Nk
 
 
+def test_time_interleaved_rotates_the_order_and_reports_the_spread(monkeypatch):
+    """Each round times every callable ``repeat`` times, starting one further along the list; the
+    summary covers every call and the spread is the largest over the smallest round median."""
+    from numba_flash import timing
+
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    clock = iter(range(10_000))  # one tick (1 s) per perf_counter call: every call "takes" 1000 ms
+    monkeypatch.setattr(timing.backend, "BACKEND", timing.backend.SIMULATOR)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+    out = timing.time_interleaved(fns, rounds=3, repeat=2)
+    assert "".join(calls) == "aabbcc" + "bbccaa" + "ccaabb"
+    for n in "abc":
+        assert out[n]["repeat"] == 6 and out[n]["round_medians"] == [1000.0] * 3 and out[n]["spread"] == 1.0
+        assert out[n]["median_ms"] == 1000.0
+    with pytest.raises(ValueError, match="rounds and repeat"):
+        timing.time_interleaved(fns, rounds=0)
+
+
 def test_standard_sweep_shapes():
     shapes = bench.standard_shapes()
     assert len(shapes) == 12

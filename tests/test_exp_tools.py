@@ -100,6 +100,8 @@ def test_atomic_dq_experiment_arguments_summary_and_cpu_exit(capsys):
     assert exp.label(args.bwd_config[0]) == "64,32,2,16,atomic"
     assert exp.parse_args([]).bwd_config is None  # per head_dim defaults, DEFAULT_BWD_CONFIGS
     assert not exp.parse_args(["--bwd-config", "64,32,2,16,reread"]).bwd_config[0].atomic_dq  # flags by name too
+    assert exp.parse_args(["--bwd-config", "64,64,2,16,reread,b3"]).bwd_config[0].min_blocks == 3
+    assert exp.parse_args([]).interleave == 0 and exp.parse_args(["--interleave", "4"]).interleave == 4
     for bad in ("64,32,2", "64,32,2,16,fast"):
         with pytest.raises(SystemExit):
             exp.parse_args(["--bwd-config", bad])
