@@ -115,20 +115,34 @@ def run(args, torch, console) -> list[dict]:
                 flops = {p: attention_flops(B, H, N, N, D, causal, p) for p in ("forward", "forward_backward")}
                 flops["backward"] = flops["forward_backward"] - flops["forward"]
 
-                def timed(name, pass_, fn, config=None):
-                    try:
-                        fn()  # compile outside the lock
-                        torch.cuda.synchronize()
+                def time_pass(pass_, fns, configs=None):
+                    """Time ``fns`` (name -> callable) for ``pass_``: each compiled outside the lock, then
+                    timed under it, one after the other, or (--interleave) all in rotating rounds. A
+                    failure (a config that does not fit) is recorded and the others go on."""
+                    configs = configs or {}
+                    ok, res = {}, {}
+                    for name, fn in fns.items():
+                        try:
+                            fn()  # compile outside the lock
+                            torch.cuda.synchronize()
+                            if not args.interleave:
+                                with turn():
+                                    res[name] = time_ms(fn, repeat=args.repeat)
+                            ok[name] = fn
+                        except Exception as e:
+                            rows.append({**base, "pass": pass_, "impl": name, "config": configs.get(name),
+                                         "status": f"error: {e}"})
+                            console.print(f"  {name:28s} {pass_:16s} error: {e}")
+                    if args.interleave and ok:
                         with turn():
-                            t = time_ms(fn, repeat=args.repeat)
-                    except Exception as e:  # a config that does not fit: recorded, the sweep goes on
-                        rows.append({**base, "pass": pass_, "impl": name, "config": config, "status": f"error: {e}"})
-                        console.print(f"  {name:28s} {pass_:16s} error: {e}")
-                        return
-                    tf = flops[pass_] / (t["median_ms"] * 1e-3) / 1e12
-                    rows.append({**base, "pass": pass_, "impl": name, "config": config, "status": "ok",
-                                 "ms": t["median_ms"], "tflops": tf})
-                    console.print(f"  {name:28s} {pass_:16s} {t['median_ms']:8.3f} ms {tf:7.1f} TFLOP/s")
+                            res = time_interleaved(ok, rounds=args.interleave, repeat=args.repeat)
+                    for name, t in res.items():
+                        tf = flops[pass_] / (t["median_ms"] * 1e-3) / 1e12
+                        spread = {k: t[k] for k in ("spread", "round_medians") if k in t}
+                        rows.append({**base, "pass": pass_, "impl": name, "config": configs.get(name), "status": "ok",
+                                     "ms": t["median_ms"], "tflops": tf, **spread})
+                        console.print(f"  {name:28s} {pass_:16s} {t['median_ms']:8.3f} ms {tf:7.1f} TFLOP/s"
+                                      + (f"  (round medians spread {t['spread']:.3f})" if spread else ""))
 
                 def ours_bwd(cfg):
                     return nf.flash_attention_backward(cdo, cq, ck, cv, out, lse, causal=causal, config=cfg,
@@ -149,43 +163,22 @@ def run(args, torch, console) -> list[dict]:
                 def sdpa_bwd():
                     return torch.autograd.grad(o_s, (qg, kg, vg), do, retain_graph=True)
 
-                def timed_in_turns(pass_, fns, configs):
-                    ok = {}
-                    for name, fn in fns.items():
-                        try:
-                            fn()  # compile outside the lock
-                            ok[name] = fn
-                        except Exception as e:  # recorded, the others go on
-                            rows.append({**base, "pass": pass_, "impl": name, "config": configs.get(name),
-                                         "status": f"error: {e}"})
-                            console.print(f"  {name:28s} {pass_:16s} error: {e}")
-                    torch.cuda.synchronize()
-                    with turn():
-                        res = time_interleaved(ok, rounds=args.interleave, repeat=args.repeat)
-                    for name, t in res.items():
-                        tf = flops[pass_] / (t["median_ms"] * 1e-3) / 1e12
-                        rows.append({**base, "pass": pass_, "impl": name, "config": configs.get(name), "status": "ok",
-                                     "ms": t["median_ms"], "tflops": tf, "spread": t["spread"],
-                                     "round_medians": t["round_medians"]})
-                        console.print(f"  {name:28s} {pass_:16s} {t['median_ms']:8.3f} ms {tf:7.1f} TFLOP/s  "
-                                      f"(round medians spread {t['spread']:.3f})")
-
                 console.print(f"[bold]B={B} H={H} N={N} D={D} {dtype} causal={causal}[/bold]")
                 det = default_tc_config(D, False, "backward", "bf16" if bf16 else "f16")
                 if args.interleave:
                     names = {f"numba_flash {label(c)}": c for c in [det, *configs]}
                     labels = {n: label(c) for n, c in names.items()}
-                    timed_in_turns("backward", {**{n: (lambda c=c: ours_bwd(c)) for n, c in names.items()},
-                                                "sdpa_flash": sdpa_bwd}, labels)
-                    timed_in_turns("forward_backward", {**{n: (lambda c=c: ours_both(c)) for n, c in names.items()},
-                                                        "sdpa_flash": sdpa_both}, labels)
-                else:
+                    time_pass("backward", {**{n: (lambda c=c: ours_bwd(c)) for n, c in names.items()},
+                                           "sdpa_flash": sdpa_bwd}, labels)
+                    time_pass("forward_backward", {**{n: (lambda c=c: ours_both(c)) for n, c in names.items()},
+                                                   "sdpa_flash": sdpa_both}, labels)
+                else:  # in this order, a config given twice timed twice
                     for cfg in [det, *configs]:
                         name = f"numba_flash {label(cfg)}"
-                        timed(name, "backward", lambda c=cfg: ours_bwd(c), label(cfg))
-                        timed(name, "forward_backward", lambda c=cfg: ours_both(c), label(cfg))
-                    timed("sdpa_flash", "backward", sdpa_bwd)
-                    timed("sdpa_flash", "forward_backward", sdpa_both)
+                        time_pass("backward", {name: lambda c=cfg: ours_bwd(c)}, {name: label(cfg)})
+                        time_pass("forward_backward", {name: lambda c=cfg: ours_both(c)}, {name: label(cfg)})
+                    time_pass("backward", {"sdpa_flash": sdpa_bwd})
+                    time_pass("forward_backward", {"sdpa_flash": sdpa_both})
 
                 # Errors against float64 on the first batch entry, and the atomic runs' spread.
                 e = slice(0, 1)

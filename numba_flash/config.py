@@ -330,8 +330,7 @@ class TensorCoreConfig:
             out.append(f"it needs {need} bytes of shared memory at head_dim={head_dim}, but a block may use "
                        f"{MAX_DYNAMIC_SHARED}: reduce block_m, block_n or stages")
         if self.min_blocks > 1:
-            own = (self.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
-                   else self.backward_shared_bytes(head_dim, "dq", elem))
+            own = need if pass_ == "forward" else self.backward_shared_bytes(head_dim, "dq", elem)  # the bound kernel's
             if self.min_blocks * (own + 1024) > SM_SHARED:
                 out.append(f"min_blocks={self.min_blocks}: {self.min_blocks} blocks of {own} bytes of shared memory "
                            f"(+1 KB each) do not fit in an SM's {SM_SHARED}")
