@@ -86,7 +86,7 @@ def run(args, torch, console) -> list[dict]:
 
     import numba_flash as nf
     from numba_flash.config import default_tc_config
-    from numba_flash.timing import attention_flops, exclusive, time_interleaved, time_ms
+    from numba_flash.timing import attention_flops, exclusive, shared, time_interleaved, time_ms
 
     def turn():
         return exclusive(args.lock)
@@ -102,15 +102,18 @@ def run(args, torch, console) -> list[dict]:
             bf16 = dtype == "bfloat16"
             tdt = torch.bfloat16 if bf16 else torch.float16
             for causal in {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]:
-                q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=tdt, generator=gen) for _ in range(4))
-                qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+                with shared(args.lock):  # untimed GPU work never overlaps another process's timing
+                    q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=tdt, generator=gen) for _ in range(4))
+                    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
                 # our kernels read bfloat16 as its bit patterns (CuPy has no bfloat16)
                 as_nf = (lambda t: nf.backend.array_module().from_dlpack(t.view(torch.int16)).view("uint16")) if bf16 \
                     else (lambda t: nf.backend.array_module().from_dlpack(t))
                 to_torch = (lambda a: torch.from_dlpack(a.view("int16")).view(torch.bfloat16)) if bf16 \
                     else (lambda a: torch.from_dlpack(a))
                 cq, ck, cv, cdo = (as_nf(t) for t in (q, k, v, do))
-                out, lse = nf.flash_attention(cq, ck, cv, causal=causal, return_lse=True, bfloat16=bf16)
+                with shared(args.lock):
+                    out, lse = nf.flash_attention(cq, ck, cv, causal=causal, return_lse=True, bfloat16=bf16)
+                    torch.cuda.synchronize()
                 base = dict(B=B, H=H, N=N, D=D, dtype=dtype, causal=causal)
                 flops = {p: attention_flops(B, H, N, N, D, causal, p) for p in ("forward", "forward_backward")}
                 flops["backward"] = flops["forward_backward"] - flops["forward"]
@@ -123,8 +126,9 @@ def run(args, torch, console) -> list[dict]:
                     ok, res = {}, {}
                     for name, fn in fns.items():
                         try:
-                            fn()  # compile outside the lock
-                            torch.cuda.synchronize()
+                            with shared(args.lock):  # compile (in parallel with other processes), run once
+                                fn()
+                                torch.cuda.synchronize()
                             if not args.interleave:
                                 with turn():
                                     res[name] = time_ms(fn, repeat=args.repeat)
@@ -157,8 +161,9 @@ def run(args, torch, console) -> list[dict]:
                         o = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
                         return torch.autograd.grad(o, (qg, kg, vg), do)
 
-                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                with shared(args.lock), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                     o_s = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+                    torch.cuda.synchronize()
 
                 def sdpa_bwd():
                     return torch.autograd.grad(o_s, (qg, kg, vg), do, retain_graph=True)
@@ -181,32 +186,33 @@ def run(args, torch, console) -> list[dict]:
                     time_pass("forward_backward", {"sdpa_flash": sdpa_both})
 
                 # Errors against float64 on the first batch entry, and the atomic runs' spread.
-                e = slice(0, 1)
-                q64, k64, v64 = (t[e].double().requires_grad_(True) for t in (q, k, v))
-                with sdpa_kernel(SDPBackend.MATH):
-                    ref = F.scaled_dot_product_attention(q64, k64, v64, is_causal=causal)
-                    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do[e].double())
-                sub = [t[e].contiguous() for t in (q, k, v, do)]
-                csub = [as_nf(t) for t in sub]
-                o1, l1 = nf.flash_attention(*csub[:3], causal=causal, return_lse=True, bfloat16=bf16)
-                errs = {**base, "impl": "error vs float64"}
-                for name, cfg in [("deterministic", det)] + [(label(c), c) for c in configs if c != det]:
-                    g = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg, bfloat16=bf16)
-                    for n_, mine, want in zip(("dq", "dk", "dv"), g, ref_grads):
-                        errs[f"{n_}_{name}"] = rel_err(to_torch(mine), want)
-                    if cfg.atomic_dq:
-                        g2 = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg,
-                                                         bfloat16=bf16)
-                        a, b = to_torch(g[0]).double(), to_torch(g2[0]).double()
-                        errs[f"dq_{name}_run_to_run"] = float((a - b).abs().max() / a.abs().max())
-                gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
-                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                    o_f = F.scaled_dot_product_attention(gq, gk, gv, is_causal=causal)
-                    sg = torch.autograd.grad(o_f, (gq, gk, gv), sub[3])
-                for n_, theirs, want in zip(("dq", "dk", "dv"), sg, ref_grads):
-                    errs[f"{n_}_sdpa_flash"] = rel_err(theirs, want)
-                console.print("  errors vs float64: " + "  ".join(f"{k_} {v_:.2e}" for k_, v_ in errs.items()
-                                                                  if k_.startswith(("dq_", "dk_", "dv_"))))
+                with shared(args.lock):  # the error checks run the kernels too
+                    e = slice(0, 1)
+                    q64, k64, v64 = (t[e].double().requires_grad_(True) for t in (q, k, v))
+                    with sdpa_kernel(SDPBackend.MATH):
+                        ref = F.scaled_dot_product_attention(q64, k64, v64, is_causal=causal)
+                        ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do[e].double())
+                    sub = [t[e].contiguous() for t in (q, k, v, do)]
+                    csub = [as_nf(t) for t in sub]
+                    o1, l1 = nf.flash_attention(*csub[:3], causal=causal, return_lse=True, bfloat16=bf16)
+                    errs = {**base, "impl": "error vs float64"}
+                    for name, cfg in [("deterministic", det)] + [(label(c), c) for c in configs if c != det]:
+                        g = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg, bfloat16=bf16)
+                        for n_, mine, want in zip(("dq", "dk", "dv"), g, ref_grads):
+                            errs[f"{n_}_{name}"] = rel_err(to_torch(mine), want)
+                        if cfg.atomic_dq:
+                            g2 = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg,
+                                                             bfloat16=bf16)
+                            a, b = to_torch(g[0]).double(), to_torch(g2[0]).double()
+                            errs[f"dq_{name}_run_to_run"] = float((a - b).abs().max() / a.abs().max())
+                    gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
+                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                        o_f = F.scaled_dot_product_attention(gq, gk, gv, is_causal=causal)
+                        sg = torch.autograd.grad(o_f, (gq, gk, gv), sub[3])
+                    for n_, theirs, want in zip(("dq", "dk", "dv"), sg, ref_grads):
+                        errs[f"{n_}_sdpa_flash"] = rel_err(theirs, want)
+                    console.print("  errors vs float64: " + "  ".join(f"{k_} {v_:.2e}" for k_, v_ in errs.items()
+                                                                      if k_.startswith(("dq_", "dk_", "dv_"))))
                 rows.append(errs)
                 del q64, k64, v64, ref, ref_grads, o_s
                 torch.cuda.empty_cache()

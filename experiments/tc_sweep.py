@@ -8,6 +8,7 @@ several sweeps (one per head_dim, say) can compile in parallel and take turns on
 
     python experiments/tc_sweep.py --out experiments/results/tc_sweep
     python experiments/tc_sweep.py --head-dims 128 --configs 64,32,2,16 64,64,2,16,reread
+    python experiments/tc_sweep.py --dtype bfloat16 --head-dims 64 --configs 128,64,2,32
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling scripts,
 import numba_flash as nf  # noqa: E402
 from atomic_dq import _config  # noqa: E402 - TensorCoreConfig.parse as an argparse type
 from numba_flash import backend, launch, results  # noqa: E402
-from numba_flash.timing import attention_flops, exclusive, time_ms  # noqa: E402
+from numba_flash.timing import attention_flops, exclusive, shared, time_ms  # noqa: E402
 
 # TensorCoreConfig.parse strings, per head_dim
 CONFIGS = {64: ["64,64,2,16", "128,32,2,32", "128,32,2,32,reread", "128,64,2,16"],
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
                         help="TensorCoreConfigs: BM,BN,STAGES,ROWS_PER_WARP[,reread][,bK] ...")
     parser.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     parser.add_argument("--lock", default=None, help="a file to lock around each timing")
+    parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
     args = parser.parse_args(argv)
     if backend.BACKEND != backend.GPU:
         print("skipped: needs a CUDA GPU")
@@ -49,17 +51,24 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    bf16 = args.dtype == "bfloat16"
+    tdt = torch.bfloat16 if bf16 else torch.float16
+    to_torch = (lambda a: torch.from_dlpack(a.view("int16")).view(torch.bfloat16)) if bf16 else torch.from_dlpack
     rows = []
     for D in args.head_dims:
         H = 2048 // D
         N = args.seqlen
         B = 16384 // N
-        q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.float16) for _ in range(3))
-        cq, ck, cv = (cupy.from_dlpack(t) for t in (q, k, v))
+        with shared(args.lock):  # untimed GPU work never overlaps another process's timing
+            q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=tdt) for _ in range(3))
+        # bfloat16 goes to numba_flash as its bit patterns (CuPy has no bfloat16)
+        cq, ck, cv = ((cupy.from_dlpack(t.view(torch.int16)).view("uint16") if bf16 else cupy.from_dlpack(t))
+                      for t in (q, k, v))
         for causal in {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]:
             flops = attention_flops(B, H, N, N, D, causal, "forward")
-            with sdpa_kernel(SDPBackend.MATH):
+            with shared(args.lock), sdpa_kernel(SDPBackend.MATH):
                 want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+                torch.cuda.synchronize()
             base = {}
             for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
                 def run(be=be):
@@ -67,12 +76,15 @@ def main(argv=None) -> int:
                         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
                 with exclusive(args.lock):
                     base[name] = time_ms(run, warmup=5, repeat=30)["median_ms"]
-                base[name + "_err"] = float((run().float() - want).abs().max())
+                with shared(args.lock):
+                    base[name + "_err"] = float((run().float() - want).abs().max())
             for cfg in args.configs or [_config(c) for c in CONFIGS.get(D, CONFIGS[64])]:
-                row = {"D": D, "causal": causal, "B": B, "H": H, "N": N, "config": cfg.label()}
+                row = {"D": D, "dtype": args.dtype, "causal": causal, "B": B, "H": H, "N": N, "config": cfg.label()}
                 try:
-                    fn = lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=cfg)  # noqa: E731
-                    err = float((torch.from_dlpack(fn()).float() - want).abs().max())
+                    def fn(cfg=cfg, causal=causal):
+                        return nf.flash_attention(cq, ck, cv, causal=causal, config=cfg, bfloat16=bf16)
+                    with shared(args.lock):  # compiles, in parallel with other processes
+                        err = float((to_torch(fn()).float() - want).abs().max())
                     with exclusive(args.lock):
                         ms = time_ms(fn, warmup=5, repeat=30)["median_ms"]
                     row.update(ms=ms, tflops=flops / ms / 1e9, max_abs_err=err,
@@ -87,11 +99,11 @@ def main(argv=None) -> int:
                            cudnn_tflops=flops / base["sdpa_cudnn"] / 1e9)
                 rows.append(row)
                 print(row, flush=True)
-    cols = ["D", "causal", "config", "tflops", "vs_flash", "vs_cudnn", "max_abs_err", "registers", "blocks_per_sm",
-            "flash_tflops", "flash_err", "cudnn_tflops", "ms", "flash_ms"]
+    cols = ["D", "dtype", "causal", "config", "tflops", "vs_flash", "vs_cudnn", "max_abs_err", "registers",
+            "blocks_per_sm", "flash_tflops", "flash_err", "cudnn_tflops", "ms", "flash_ms"]
     table = results.markdown_table(rows, cols)
     print(table)
-    md = ("Tensor-core forward, float16, B*N = 16384 tokens, H*D = 2048, against SDPA on the same tensors "
+    md = (f"Tensor-core forward, {args.dtype}, B*N = 16384 tokens, H*D = 2048, against SDPA on the same tensors "
           "(CUDA events, median of 30). `vs_flash`/`vs_cudnn`: their time / ours (> 1: we are faster). "
           "Errors: max |out - SDPA MATH in float32|.\n\n" + table + "\n")
     results.save(args.out, "tc_sweep", {"rows": rows}, md, title="Tensor-core forward: block configurations")

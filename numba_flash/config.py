@@ -381,8 +381,10 @@ class TensorCoreConfig:
 
 def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward", elem: str = "f16") -> TensorCoreConfig:
     """The tensor-core config used when ``config=None`` on the GPU: the fastest one measured
-    (experiments/results/tc_sweep, reread-2026-11-24; H100, N = 4096, float16). At D = 64
-    (128, 32, 2, 32) ran 288 TFLOP/s against 257 with Q re-read and 254 for (64, 64, 2, 16). Above
+    (experiments/results/tc_sweep, reread-2026-11-24, session11-2026-11-25; N = 4096, float16). At D = 64
+    (128, 64, 2, 32): 310 TFLOP/s (causal 290) against 272 (249) for (128, 32, 2, 32) on an H200, once
+    the exponent's scale went into an FFMA and the masks and tile copies got cheaper; before those,
+    on the H100, (128, 32, 2, 32) ran 288 against 257 with Q re-read and 254 for (64, 64, 2, 16). Above
     64, (128, 32, 2, 32) with Q re-read per key tile (``reread_q``) ran 331 (causal 282) against 250
     (234) for the spill-free (64, 32, 2, 16) it replaced and 281 (255) for (64, 64, 2, 16): 32 rows
     per warp halve the shared-memory reads per mma, and only re-reading Q leaves them the registers
@@ -409,4 +411,4 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
         return TensorCoreConfig(128, 16, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16, min_blocks=3)
     if dropout:
         return TensorCoreConfig(64, 32, 2, 16) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16)
-    return TensorCoreConfig(128, 32, 2, 32) if head_dim <= 64 else TensorCoreConfig(128, 32, 2, 32, reread_q=True)
+    return TensorCoreConfig(128, 64, 2, 32) if head_dim <= 64 else TensorCoreConfig(128, 32, 2, 32, reread_q=True)

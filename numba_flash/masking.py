@@ -9,7 +9,9 @@ the band are skipped by :func:`key_span` / :func:`query_span` rather than masked
 
 from __future__ import annotations
 
-from numba import cuda
+import math
+
+from numba import cuda, float32, int32, uint32
 
 from . import backend
 
@@ -17,6 +19,7 @@ _INLINE = {} if backend.BACKEND == backend.SIMULATOR else {"forceinline": True}
 
 # Larger than any sequence length, small enough that i + diag +/- UNBOUNDED never overflows int64.
 UNBOUNDED = 1 << 40
+NEG_INF = float32(-math.inf)
 
 
 def band(causal: bool, window_size) -> tuple[int, int]:
@@ -71,3 +74,29 @@ def query_span(k_first, k_last, diag, left, right, n_q, block):
     if start >= end:
         return 0, 0
     return (start // block) * block, end
+
+
+@cuda.jit(device=True, **_INLINE)
+def band_columns(row, c0, diag, left, right, n_k, block):
+    """The keys ``c0 + c`` (``0 <= c < block``) that query ``row`` sees, as ``lo <= c < lo + width``
+    (int32, clamped to the tile): a masked tile then tests each element with one unsigned 32-bit
+    compare against its compile-time column offset (the tensor-core kernels' masked tiles),
+    where a per-element test does 64-bit arithmetic."""
+    lo = min(max(row + diag - left - c0, 0), block)
+    hi = min(min(row + diag + right, n_k - 1) - c0, block - 1)
+    return int32(lo), uint32(max(hi - lo + 1, 0))
+
+
+@cuda.jit(device=True, **_INLINE)
+def band_queries(key, r0, diag, left, right, n_k, block):
+    """:func:`band_columns` transposed (the backward's S^T): the queries ``r0 + c`` (``0 <= c < block``)
+    that see key ``key`` (none past the sequence's keys), as ``lo <= c < lo + width``."""
+    lo = min(max(key - diag - right - r0, 0), block)
+    hi = min(key - diag + left - r0, block - 1) if key < n_k else -1
+    return int32(lo), uint32(max(hi - lo + 1, 0))
+
+
+@cuda.jit(device=True, **_INLINE)
+def in_band(x, c, lo, width):
+    """x, or -inf where column offset ``c`` is outside ``[lo, lo + width)`` (:func:`band_columns`)."""
+    return x if uint32(c - lo) < width else NEG_INF

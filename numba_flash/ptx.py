@@ -162,6 +162,16 @@ def cp_async16(typingctx, smem_addr, gmem_addr, src_bytes):
 
 
 @intrinsic
+def cp_async16_whole(typingctx, smem_addr, gmem_addr):
+    """:func:`cp_async16` of 16 bytes that all exist: no source-size operand, so no predicate or select
+    per copy (the copier's path for tiles that lie inside the sequence)."""
+    if not _is((smem_addr, gmem_addr), [_U32, _U64]):
+        return None
+    return _asm(types.void, [_U32, _U64], "cp.async.cg.shared.global [$0], [$1], 16;", "r,l", side_effect=True,
+                actual=(smem_addr, gmem_addr))
+
+
+@intrinsic
 def cp_async4(typingctx, smem_addr, gmem_addr, src_bytes):
     """As :func:`cp_async16` for one 4-byte word (``cp.async.ca``; ``src_bytes`` 0 or 4): per-row
     float32 values (lse, delta) land in shared memory with the tiles they belong to."""

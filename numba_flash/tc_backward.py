@@ -45,7 +45,7 @@ from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TC_ELEMS, TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes
-from .masking import key_span, query_span, sequence_bounds
+from .masking import band_columns, band_queries, in_band, key_span, query_span, sequence_bounds
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, ld_shared_f32,
                   ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
                   red_add_f32x2, shared_address, split_tf32, st_global_f32x2, st_global_u32, st_shared_u32)
@@ -190,6 +190,12 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     # K, V fragments: all k-steps' (16-bit, head_dim <= 64), else one k-step's (TF32: big and small parts)
     F_REGS = KSTEPS * 4 if KV_REGS else 8
     ROWS_BYTES = 2 * BLOCK_M * 4  # lse, delta of one query tile (float32)
+    ROW_COPIES = -(-BLOCK_M // NUM_THREADS)  # their 4-byte copies per thread
+    # 16-bit: the next query tile by counters and lse/delta copies in a constant count, which took the
+    # head_dim-64 default's loop from 1503 to 908 instructions (with the band bounds). float32 keeps the
+    # division and the range from tid: with the two changes its head_dim-128 kernel spilled 120 bytes
+    # (with either alone 144-320; with neither none).
+    COUNTERS = not TF32
     KV_BYTES = BLOCK_N * ROW_B
     TILE_BYTES = BLOCK_M * ROW_B
     SK = STAGES * ROWS_BYTES  # byte offsets in shared memory: rows | K | V | Q stages | dO stages
@@ -215,6 +221,14 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         raise ValueError("atomic_dq: the float32 (3xTF32) backward has no atomic dQ")
 
     @cuda.jit(device=True, inline=True)
+    def fetch_row(dst, l_src, d_src, lse, delta, i, rows_left):
+        """cp.async query row ``i``'s lse and delta (zeros past ``rows_left``)."""
+        ok = i < rows_left
+        cp_async4(dst + uint32(4 * i), l_src + uint64(i * lse.strides[2]) if ok else l_src, uint32(4 if ok else 0))
+        cp_async4(dst + uint32(4 * (BLOCK_M + i)), d_src + uint64(i * delta.strides[2]) if ok else d_src,
+                  uint32(4 if ok else 0))
+
+    @cuda.jit(device=True, inline=True)
     def fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid):
         """cp.async query tile ``row0..`` of head ``h``: Q, dO and their lse, delta, into ``stage``."""
         sQ = s_base + uint32(SQ + stage * TILE_BYTES)
@@ -224,12 +238,15 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         l_src = row_address(lse, ab, h, row0)
         d_src = row_address(delta, ab, h, row0)
         dst = s_base + uint32(stage * ROWS_BYTES)
-        for i in range(tid, BLOCK_M, NUM_THREADS):
-            ok = i < rows_left
-            cp_async4(dst + uint32(4 * i), l_src + uint64(i * lse.strides[2]) if ok else l_src,
-                      uint32(4 if ok else 0))
-            cp_async4(dst + uint32(4 * (BLOCK_M + i)), d_src + uint64(i * delta.strides[2]) if ok else d_src,
-                      uint32(4 if ok else 0))
+        if COUNTERS:  # a constant count (a range from tid cost ~100 instructions per tile)
+            for j in range(ROW_COPIES):
+                i = tid + j * NUM_THREADS
+                if i >= BLOCK_M:
+                    break
+                fetch_row(dst, l_src, d_src, lse, delta, i, rows_left)
+        else:
+            for i in range(tid, BLOCK_M, NUM_THREADS):
+                fetch_row(dst, l_src, d_src, lse, delta, i, rows_left)
 
     def kernel(q, k, v, dout, lse, delta, dk, dv, dq_acc, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
                threshold, drop_scale):
@@ -283,15 +300,22 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         f_lane = 2 * t * ROW_B + 4 * g
         ds_lane = ((lane % 8) + 8 * (lane // 16)) * DS_ROW + 16 * ((lane // 8) % 2)  # dS^T read as dS's A
 
+        h = hk * group  # query head and first row of this tile
+        m0 = m_start
         for it in range(total):
-            h = hk * group + it // m_tiles
-            m0 = m_start + (it % m_tiles) * BLOCK_M
+            # The next tile's: this head's query tiles in turn, then the next head's (counters, not a
+            # 64-bit division and remainder by m_tiles per tile).
+            if COUNTERS:
+                nxt_h, nxt = (h, m0 + BLOCK_M) if m0 + BLOCK_M < m_end else (h + 1, m_start)
+            else:
+                h = hk * group + it // m_tiles
+                m0 = m_start + (it % m_tiles) * BLOCK_M
+                nxt = m_start + ((it + 1) % m_tiles) * BLOCK_M
+                nxt_h = hk * group + (it + 1) // m_tiles
             stage = it % STAGES if STAGES > 1 else 0
             if STAGES > 1:
                 if it + 1 < total:
-                    nxt = m_start + ((it + 1) % m_tiles) * BLOCK_M
-                    fetch(s_base, 1 - stage, q, dout, lse, delta, ab, hk * group + (it + 1) // m_tiles,
-                          q_off + nxt, n_q - nxt, tid)
+                    fetch(s_base, 1 - stage, q, dout, lse, delta, ab, nxt_h, q_off + nxt, n_q - nxt, tid)
                 cp_async_commit()
                 cp_async_wait_one()
             else:
@@ -356,13 +380,17 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7] = mma(
                             v0, v1, v2, v3, b2, b3, dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7])
 
-            # P^T = exp2(S^T scale log2(e) - lse log2(e)); masks only on tiles that cross the band.
-            for i in static_range(S_REGS):
-                st[i] *= qk_scale
+            # P^T = exp2(S^T scale log2(e) - lse log2(e)), one FFMA and one ex2 per score; masks only on
+            # tiles that cross the band.
             rel_lo = n0 - (m0 + BLOCK_M - 1) - diag
             rel_hi = n0 + BLOCK_N - 1 - m0 - diag
-            if n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right:
-                for j in static_range(NT):
+            if n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right:  # per key row, as the forward
+                for hr in static_range(0 if TF32 else 2):
+                    lo, width = band_queries(wkey + g + 8 * hr, m0 + 2 * t, diag, left, right, n_k, BLOCK_M)
+                    for j in static_range(NT):
+                        for c in static_range(2):
+                            st[4 * j + 2 * hr + c] = in_band(st[4 * j + 2 * hr + c], 8 * j + c, lo, width)
+                for j in static_range(NT if TF32 else 0):
                     for e in static_range(4):
                         st[4 * j + e] = masked(st[4 * j + e], wkey + g + 8 * (e // 2), m0 + 8 * j + 2 * t + (e % 2),
                                                diag, left, right, n_k)
@@ -373,7 +401,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     dl = ld_shared_f32(s_rows + uint32(4 * (BLOCK_M + col)))
                     for r in static_range(2):
                         e = 4 * j + 2 * r + c
-                        p = ex2(st[e] - l2)
+                        p = ex2(cuda.fma(st[e], qk_scale, -l2))
                         dp = dpt[e]
                         if DROPOUT:
                             z = keep_scale(seed_lo, seed_hi, b, h, m0 + col, wkey + g + 8 * r, threshold, drop_scale)
@@ -482,6 +510,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                             if col + 8 < D:  # the pair's second n-tile may be row padding (D % 16 = 8)
                                 red_add_f32x2(at + uint64(32), acc[8 * i + 4 + 2 * r], acc[8 * i + 5 + 2 * r])
             cuda.syncthreads()  # every warp is done with this stage before a copy overwrites it
+            if COUNTERS:
+                h, m0 = nxt_h, nxt
 
         cp_async_wait_all()  # nothing in flight at exit (no query tile at all: K, V only)
 
@@ -671,20 +701,23 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                             dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b2, b3, dpacc[j + 4], dpacc[j + 5],
                             dpacc[j + 6], dpacc[j + 7])
 
-            for i in static_range(S_REGS):
-                sacc[i] *= qk_scale
             rel_lo = n0 - (m0 + BLOCK_M - 1) - diag
             rel_hi = n0 + BLOCK_N - 1 - m0 - diag
-            if n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right:
-                for j in static_range(NT):
+            if n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right:  # per row, as the forward
+                for hr in static_range(0 if TF32 else 2):
+                    lo, width = band_columns(row0 + 8 * hr, n0 + 2 * t, diag, left, right, n_k, BLOCK_N)
+                    for j in static_range(NT):
+                        for c in static_range(2):
+                            sacc[4 * j + 2 * hr + c] = in_band(sacc[4 * j + 2 * hr + c], 8 * j + c, lo, width)
+                for j in static_range(NT if TF32 else 0):
                     for e in static_range(4):
                         sacc[4 * j + e] = masked(sacc[4 * j + e], n0 + 8 * j + 2 * t + (e % 2), row0 + 8 * (e // 2),
                                                  diag, left, right, n_k)
-            # dS = P (Z dP - delta), P = exp2(S - lse) (lse, delta: this lane's rows g, g + 8)
+            # dS = P (Z dP - delta), P = exp2(S scale log2(e) - lse log2(e)) (lse, delta: this lane's rows g, g + 8)
             for j in static_range(NT):
                 for e in static_range(4):
                     i = 4 * j + e
-                    p = ex2(sacc[i] - (l2_0 if e < 2 else l2_1))
+                    p = ex2(cuda.fma(sacc[i], qk_scale, -(l2_0 if e < 2 else l2_1)))
                     dp = dpacc[i]
                     if DROPOUT:
                         dp *= keep_scale(seed_lo, seed_hi, b, h, row0 + 8 * (e // 2), n0 + 8 * j + 2 * t + (e % 2),

@@ -13,8 +13,9 @@ way FlashAttention-2 lays it out on the tensor cores:
   against bank conflicts; ``mma.sync.m16n8k16`` multiplies with fp32 accumulation.
 * The C fragment of S (rows g, g+8; columns 2t, 2t+1 of each 8-key tile) is exactly the A fragment
   P needs for P V once rounded to 16 bits: P never leaves registers.
-* The softmax runs in base 2 (``ex2.approx``) on scores pre-multiplied by ``scale * log2(e)``;
-  masks (sequence end, causal/window band) are applied only to tiles that cross them.
+* The softmax runs in base 2 (``ex2.approx``): ``2^(s * scale * log2(e) - m)`` is one FFMA and one
+  ex2 per score, the row max taken on the unscaled scores; masks (sequence end, causal/window band)
+  are applied only to tiles that cross them.
 * Row max and sum are reduced across the 4 lanes of a quad with ``shfl.xor``; ``l_i`` is summed
   per lane and reduced once at the end.
 
@@ -32,12 +33,12 @@ from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TC_ELEMS, TensorCoreConfig, tc_row_bytes
-from .masking import key_span, sequence_bounds
+from .masking import band_columns, in_band, key_span, sequence_bounds
 from .philox import dropout_keep
 from .unroll import static_range, unrolled
-from .ptx import (cp_async16, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, global_address,
-                  ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_1688_tf32, mma_16816_bf16, mma_16816_f16,
-                  pack_bf16x2, pack_f16x2, shared_address, split_tf32, st_global_f32x2, st_global_u32)
+from .ptx import (cp_async16, cp_async16_whole, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2,
+                  global_address, ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_1688_tf32, mma_16816_bf16,
+                  mma_16816_f16, pack_bf16x2, pack_f16x2, shared_address, split_tf32, st_global_f32x2, st_global_u32)
 
 NEG_INF = float32(-math.inf)
 LOG2E = 1.4426950408889634
@@ -61,6 +62,9 @@ def tile_copier(head_dim: int, num_threads: int, elem: str = "f16"):
     CHUNKS = (ROW_B - 16) // 16  # 16-byte chunks per shared row (the padding's last 16 bytes not written)
     D_CHUNKS = head_dim * (4 if elem == "tf32" else 2) // 16  # 16-byte chunks per global row
     ROW_STEP = num_threads // CHUNKS
+    # float32 keeps one path: with the whole-tile one its head_dim-128 forward default spilled 136
+    # bytes instead of 104 (the register allocator; session 11).
+    WHOLE_PATH = elem != "tf32"
 
     @cuda.jit(device=True, inline=True)
     def load_tile(smem, src, row_stride, rows_left, rows, iters, tid):
@@ -69,13 +73,23 @@ def tile_copier(head_dim: int, num_threads: int, elem: str = "f16"):
         dst = smem + uint32(r * ROW_B + c * 16)
         at = src + uint64(r) * uint64(row_stride) + uint64(c * 16)
         step = uint64(ROW_STEP) * uint64(row_stride)
-        for _ in range(iters):
-            if r < rows:
-                ok = r < rows_left and c < D_CHUNKS
-                cp_async16(dst, at if ok else src, uint32(16 if ok else 0))
-            r += ROW_STEP
-            dst += uint32(ROW_STEP * ROW_B)
-            at += step
+        if WHOLE_PATH and rows_left >= rows and c < D_CHUNKS:
+            # The whole tile lies inside the sequence (every tile but a ragged last one): plain copies,
+            # no per-copy bounds test and zero-fill select (measured ~9 instructions per copy with them).
+            for _ in range(iters):
+                if r < rows:
+                    cp_async16_whole(dst, at)
+                r += ROW_STEP
+                dst += uint32(ROW_STEP * ROW_B)
+                at += step
+        else:
+            for _ in range(iters):
+                if r < rows:
+                    ok = r < rows_left and c < D_CHUNKS
+                    cp_async16(dst, at if ok else src, uint32(16 if ok else 0))
+                r += ROW_STEP
+                dst += uint32(ROW_STEP * ROW_B)
+                at += step
 
     return load_tile, (lambda rows: -(-rows // ROW_STEP))
 
@@ -346,15 +360,26 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b2, b3,
                                 sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
 
-            # Scale into base 2; mask only tiles that cross the sequence end or the band's edges.
+            # Mask only tiles that cross the sequence end or the band's edges: per row, the band's
+            # columns once, then each element against its compile-time column offset 8 j + e.
             # (Per-element work sits in device functions: one call is one statement for Numba's
-            # passes, whose time grows with the unrolled body's branches.)
-            for i in static_range(S_REGS):
-                sacc[i] *= qk_scale
+            # passes, whose time grows with the unrolled body's branches.) The float32 kernel keeps
+            # the per-element test of the portable kernels: with the per-row bounds its head_dim-64
+            # default went from 178 registers to 255 and a 12-byte spill (the 16-bit one from 255 to
+            # 220). The scores stay unscaled: scale * log2(e) is applied inside the exponent, one
+            # FFMA per element.
             rel_lo = n0 - (m0 + BLOCK_M - 1) - diag
             rel_hi = n0 + BLOCK_N - 1 - m0 - diag
             if n0 + BLOCK_N > n_k or rel_lo < -left or rel_hi > right:
-                for mt in static_range(WM):
+                for mt in static_range(0 if TF32 else WM):
+                    for hr in static_range(2):
+                        lo, width = band_columns(wrow + mt * 16 + g + 8 * hr, n0 + 2 * t, diag, left, right,
+                                                 n_k, BLOCK_N)
+                        for j in static_range(NT):
+                            for e in static_range(2):
+                                sacc[mt * S_TILE + 4 * j + 2 * hr + e] = in_band(
+                                    sacc[mt * S_TILE + 4 * j + 2 * hr + e], 8 * j + e, lo, width)
+                for mt in static_range(WM if TF32 else 0):
                     for j in static_range(NT):
                         for e in static_range(4):
                             sacc[mt * S_TILE + 4 * j + e] = masked(
@@ -372,8 +397,9 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                 mx0 = max(mx0, cuda.shfl_xor_sync(0xFFFFFFFF, mx0, 2))
                 mx1 = max(mx1, cuda.shfl_xor_sync(0xFFFFFFFF, mx1, 1))
                 mx1 = max(mx1, cuda.shfl_xor_sync(0xFFFFFFFF, mx1, 2))
-                mn0 = max(m_i[2 * mt], mx0)
-                mn1 = max(m_i[2 * mt + 1], mx1)
+                # m_i is in base-2 units: the max of the unscaled scores, scaled (scale > 0 keeps it the max).
+                mn0 = max(m_i[2 * mt], mx0 * qk_scale)
+                mn1 = max(m_i[2 * mt + 1], mx1 * qk_scale)
                 # A row with no visible key yet exponentiates against 0: P = 2^-inf = 0, not NaN.
                 ref0 = mn0 if mn0 != NEG_INF else float32(0.0)
                 ref1 = mn1 if mn1 != NEG_INF else float32(0.0)
@@ -385,10 +411,10 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                 sum1 = float32(0.0)
                 for j in static_range(NT):
                     s0 = mt * S_TILE + 4 * j
-                    p0 = ex2(sacc[s0] - ref0)
-                    p1 = ex2(sacc[s0 + 1] - ref0)
-                    p2 = ex2(sacc[s0 + 2] - ref1)
-                    p3 = ex2(sacc[s0 + 3] - ref1)
+                    p0 = ex2(cuda.fma(sacc[s0], qk_scale, -ref0))
+                    p1 = ex2(cuda.fma(sacc[s0 + 1], qk_scale, -ref0))
+                    p2 = ex2(cuda.fma(sacc[s0 + 2], qk_scale, -ref1))
+                    p3 = ex2(cuda.fma(sacc[s0 + 3], qk_scale, -ref1))
                     sum0 += p0 + p1
                     sum1 += p2 + p3
                     if DROPOUT:  # l_i sums the undropped P; P V sees the dropped, rescaled one
@@ -403,6 +429,11 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     sacc[s0 + 3] = p3
                 l_i[2 * mt] = l_i[2 * mt] * alpha0 + sum0
                 l_i[2 * mt + 1] = l_i[2 * mt + 1] * alpha1 + sum1
+                # Every tile rescales O, where most rows' max has not moved (alpha = 1). Skipping the
+                # rescale when no row of the warp moved (a vote and a uniform branch) was measured
+                # slower: 249 against 272 TFLOP/s at (128, 32, 2, 32), 301 against 310 at (128, 64, 2, 32)
+                # (H200, D = 64, experiments/results/session11-2026-11-25): the branch splits the
+                # softmax into blocks the compiler schedules separately.
                 for j in static_range(DT):
                     o0 = mt * O_TILE + 4 * j
                     oacc[o0] *= alpha0

@@ -41,6 +41,34 @@ def test_time_interleaved_rotates_the_order_and_reports_the_spread(monkeypatch):
         timing.time_interleaved(fns, rounds=0)
 
 
+def test_shared_lock_admits_shared_holders_and_keeps_timings_out(tmp_path):
+    """timing.shared: any number of holders at once, none while a timing holds timing.exclusive, and
+    an exclusive lock waits for every shared one. (flock treats each open file as its own holder, so
+    one process stands in for several.)"""
+    import fcntl
+
+    from numba_flash import timing
+
+    path = str(tmp_path / "lock")
+
+    def can(kind):
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, kind | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+
+    with timing.shared(path):
+        assert can(fcntl.LOCK_SH) and not can(fcntl.LOCK_EX)
+    with timing.exclusive(path):
+        assert not can(fcntl.LOCK_SH) and not can(fcntl.LOCK_EX)
+    assert can(fcntl.LOCK_EX)
+    with timing.shared(None), timing.exclusive(None):  # no lock file: no-ops
+        pass
+
+
 def test_standard_sweep_shapes():
     shapes = bench.standard_shapes()
     assert len(shapes) == 12

@@ -42,6 +42,31 @@ def test_in_one_process_stops_at_the_first_failure(tmp_path, monkeypatch):
     assert log.read_text().split() == ["failing"]
 
 
+def test_with_package_runs_a_script_against_another_copy_of_the_package(tmp_path):
+    """experiments/with_package.py PARENT SCRIPT ARGS: PARENT's numba_flash is the one imported, the
+    script runs as __main__ with its own argv and can import its sibling scripts; a PARENT without a
+    numba_flash folder is refused by name."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "experiments" / "with_package.py"
+    (tmp_path / "other" / "numba_flash").mkdir(parents=True)
+    (tmp_path / "other" / "numba_flash" / "__init__.py").write_text("VERSION = 'other copy'\n")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "sibling.py").write_text("WORD = 'sibling'\n")
+    (tmp_path / "scripts" / "probe.py").write_text(
+        "import sys\nimport numba_flash, sibling\n"
+        "if __name__ == '__main__':\n    print(numba_flash.VERSION, sibling.WORD, *sys.argv[1:])\n")
+    run = subprocess.run([sys.executable, str(tool), str(tmp_path / "other"), str(tmp_path / "scripts" / "probe.py"),
+                          "--x", "1"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "other copy sibling --x 1"
+    bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "scripts"), str(tmp_path / "scripts" / "probe.py")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "PACKAGE_PARENT" in bad.stderr
+
+
 def test_tune_parallel_tunes_each_problem_into_its_own_folder(tmp_path):
     tp = load_experiment("tune_parallel")
     rc = tp.main(["--out", str(tmp_path), "--smoke --repeat 1", "--smoke --pass backward --repeat 1"])

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import numba_flash as nf
 from numba_flash import BlockConfig, masking, reference as ref
@@ -276,6 +276,27 @@ def test_tile_spans_are_tight(first, count, diag, left, right, n_k, n_q, block):
         assert start == queries[0] // block * block and end == queries[-1] + 1
     else:
         assert start >= end
+
+
+@settings(max_examples=500)  # pure Python: the simulator profile's 4 examples are for kernel launches
+@example(row=10, c0=0, diag=0, left=-1, right=-1, n_k=20, block=32, causal=False)  # sequence end in the tile
+@example(row=40, c0=32, diag=-3, left=5, right=-1, n_k=90, block=16, causal=True)  # both band edges
+@given(row=st.integers(0, 80), c0=st.integers(0, 80), diag=st.integers(-40, 40), left=st.integers(-1, 50),
+       right=st.integers(-1, 50), n_k=st.integers(1, 90), block=st.sampled_from([16, 32, 64]), causal=st.booleans())
+def test_band_bounds_per_row_match_the_band(row, c0, diag, left, right, n_k, block, causal):
+    """band_columns / band_queries (the tensor-core kernels' masked tiles: one bound pair per lane row,
+    then a compare per element): for every column offset c of the tile, lo <= c < lo + width exactly
+    when the (query, key) pair is inside the band and the key inside the sequence."""
+    lo_, hi_ = masking.band(causal, (left, right))
+    lo, width = masking.band_columns.py_func(row, c0, diag, lo_, hi_, n_k, block)
+    for c in range(block):
+        want = c0 + c < n_k and -lo_ <= c0 + c - row - diag <= hi_
+        assert (lo <= c < lo + width) == want, (c, lo, width)
+    key = row  # the same draws, transposed: key ``key`` against queries c0 + c
+    lo, width = masking.band_queries.py_func(key, c0, diag, lo_, hi_, n_k, block)
+    for c in range(block):
+        want = key < n_k and -lo_ <= key - (c0 + c) - diag <= hi_
+        assert (lo <= c < lo + width) == want, (c, lo, width)
 
 
 # ---- GQA ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from numba_flash.philox import reference_keep_mask
 
 # The defaults (plain and with varlen + dropout) and the smallest config, at three head dims. (The
 # head_dim-128 default, (128, 32, 2, 32, reread_q), is compiled on its own: it spills a little.)
-_CASES = [(TensorCoreConfig(128, 32, 2, 32), 64, False, False), (TensorCoreConfig(128, 32, 2, 32, reread_q=True), 96, False, False),
+_CASES = [(TensorCoreConfig(128, 64, 2, 32), 64, False, False), (TensorCoreConfig(128, 32, 2, 32, reread_q=True), 96, False, False),
           (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True),
           (TensorCoreConfig(16, 16, 1), 128, True, True)]
 # The backward's defaults (plain and with varlen + dropout) and the smallest config.
@@ -69,7 +69,11 @@ def _compile(cases, max_stack=0, max_spill=0, bounds=None):
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_tensor_core_forward_compiles_to_mma_without_spills():
     cases = [("forward", *case, "f16") for case in _CASES] + [("forward", _CASES[0][0], 64, False, False, "bf16")]
-    reports = _compile(cases)
+    # The head_dim-64 default, (128, 64, 2, 32), spills 32 bytes (24 of stack) with CI's wheels, f16 and
+    # bf16: bounded. It was measured the fastest all the same (310 TFLOP/s against 272 for the spill-free
+    # (128, 32, 2, 32); README, caveats).
+    assert _CASES[0][0] == default_tc_config(64)
+    reports = _compile(cases, bounds={0: (32, 32), len(cases) - 1: (32, 32)})
     for (_, cfg, d, _, _, elem), r in zip(cases, reports):
         assert any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
         ksteps, dt, nt, wm = -(-d // 16), d // 8, cfg.block_n // 8, cfg.rows_per_warp // 16
@@ -150,14 +154,15 @@ def test_tensor_core_backward_compiles_to_mma_without_spills():
     cases = [(kernel, *case, "f16") for case in _BACKWARD_CASES for kernel in ("dq", "dkdv")]
     cases += [(kernel, _BACKWARD_CASES[0][0], 64, False, False, "bf16") for kernel in ("dq", "dkdv")]
     # The head_dim-64 default's dQ kernel is compiled for 3 blocks per SM (min_blocks): at most 168
-    # registers (checked in _compile), for which it spills 12 bytes with CI's wheels (8 on the GPU
-    # image): bounded. Without the bound the same kernel takes more, with the same instructions.
+    # registers (checked in _compile), a spill of at most 16 bytes allowed (12 with CI's wheels in
+    # session 10, none since session 11's cheaper masks and copies). Without the bound the same kernel
+    # takes at least as many (184-197 in session 10; 168 with CI's wheels since), same instructions.
     assert _BACKWARD_CASES[0][0] == default_tc_config(64, pass_="backward")
     free = TensorCoreConfig(64, 64, 2, 16, reread_q=True)
     cases += [("dq", free, 64, False, False, "f16")]
     reports = _compile(cases, bounds={i: (16, 16) for i, c in enumerate(cases) if c[1].launch_bounds(c[0])})
     bound, unbound = reports[0], reports[-1]
-    assert bound["registers"] <= 168 < unbound["registers"], (bound, unbound)  # measured 168 against 184-197
+    assert bound["registers"] <= 168 and bound["registers"] <= unbound["registers"], (bound, unbound)
     assert (bound["mma"], bound["ldmatrix"]) == (unbound["mma"], unbound["ldmatrix"]), (bound, unbound)
     for (kernel, cfg, d, _, _, elem), r in zip(cases, reports):
         assert any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
@@ -327,8 +332,9 @@ def test_tensor_core_errors(rng):
 def test_launch_bound_puts_three_dq_blocks_on_an_sm(rng):
     """min_blocks=3 (the head_dim-64 backward default): the driver's occupancy calculator
     (launch.occupancy) gives its dQ kernel 3 blocks per SM at <= 168 registers, the same kernel
-    without the bound 2, the dK/dV kernel (which ignores the bound) 2; the two dQ kernels' results
-    differ by at most one float16 rounding (the bound changes register allocation, not arithmetic)."""
+    without the bound what its registers allow, the dK/dV kernel (which ignores the bound) 2; the two
+    dQ kernels' results differ by at most one float16 rounding (the bound changes register allocation,
+    not arithmetic)."""
     from numba_flash import launch
 
     cfg = default_tc_config(64, pass_="backward")
@@ -341,7 +347,8 @@ def test_launch_bound_puts_three_dq_blocks_on_an_sm(rng):
     occ = {(r["kernel"], r["config"]): r for r in launch.occupancy()}
     bound, unbound = occ[("tc_dq", cfg.label())], occ[("tc_dq", free.label())]
     assert bound["blocks_per_sm"] == 3 and bound["registers"] <= 168 and bound["warps_per_sm"] == 12, bound
-    assert unbound["blocks_per_sm"] == 2 and unbound["registers"] > 168, unbound
+    # Unbound, the compiler picks (session 10: 184-197 registers, 2 blocks; fewer since session 11).
+    assert unbound["blocks_per_sm"] == (3 if unbound["registers"] <= 168 else 2), unbound
     assert occ[("tc_dkdv", cfg.label())]["blocks_per_sm"] == 2
     diff = np.abs(dq_bound.astype(np.float64) - dq_free).max()
     assert np.isfinite(dq_bound).all() and diff <= 2.0 ** -10 * np.abs(dq_free).max(), diff
