@@ -19,7 +19,7 @@ from .backward import delta_kernel, dkdv_kernel, dq_kernel
 from .config import BlockConfig, TensorCoreConfig, check_head_dim, default_config, default_tc_config, tc_elem
 from .forward import forward_kernel
 from .launch import _pointer
-from .masking import band
+from .masking import UNBOUNDED, band
 from .philox import dropout_kernel_args, keep_threshold, validate_dropout_p, validate_seed
 from .plan import Plan, PlanCache, _same
 
@@ -201,7 +201,7 @@ def _tc_problem(arrays) -> str | None:
     return None
 
 
-def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False):
+def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False, unmasked=False):
     """The config of ``pass_``: a TensorCoreConfig (GPU, layout fits; float16, bfloat16, and float32
     as 3xTF32) or a BlockConfig (portable).
 
@@ -209,7 +209,7 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
     TensorCoreConfig :mod:`numba_flash.tune` stored for this problem (float16's entry serves
     bfloat16 too: same kernels, same instruction shapes; float32 has its own), else (and always
     with dropout: tuned configs are timed without it, and its random numbers need registers)
-    ``default_tc_config``. Elsewhere the tuned BlockConfig, else ``default_config``. A
+    ``default_tc_config`` (``unmasked``: no band and no varlen, see there). Elsewhere the tuned BlockConfig, else ``default_config``. A
     TensorCoreConfig or a BlockConfig forces that kernel (an error, saying why, if the tensor-core
     one cannot run).
     """
@@ -223,7 +223,7 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False)
                            kind="tensor_core")
             if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_, elem):
                 return tuned
-        return default_tc_config(head_dim, dropout, pass_, elem)
+        return default_tc_config(head_dim, dropout, pass_, elem, unmasked)
 
     if np.dtype(dtype) == _BF16_BITS:  # bfloat16: the tensor-core kernels are the only ones
         if config is not None and not isinstance(config, TensorCoreConfig):
@@ -306,6 +306,11 @@ def _options(causal, window_size, dropout_p, seed):
     p, seed = _check_dropout(dropout_p, seed)
     # int64 explicitly: the simulator's NumPy would keep int32 offsets + UNBOUNDED in int32 and overflow.
     return p, seed, (np.int64(left), np.int64(right))
+
+
+def _unmasked(opts) -> bool:
+    """Whether the band of checked ``opts`` (:func:`_options`) leaves every key visible to every query."""
+    return all(bound >= UNBOUNDED for bound in opts[2])
 
 
 def _seed_words(p: float, seed) -> tuple:
@@ -529,7 +534,7 @@ def _forward(key, q, k, v, causal, softmax_scale, window_size, dropout_p, seed, 
     opts = _options(causal, window_size, dropout_p, seed)
     scale = _check_scale(softmax_scale, D)
     cfg = _pick(config, "forward", D, q.dtype, bool(causal), max(n_q, n_k), (("q", q), ("k", k), ("v", v)),
-                opts[0] > 0.0)
+                opts[0] > 0.0, unmasked=_unmasked(opts))
     plan = _forward_plan((q, k, v), B, n_q, False, group, scale, cfg, opts, (B, H, n_q), _same)
     return _keep(key, plan, config, cfg), (q, k, v)
 

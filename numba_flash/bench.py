@@ -150,8 +150,8 @@ def _numba_flash_configs(shape: Shape, dtype, causal: bool, pass_: str) -> dict 
 
     kernels = ("forward",) if pass_ == "forward" else ("forward", "backward")
     try:
-        return {k: str(api._pick(None, k, shape.head_dim, array_dtype(dtype), causal, shape.seqlen, ()))
-                for k in kernels}
+        return {k: str(api._pick(None, k, shape.head_dim, array_dtype(dtype), causal, shape.seqlen, (),
+                                 unmasked=not causal)) for k in kernels}
     except Exception:  # noqa: BLE001 - informational only; the API's private signature may change
         return None
 

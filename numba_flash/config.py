@@ -379,7 +379,8 @@ class TensorCoreConfig:
         return self
 
 
-def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward", elem: str = "f16") -> TensorCoreConfig:
+def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward", elem: str = "f16",
+                      unmasked: bool = False) -> TensorCoreConfig:
     """The tensor-core config used when ``config=None`` on the GPU: the fastest one measured
     (experiments/results/tc_sweep, reread-2026-11-24, session11-2026-11-25; N = 4096, float16). At D = 64
     (128, 64, 2, 32): 310 TFLOP/s (causal 290) against 272 (249) for (128, 32, 2, 32) on an H200, once
@@ -388,8 +389,13 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
     64, (128, 32, 2, 32) with Q re-read per key tile (``reread_q``) ran 331 (causal 282) against 250
     (234) for the spill-free (64, 32, 2, 16) it replaced and 281 (255) for (64, 64, 2, 16): 32 rows
     per warp halve the shared-memory reads per mma, and only re-reading Q leaves them the registers
-    (it spills 20 bytes; with Q held, 304). Dropout's Philox rounds need registers: 16 rows per
-    warp, smaller tiles.
+    (it spills 20 bytes; with Q held, 304). ``unmasked`` (every query sees every key: no causal or
+    window band, no varlen) takes one block of 8 warps per SM there, (256, 64, 2, 32, reread): 341
+    against 321 TFLOP/s fp16 (0.99x against 0.93x of SDPA flash), 338 against 328 bf16, on the H100
+    in session 12 (experiments/results/session12-2026-11-25): K and V tiles twice as long, shared by
+    twice the warps. Under a causal band it ran slower (269 against 280): larger diagonal tiles and
+    coarser blocks, so masked problems keep (128, 32, 2, 32). Dropout's Philox rounds need registers:
+    16 rows per warp, smaller tiles.
     Backward (both kernels): 64 owned rows; streamed tiles of 64 at head_dim <= 64, else 32 (the dK
     and dV accumulators take 128 registers at head_dim 128), halved with dropout. At head_dim <= 64
     without dropout the dQ kernel re-reads Q and dO and is compiled for 3 blocks per SM
@@ -411,4 +417,6 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
         return TensorCoreConfig(128, 16, 2, 32) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16, min_blocks=3)
     if dropout:
         return TensorCoreConfig(64, 32, 2, 16) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16)
-    return TensorCoreConfig(128, 64, 2, 32) if head_dim <= 64 else TensorCoreConfig(128, 32, 2, 32, reread_q=True)
+    if head_dim <= 64:
+        return TensorCoreConfig(128, 64, 2, 32)
+    return TensorCoreConfig(256 if unmasked else 128, 64 if unmasked else 32, 2, 32, reread_q=True)

@@ -93,14 +93,21 @@ def test_reread_q_frees_registers_for_the_head_dim_128_forward_default():
     assert default == TensorCoreConfig(128, 32, 2, 32, reread_q=True)
     cases = [(k, c, 128, False, False, "f16") for k in ("forward", "dq") for c in (held, reread)]
     cases += [("forward", default, 128, False, False, elem) for elem in ("f16", "bf16")]
-    reports = _compile(cases, max_stack=32, max_spill=32)  # one batch: the compiles overlap
+    # The unmasked default, one block of 8 warps with 64-key tiles: 80 bytes of spill with CI's wheels
+    # (addresses in the tile copies), bounded; measured the fastest without a band (config.default_tc_config).
+    wide = default_tc_config(128, unmasked=True)
+    assert wide == TensorCoreConfig(256, 64, 2, 32, reread_q=True)
+    cases += [("forward", wide, 128, False, False, elem) for elem in ("f16", "bf16")]
+    reports = _compile(cases, max_stack=32, max_spill=32, bounds={6: (80, 80), 7: (80, 80)})  # one batch
     for i in (0, 2):
         a, b = reports[i], reports[i + 1]
         assert a["spill_stores"] == b["spill_stores"] == 0 and a["stack"] == b["stack"] == 0, (a, b)
         assert a["mma"] == b["mma"] and a["ldmatrix"] == b["ldmatrix"], (a, b)
         assert b["registers"] <= a["registers"] - 24, (a, b)  # measured 223 -> 176 (forward)
-    for r in reports[4:]:
+    for r in reports[4:6]:
         assert r["mma"] == 2 * (8 * 4 + 2 * 16), r
+    for r in reports[6:]:  # 64-key tiles: twice the mma per tile
+        assert r["mma"] == 2 * (8 * 8 + 4 * 16), r
 
 
 # float32 forward (3xTF32): the defaults at head_dim 64 and 128, and with varlen + dropout at head_dim 64.
@@ -455,6 +462,48 @@ def test_default_forward_is_the_tensor_core_one_and_agrees_with_the_portable_one
     e_fast, e_port = np.abs(fast - want).max(), np.abs(portable - want).max()
     # Both round the output to float16 (|out| < ~4: half an ulp <= 2^-9); the tensor-core one also rounds P.
     assert e_fast < 4e-3 and e_port < 4e-3, (e_fast, e_port)
+
+
+def test_head_dim_128_forward_default_follows_the_band():
+    """Above head_dim 64 an unmasked 16-bit forward (no band, no varlen, no dropout) takes one block of
+    8 warps with 64-key tiles; a band, dropout, float32 and head_dim <= 64 keep their defaults
+    (measured choices: config.default_tc_config). api._unmasked reads the checked band."""
+    wide = TensorCoreConfig(256, 64, 2, 32, reread_q=True)
+    for d in (72, 128):
+        assert default_tc_config(d, unmasked=True) == wide
+        assert default_tc_config(d, elem="bf16", unmasked=True) == wide
+        assert default_tc_config(d) == TensorCoreConfig(128, 32, 2, 32, reread_q=True)
+        assert default_tc_config(d, True, unmasked=True) == default_tc_config(d, True)
+        assert default_tc_config(d, elem="tf32", unmasked=True) == default_tc_config(d, elem="tf32")
+        assert default_tc_config(d, pass_="backward", unmasked=True) == default_tc_config(d, pass_="backward")
+    assert default_tc_config(64, unmasked=True) == default_tc_config(64)
+    wide.validate(128, "forward", "f16")  # fits the shared memory of one block
+    opts = lambda causal, window: api._options(causal, window, 0.0, None)  # noqa: E731
+    assert api._unmasked(opts(False, (-1, -1)))
+    assert not api._unmasked(opts(True, (-1, -1)))
+    assert not api._unmasked(opts(False, (100, -1))) and not api._unmasked(opts(False, (-1, 0)))
+
+
+@gpu_only
+@pytest.mark.parametrize("causal, window", [(False, (-1, -1)), (True, (-1, -1)), (False, (200, 50))])
+def test_head_dim_128_forward_default_by_band_on_the_gpu(rng, monkeypatch, causal, window):
+    """config=None at head_dim 128: the wide unmasked config without a band, (128, 32, 2, 32) with one,
+    checked against the oracle at an odd size (rows past the last full 256-row block, a ragged key tile)."""
+    import numba_flash.tc_forward as tc_forward
+
+    used = []
+    real = tc_forward.tc_forward_kernel
+    monkeypatch.setattr(tc_forward, "tc_forward_kernel", lambda cfg, *rest: used.append(cfg) or real(cfg, *rest))
+    B, H, n_q, n_k, D = 1, 3, 600, 777, 128
+    q, k, v, do = (rng.standard_normal((B, H, n, D)).astype(np.float16) for n in (n_q, n_k, n_k, n_q))
+    dev = [to_device(a) for a in (q, k, v)]
+    out, lse = nf.flash_attention(*dev, causal=causal, window_size=window, return_lse=True)
+    unmasked = not causal and window == (-1, -1)
+    assert used == [default_tc_config(D, unmasked=unmasked)]
+    assert (used[0].block_m == 256) == unmasked
+    grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal, window_size=window)
+    check_against_oracle(q, k, v, do, to_host(out), to_host(lse), [to_host(g) for g in grads], causal, window,
+                         0.0, None)
 
 
 @gpu_only
