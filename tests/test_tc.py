@@ -93,12 +93,13 @@ def test_reread_q_frees_registers_for_the_head_dim_128_forward_default():
     assert default == TensorCoreConfig(128, 32, 2, 32, reread_q=True)
     cases = [(k, c, 128, False, False, "f16") for k in ("forward", "dq") for c in (held, reread)]
     cases += [("forward", default, 128, False, False, elem) for elem in ("f16", "bf16")]
-    # The unmasked default, one block of 8 warps with 64-key tiles: 80 bytes of spill with CI's wheels
-    # (addresses in the tile copies), bounded; measured the fastest without a band (config.default_tc_config).
+    # The unmasked default, one block of 8 warps with 64-key tiles, spills: an 80-byte stack, 80 bytes
+    # stored and 92 loaded (the tile copies' addresses) with CI's wheels and the GPU image's CUDA 13.0
+    # alike; bounded. It was measured the fastest without a band all the same (config.default_tc_config).
     wide = default_tc_config(128, unmasked=True)
     assert wide == TensorCoreConfig(256, 64, 2, 32, reread_q=True)
     cases += [("forward", wide, 128, False, False, elem) for elem in ("f16", "bf16")]
-    reports = _compile(cases, max_stack=32, max_spill=32, bounds={6: (80, 80), 7: (80, 80)})  # one batch
+    reports = _compile(cases, max_stack=32, max_spill=32, bounds={6: (80, 92), 7: (80, 92)})  # one batch
     for i in (0, 2):
         a, b = reports[i], reports[i + 1]
         assert a["spill_stores"] == b["spill_stores"] == 0 and a["stack"] == b["stack"] == 0, (a, b)
