@@ -35,11 +35,10 @@ from numba import cuda
 from numba.cuda import float32
 
 from .config import BlockConfig
-from .masking import key_span, sequence_bounds, visible
+from .masking import NEG_INF, key_span, sequence_bounds, visible
 from .philox import dropout_keep
 from .tiles import tile_loaders
 
-NEG_INF = float32(-math.inf)
 
 
 @functools.lru_cache(maxsize=None)

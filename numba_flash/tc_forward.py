@@ -33,14 +33,13 @@ from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TC_ELEMS, TensorCoreConfig, tc_row_bytes
-from .masking import band_columns, in_band, key_span, sequence_bounds
+from .masking import NEG_INF, band_columns, in_band, key_span, sequence_bounds
 from .philox import dropout_keep
 from .unroll import static_range, unrolled
 from .ptx import (cp_async16, cp_async16_whole, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2,
                   global_address, ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_1688_tf32, mma_16816_bf16,
                   mma_16816_f16, pack_bf16x2, pack_f16x2, shared_address, split_tf32, st_global_f32x2, st_global_u32)
 
-NEG_INF = float32(-math.inf)
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
