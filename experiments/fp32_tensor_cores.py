@@ -19,6 +19,7 @@ Per shape and causal flag:
   portable kernels' errors beside them.
 
     bash .gpu/env.sh python experiments/fp32_tensor_cores.py --out $OUT/fp32        # H100, ~3 min
+    bash .gpu/env.sh python experiments/fp32_tensor_cores.py --defaults-only --shape 4,16,4096,128 --out $OUT/fp32
     python experiments/fp32_tensor_cores.py --shape 2,8,1024,64 --causal no --out /tmp/fp32
 
 Needs the GPU backend and PyTorch with CUDA; elsewhere it says why and exits with status 0.
@@ -63,11 +64,15 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
     p.add_argument("--error-batch", type=int, default=1, help="batch entries checked against float64")
     p.add_argument("--lock", default=None, help="a file to lock around each timing")
+    p.add_argument("--defaults-only", action="store_true",
+                   help="time and check only the 3xTF32 defaults against SDPA: no extra configs (unless given) and "
+                        "no portable FFMA kernels, which take minutes at N = 4096")
     p.add_argument("--out", default="experiments/results/fp32_tensor_cores")
     args = p.parse_args(argv)
     args.shape = args.shape or [_shape(s) for s in DEFAULT_SHAPES]
-    args.config = args.config if args.config is not None else [_config(c) for c in DEFAULT_CONFIGS]
-    args.bwd_config = args.bwd_config if args.bwd_config is not None else [_config(c) for c in DEFAULT_BWD_CONFIGS]
+    extra, extra_bwd = ([], []) if args.defaults_only else (DEFAULT_CONFIGS, DEFAULT_BWD_CONFIGS)
+    args.config = args.config if args.config is not None else [_config(c) for c in extra]
+    args.bwd_config = args.bwd_config if args.bwd_config is not None else [_config(c) for c in extra_bwd]
     return args
 
 
@@ -140,9 +145,10 @@ def run(args, torch, console) -> list[dict]:
                 timed(f"numba_flash {cfg.label()}", "forward",
                       lambda c=cfg: nf.flash_attention(cq, ck, cv, causal=causal, config=c), config=cfg.label())
             portable = default_config(D, np.float32, "forward", simulator=False)
-            timed("numba_flash portable", "forward",
-                  lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=portable),
-                  config=[portable.block_m, portable.block_n, portable.num_threads])
+            if not args.defaults_only:
+                timed("numba_flash portable", "forward",
+                      lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=portable),
+                      config=[portable.block_m, portable.block_n, portable.num_threads])
             timed("sdpa_efficient", "forward", lambda: eff_fwd(q, k, v, causal))
             timed("sdpa_math", "forward", lambda: math_fwd(q, k, v, causal))
             timed("numba_flash", "forward_backward", lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, tc_bwd),
@@ -150,8 +156,9 @@ def run(args, torch, console) -> list[dict]:
             for cfg in args.bwd_config:
                 timed(f"numba_flash bwd {cfg.label()}", "forward_backward",
                       lambda c=cfg: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, c), flops=both_flops, config=cfg.label())
-            timed("numba_flash portable bwd", "forward_backward",
-                  lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, portable_bwd), flops=both_flops)
+            if not args.defaults_only:
+                timed("numba_flash portable bwd", "forward_backward",
+                      lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, portable_bwd), flops=both_flops)
             timed("sdpa_efficient", "forward_backward", lambda: eff_fwd_bwd(qg, kg, vg, do, causal), flops=both_flops)
 
             # Errors against float64 on the first error-batch entries (same inputs for both).
@@ -174,11 +181,12 @@ def run(args, torch, console) -> list[dict]:
                 errs[f"{name}_numba_flash"], errs[f"{name}_sdpa_efficient"], errs[f"{name}_ratio"] = a, b, a / b
                 console.print(f"  error vs float64 {name}: numba_flash {a:.2e}  sdpa_efficient {b:.2e}  ratio {a / b:.2f}")
             # the portable forward multiplies in plain float32 (FFMA): the error of exact float32 products
-            port_out, port_grads = ours_fwd_bwd(*csub, causal, portable, portable_bwd)
-            for name, mine, want in zip(("out", "dq", "dk", "dv"), [port_out, *port_grads], [ref, *ref_grads]):
-                errs[f"{name}_portable"] = rel_err(torch.from_dlpack(mine), want)
-            console.print("  error vs float64, numba_flash portable (FFMA): "
-                          + "  ".join(f"{n} {errs[n + '_portable']:.2e}" for n in ("out", "dq", "dk", "dv")))
+            if not args.defaults_only:
+                port_out, port_grads = ours_fwd_bwd(*csub, causal, portable, portable_bwd)
+                for name, mine, want in zip(("out", "dq", "dk", "dv"), [port_out, *port_grads], [ref, *ref_grads]):
+                    errs[f"{name}_portable"] = rel_err(torch.from_dlpack(mine), want)
+                console.print("  error vs float64, numba_flash portable (FFMA): "
+                              + "  ".join(f"{n} {errs[n + '_portable']:.2e}" for n in ("out", "dq", "dk", "dv")))
             rows.append(errs)
             del q64, k64, v64, ref, ref_grads
             torch.cuda.empty_cache()
@@ -250,7 +258,8 @@ def main(argv=None) -> int:
                                                  "args": {"shape": args.shape, "causal": args.causal,
                                                           "config": [c.label() for c in args.config],
                                                           "bwd_config": [c.label() for c in args.bwd_config],
-                                                          "repeat": args.repeat, "error_batch": args.error_batch}},
+                                                          "repeat": args.repeat, "error_batch": args.error_batch,
+                                                          "defaults_only": args.defaults_only}},
                  body, title="float32 on the tensor cores (3xTF32) vs SDPA EFFICIENT")
     console.print(markdown_table(table))
     console.print(f"wrote {paths[0]} and {paths[1]}")

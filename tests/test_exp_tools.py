@@ -85,6 +85,10 @@ def test_fp32_tensor_cores_experiment_arguments_and_summary():
     assert len(fp32.parse_args([]).config) == len(fp32.DEFAULT_CONFIGS)
     assert len(fp32.parse_args([]).bwd_config) == len(fp32.DEFAULT_BWD_CONFIGS)
     assert fp32.parse_args(["--bwd-config", "64,16,2,16"]).bwd_config[0].block_n == 16
+    quick = fp32.parse_args(["--defaults-only"])  # only the defaults, unless configs are named
+    assert quick.defaults_only and quick.config == [] and quick.bwd_config == []
+    assert len(fp32.parse_args(["--defaults-only", "--config", "64,32,2,16"]).config) == 1
+    assert not fp32.parse_args([]).defaults_only
     with pytest.raises(SystemExit):
         fp32.parse_args(["--shape", "2,4,256"])
     with pytest.raises(SystemExit):
