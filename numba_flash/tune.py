@@ -7,9 +7,10 @@ Two kinds of configuration are tuned (``kind=``):
   8 threads per row, those that fit in 48 KiB of static shared memory.
 * ``"tensor_core"``: a :class:`~numba_flash.config.TensorCoreConfig` ``(block_m, block_n, stages,
   rows_per_warp)`` of the tensor-core kernels (GPU only, float16, head_dim <= 128). Candidates:
-  block_m in (32, 64, 128), block_n in (16, 32, 64, 128), stages in (1, 2), rows_per_warp in (16,
-  32), less those whose ``problems`` say they cannot run (dynamic shared memory; the backward takes
-  rows_per_warp=16 only). The default is :func:`~numba_flash.config.default_tc_config`.
+  block_m in (32, 64, 128, 256), block_n in (16, 32, 64, 128), stages in (1, 2), rows_per_warp in (16,
+  32), at most 8 warps, less those whose ``problems`` say they cannot run (dynamic shared memory; the
+  backward takes rows_per_warp=16 only). The default, tried first, is
+  :func:`~numba_flash.config.default_tc_config` (``unmasked`` when not causal).
 
 :func:`tune`'s ``kind=None`` tunes the kernels ``config=None`` would run: ``"tensor_core"`` on the
 GPU backend with float16 and head_dim <= 128, else ``"block"`` (and, when ``configs`` are given,
@@ -87,7 +88,7 @@ KINDS = ("block", "tensor_core")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 THREADS_PER_ROW = (1, 2, 4, 8)
 # The tensor-core candidates: every combination, less those TensorCoreConfig.problems rules out.
-TC_BLOCK_M = (32, 64, 128)
+TC_BLOCK_M = (32, 64, 128, 256)  # 256 only with 32 rows per warp (TC_MAX_WARPS)
 TC_BLOCK_N = (16, 32, 64, 128)
 TC_STAGES = (1, 2)
 TC_ROWS_PER_WARP = (16, 32)
@@ -96,6 +97,8 @@ TC_REREAD_Q = (False, True)  # forward and dQ kernels: Q fragments re-read per k
 # forward and dQ kernels: compiled for this many blocks per SM; 3 only where it changes something and
 # leaves 168 registers: 4-warp blocks (255 registers allow 2), and not with atomic dQ (no dQ kernel)
 TC_MIN_BLOCKS = (1, 3)
+# At most 8 warps per block: 16 warps of these kernels' 200-255 registers exceed an SM's 64K registers.
+TC_MAX_WARPS = 8
 # A config passes the oracle check when max|got - ref| <= RTOL * max|ref| for every output. The
 # kernels compute in fp32; the budget covers the final rounding to the storage dtype (fp16: 2^-11)
 # with margin, and fp32 accumulation over up to a few thousand keys. A broken tiling (a skipped
@@ -387,13 +390,14 @@ def _all_tc_configs(pass_: str = "forward"):
     """Every TensorCoreConfig of the candidate grid (TC_BLOCK_M x TC_BLOCK_N x TC_STAGES x
     TC_ROWS_PER_WARP x TC_REREAD_Q x TC_MIN_BLOCKS, and for the backward x TC_ATOMIC_DQ, where
     reread_q and min_blocks only go with the dQ kernel, not with atomic dQ, and min_blocks > 1 only
-    with 4 warps) the constructor accepts (rows_per_warp must divide block_m)."""
+    with 4 warps) the constructor accepts (rows_per_warp must divide block_m), of at most TC_MAX_WARPS
+    warps."""
     out = []
     flags = [(a, r, b) for a in (TC_ATOMIC_DQ if pass_ == "backward" else (False,)) for r in TC_REREAD_Q
              for b in TC_MIN_BLOCKS if not (a and (r or b > 1))]
     for bm, bn, stages, rpw, (atomic, reread, blocks) in itertools.product(TC_BLOCK_M, TC_BLOCK_N, TC_STAGES,
                                                                            TC_ROWS_PER_WARP, flags):
-        if blocks > 1 and bm // rpw != 4:
+        if (blocks > 1 and bm // rpw != 4) or bm // rpw > TC_MAX_WARPS:
             continue
         try:
             out.append(TensorCoreConfig(bm, bn, stages, rpw, atomic, reread, blocks))
@@ -870,7 +874,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
     seqlen = max(seqlen_q, seqlen_k)
     device = _current_device_name()
     if kind == "tensor_core":
-        default = default_tc_config(head_dim, False, pass_, elem)
+        default = default_tc_config(head_dim, False, pass_, elem, unmasked=not causal)  # what config=None runs
     else:
         default = default_config(head_dim, dtype, pass_)
     cached = lookup(head_dim, dtype, causal, seqlen, pass_, kind=kind) if cache else None

@@ -254,17 +254,21 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
     # the tile grid, x 2 for reread_q, and for the backward + the atomic-dQ configs (which have no dQ
     # kernel, so no reread_q variant); + a min_blocks=3 variant of each 4-warp one ((64, rows 16) and
     # (128, rows 32)) that is not atomic
-    tiles = len(tune_mod.TC_BLOCK_M) * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES) * len(tune_mod.TC_ROWS_PER_WARP)
+    # (block_m, rows_per_warp) pairs of at most 8 warps: 256 rows only with 32 per warp
+    pairs = [(bm, r) for bm in tune_mod.TC_BLOCK_M for r in tune_mod.TC_ROWS_PER_WARP if bm // r <= tune_mod.TC_MAX_WARPS]
+    assert (256, 16) not in pairs and (256, 32) in pairs and len(pairs) == 7
+    tiles = len(pairs) * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES)
     four_warp = 2 * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES) * len(tune_mod.TC_REREAD_Q)
     grid = tiles * (len(tune_mod.TC_REREAD_Q) + (1 if pass_ == "backward" else 0)) + four_warp
     assert tune_mod.TC_MIN_BLOCKS == (1, 3)
-    assert len(ok) + len(skipped) == grid == (176 if pass_ == "backward" else 128)
+    assert len(ok) + len(skipped) == grid == (200 if pass_ == "backward" else 144)
     assert len(set(ok)) == len(ok) and not set(ok) & {c for c, _ in skipped}
     assert tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core") == ok
     for cfg in ok:
         assert isinstance(cfg, TensorCoreConfig) and cfg.problems(head_dim, pass_) == []
         cfg.validate(head_dim, pass_)
-        assert (cfg.block_m in (32, 64, 128) and cfg.block_n in (16, 32, 64, 128) and cfg.stages in (1, 2)
+        assert cfg.warps <= 8
+        assert (cfg.block_m in (32, 64, 128, 256) and cfg.block_n in (16, 32, 64, 128) and cfg.stages in (1, 2)
                 and cfg.rows_per_warp in (16, 32) and cfg.atomic_dq in ((False, True) if pass_ == "backward" else (False,))
                 and not (cfg.atomic_dq and cfg.reread_q))
         if cfg.min_blocks > 1:  # the bound binds (4 warps: 255 registers allow 2 blocks) and leaves 168
@@ -276,6 +280,7 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
         assert ok == [] and all("head_dim must be at most 128" in " ".join(why) for _, why in skipped)
         return
     assert default_tc_config(head_dim, False, pass_) in ok
+    assert default_tc_config(head_dim, False, pass_, unmasked=True) in ok  # (256, 64, 2, 32, reread) at 128
     if pass_ == "backward":
         assert {c.rows_per_warp for c in ok} == {16}
         assert all(any("rows_per_warp=16" in w for w in why) for c, why in skipped if c.rows_per_warp == 32)
@@ -290,8 +295,9 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
                    if c.atomic_dq and c.rows_per_warp == 16)
     else:
         unbound = [c for c in ok if c.min_blocks == 1]
-        assert {c.rows_per_warp for c in ok} == {16, 32} and len(unbound) == 96
-        assert sum(c.reread_q for c in unbound) == 48
+        # every tile fits at head_dim <= 128, the largest (256, 128, 2, 32) in 204 KB at 128
+        assert {c.rows_per_warp for c in ok} == {16, 32} and len(unbound) == 112
+        assert sum(c.reread_q for c in unbound) == 56 and sum(c.block_m == 256 for c in unbound) == 16
     # 3 blocks' shared memory must fit in an SM: the bound is skipped, with that reason, where it does not
     bound_skipped = [(c, why) for c, why in skipped if c.min_blocks > 1 and c.problems(head_dim, pass_, "f16")
                      and not dataclasses.replace(c, min_blocks=1).problems(head_dim, pass_, "f16")]
