@@ -8,6 +8,8 @@ not, the default config and the one-buffer one, varlen with dropout; the backwar
 dQ kernels) on the default config, causal, and varlen with dropout. Prints the max errors.
 
 ``--backward-only`` skips the forward variants (the forward still runs to give out and lse).
+``--wide-only`` runs only the head_dim-128 unmasked forward default, one block of 8 warps with 64-key
+tiles (``default_tc_config(128, unmasked=True)``), at 300 x 517 tokens (a partial query block and key tile).
 """
 
 import sys
@@ -21,8 +23,23 @@ import numpy as np  # noqa: E402
 import numba_flash as nf  # noqa: E402
 
 
+def wide() -> int:
+    """The head_dim-128 unmasked forward default alone (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, n, 128)).astype(np.float16) for n in (300, 517, 517))
+    cfg = nf.config.default_tc_config(128, unmasked=True)
+    out = nf.flash_attention(*(cupy.asarray(a) for a in (q, k, v)), config=cfg)
+    cupy.cuda.get_current_stream().synchronize()
+    want = nf.reference.attention_forward(q, k, v)[0]
+    print(f"{cfg}: max abs error {float(np.abs(cupy.asnumpy(out).astype(np.float64) - want).max()):.3e}")
+    return 0
+
+
 def main(argv=None) -> int:
-    backward_only = "--backward-only" in (sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if "--wide-only" in args:
+        return wide()
+    backward_only = "--backward-only" in args
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, 2, n, 64)).astype(np.float16) for n in (97, 83, 83))
     do = rng.standard_normal(q.shape).astype(np.float16)
