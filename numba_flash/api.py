@@ -209,9 +209,9 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False,
     TensorCoreConfig :mod:`numba_flash.tune` stored for this problem (float16's entry serves
     bfloat16 too: same kernels, same instruction shapes; float32 has its own), else (and always
     with dropout: tuned configs are timed without it, and its random numbers need registers)
-    ``default_tc_config`` (``unmasked``: no band and no varlen, see there). Elsewhere the tuned BlockConfig, else ``default_config``. A
-    TensorCoreConfig or a BlockConfig forces that kernel (an error, saying why, if the tensor-core
-    one cannot run).
+    ``default_tc_config`` (``unmasked``: no band and no varlen, see there). Elsewhere the tuned
+    BlockConfig, else ``default_config``. A TensorCoreConfig or a BlockConfig forces that kernel (an
+    error, saying why, if the tensor-core one cannot run).
     """
     elem = tc_elem(dtype)
 
