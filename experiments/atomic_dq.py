@@ -56,6 +56,18 @@ def _config(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def converters(torch, bf16: bool):
+    """``(to_numba_flash, to_torch)``: a torch CUDA tensor as this backend's array and back. bfloat16
+    travels as its bit patterns (uint16; CuPy has no bfloat16), the API's ``bfloat16=True`` form."""
+    import numba_flash as nf
+
+    xp = nf.backend.array_module()
+    if not bf16:
+        return xp.from_dlpack, torch.from_dlpack
+    return (lambda t: xp.from_dlpack(t.view(torch.int16)).view("uint16"),
+            lambda a: torch.from_dlpack(a.view("int16")).view(torch.bfloat16))
+
+
 def label(cfg) -> str:
     return cfg.label()
 
@@ -105,11 +117,7 @@ def run(args, torch, console) -> list[dict]:
                 with shared(args.lock):  # untimed GPU work never overlaps another process's timing
                     q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=tdt, generator=gen) for _ in range(4))
                     qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
-                # our kernels read bfloat16 as its bit patterns (CuPy has no bfloat16)
-                as_nf = (lambda t: nf.backend.array_module().from_dlpack(t.view(torch.int16)).view("uint16")) if bf16 \
-                    else (lambda t: nf.backend.array_module().from_dlpack(t))
-                to_torch = (lambda a: torch.from_dlpack(a.view("int16")).view(torch.bfloat16)) if bf16 \
-                    else (lambda a: torch.from_dlpack(a))
+                as_nf, to_torch = converters(torch, bf16)
                 cq, ck, cv, cdo = (as_nf(t) for t in (q, k, v, do))
                 with shared(args.lock):
                     out, lse = nf.flash_attention(cq, ck, cv, causal=causal, return_lse=True, bfloat16=bf16)

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling scripts, however this one is loaded
 
 import numba_flash as nf  # noqa: E402
-from atomic_dq import _config  # noqa: E402 - TensorCoreConfig.parse as an argparse type
+from atomic_dq import _config, converters  # noqa: E402 - TensorCoreConfig.parse as an argparse type
 from numba_flash import backend, launch, results  # noqa: E402
 from numba_flash.timing import attention_flops, exclusive, shared, time_ms  # noqa: E402
 
@@ -46,14 +46,13 @@ def main(argv=None) -> int:
     if backend.BACKEND != backend.GPU:
         print("skipped: needs a CUDA GPU")
         return 0
-    import cupy
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     bf16 = args.dtype == "bfloat16"
     tdt = torch.bfloat16 if bf16 else torch.float16
-    to_torch = (lambda a: torch.from_dlpack(a.view("int16")).view(torch.bfloat16)) if bf16 else torch.from_dlpack
+    as_nf, to_torch = converters(torch, bf16)
     rows = []
     for D in args.head_dims:
         H = 2048 // D
@@ -61,9 +60,7 @@ def main(argv=None) -> int:
         B = 16384 // N
         with shared(args.lock):  # untimed GPU work never overlaps another process's timing
             q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=tdt) for _ in range(3))
-        # bfloat16 goes to numba_flash as its bit patterns (CuPy has no bfloat16)
-        cq, ck, cv = ((cupy.from_dlpack(t.view(torch.int16)).view("uint16") if bf16 else cupy.from_dlpack(t))
-                      for t in (q, k, v))
+        cq, ck, cv = (as_nf(t) for t in (q, k, v))
         for causal in {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]:
             flops = attention_flops(B, H, N, N, D, causal, "forward")
             with shared(args.lock), sdpa_kernel(SDPBackend.MATH):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from helpers import ON_GPU, load_experiment
@@ -110,6 +111,22 @@ def test_fp32_tensor_cores_experiment_arguments_and_summary():
     assert line["out err ratio"] == 0.9 and line["dq err ratio"] == 1.1
     assert line["fwd+bwd nf best"] == 7.0 and line["best bwd config"] == "64,16,2,16"
     assert line["fwd+bwd portable bwd"] == 2.0
+
+
+def test_experiment_converters_round_trip_float16_and_bfloat16_bits():
+    """atomic_dq.converters (tc_sweep uses them too): a torch tensor to this backend's array and back,
+    bfloat16 as its uint16 bit patterns (the API's bfloat16=True form), bit for bit."""
+    torch = pytest.importorskip("torch", reason="the converters take torch tensors (torch is an optional extra)")
+    converters = load_experiment("atomic_dq").converters
+    t = torch.randn(3, 5, dtype=torch.float32)
+    for dtype, bf16 in ((torch.float16, False), (torch.bfloat16, True)):
+        x = t.to(dtype)
+        to_nf, to_torch = converters(torch, bf16)
+        a = to_nf(x)
+        assert a.dtype == (np.uint16 if bf16 else np.float16) and a.shape == (3, 5)
+        np.testing.assert_array_equal(np.asarray(a).view(np.int16), x.view(torch.int16).numpy())
+        back = to_torch(a)
+        assert back.dtype == dtype and torch.equal(back, x)
 
 
 def test_fp32_tensor_cores_experiment_without_the_gpu_says_why(capsys):
