@@ -419,4 +419,6 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
         return TensorCoreConfig(64, 32, 2, 16) if head_dim <= 64 else TensorCoreConfig(64, 16, 2, 16)
     if head_dim <= 64:
         return TensorCoreConfig(128, 64, 2, 32)
-    return TensorCoreConfig(256 if unmasked else 128, 64 if unmasked else 32, 2, 32, reread_q=True)
+    if unmasked:
+        return TensorCoreConfig(256, 64, 2, 32, reread_q=True)
+    return TensorCoreConfig(128, 32, 2, 32, reread_q=True)

@@ -40,7 +40,6 @@ from .philox import dropout_keep
 from .tiles import tile_loaders
 
 
-
 @functools.lru_cache(maxsize=None)
 def forward_kernel(config: BlockConfig, head_dim: int, varlen: bool = False, dropout: bool = False):
     """Compile-time specialised forward kernel; launch with grid (cdiv(max Nq, BLOCK_M), H, B).
