@@ -79,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16[,atomic][,reread][,bK]",
                    help=f"backward TensorCoreConfigs besides the default (default per head_dim: {DEFAULT_BWD_CONFIGS})")
+    p.add_argument("--default-only", action="store_true",
+                   help="without --bwd-config: only the default backward config against SDPA (fewer compiles)")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
     p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                    help="time the configs and SDPA of each pass in turns, ROUNDS rounds of --repeat calls "
@@ -109,7 +111,8 @@ def run(args, torch, console) -> list[dict]:
     rows = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     for (B, H, N, D) in args.shape:
-        configs = args.bwd_config if args.bwd_config is not None else [_config(c) for c in DEFAULT_BWD_CONFIGS.get(D, [])]
+        configs = (args.bwd_config if args.bwd_config is not None else []
+                   if args.default_only else [_config(c) for c in DEFAULT_BWD_CONFIGS.get(D, [])])
         for dtype in args.dtype:
             bf16 = dtype == "bfloat16"
             tdt = torch.bfloat16 if bf16 else torch.float16

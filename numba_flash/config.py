@@ -244,6 +244,14 @@ class TensorCoreConfig:
     rows at head_dim 128, 64 in dQ) for larger tiles, for one more ``ldmatrix`` per k-step and tile.
     float32 (3xTF32) always re-reads (its fragments are split per tile anyway).
 
+    ``split_d`` (dK/dV kernel, 16-bit data): FlashAttention-2's layout. Two warps share 32 keys; in
+    each query tile they first compute the scores for half of its queries each (a 32 x block_n / 2
+    tile of S^T and dP^T), put P^T and dS^T in shared memory, and then each accumulates half of
+    head_dim of the 32 keys' dK and dV. Larger warp tiles than 16 keys x head_dim: about 30 % fewer
+    shared-memory reads per mma at head_dim 128, for two more barriers per tile and the P^T, dS^T
+    tiles in shared memory. block_m and block_n must be multiples of 32 and head_dim of 32. The dQ
+    and forward kernels ignore it.
+
     ``min_blocks`` (forward and dQ kernels): compile for this many resident blocks per SM (a launch
     bound: the compiler caps registers at 65536 / (min_blocks x num_threads), spilling if it must).
     1 leaves the compiler free (it takes up to 255, which with 4 warps allows 2 blocks). The dK/dV
@@ -257,9 +265,10 @@ class TensorCoreConfig:
     atomic_dq: bool = False
     reread_q: bool = False
     min_blocks: int = 1
+    split_d: bool = False
 
     def __post_init__(self):
-        for name in ("atomic_dq", "reread_q"):
+        for name in ("atomic_dq", "reread_q", "split_d"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"TensorCoreConfig.{name}: expected a bool, got {value!r}")
@@ -309,9 +318,11 @@ class TensorCoreConfig:
         row = tc_row_bytes(head_dim, elem)
         if kernel == "dq":  # Q, dO | K, V stages
             return row * (2 * self.block_m + 2 * self.stages * self.block_n)
-        # lse, delta (float32) and Q, dO of each stage | K, V | with atomic_dq: a 16-bit dS^T tile
+        # lse, delta (float32) and Q, dO of each stage | K, V | with atomic_dq: a 16-bit dS^T tile; with
+        # split_d: 16-bit P^T and dS^T tiles
+        tiles = 2 if self.split_d else 1 if self.atomic_dq else 0
         return (self.stages * 8 * self.block_n + row * (2 * self.block_m + 2 * self.stages * self.block_n)
-                + (self.block_m * tc_ds_row_bytes(self.block_n) if self.atomic_dq else 0))
+                + tiles * self.block_m * tc_ds_row_bytes(self.block_n))
 
     def problems(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> list[str]:
         """What stops this config from running the tensor-core ``pass_`` at ``head_dim`` on ``elem``
@@ -324,6 +335,15 @@ class TensorCoreConfig:
             out.append(f"the tensor-core backward takes rows_per_warp=16, got {self.rows_per_warp}")
         if pass_ == "backward" and self.atomic_dq and elem == "tf32":
             out.append("atomic_dq: the float32 (3xTF32) backward has no atomic dQ; pass atomic_dq=False")
+        if pass_ == "backward" and self.split_d:
+            if elem == "tf32":
+                out.append("split_d: the float32 (3xTF32) backward has no split_d layout; pass split_d=False")
+            if self.atomic_dq:
+                out.append("split_d: the split_d dK/dV kernel has no atomic dQ; pass atomic_dq=False")
+            if self.block_m % 32 or self.block_n % 32 or head_dim % 32:
+                out.append(f"split_d: two warps share 32 keys and split head_dim and the query tile in halves of "
+                           f"whole 16-row k-steps, so block_m, block_n and head_dim must be multiples of 32, got "
+                           f"block_m={self.block_m}, block_n={self.block_n}, head_dim={head_dim}")
         need = (self.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
                 else max(self.backward_shared_bytes(head_dim, k, elem) for k in ("dq", "dkdv")))
         if need > MAX_DYNAMIC_SHARED:
@@ -343,7 +363,8 @@ class TensorCoreConfig:
         ``bK`` for ``min_blocks=K`` (``"64,32,2,16,reread,b3"``), as the experiment scripts take them
         on the command line; :meth:`label` writes it back."""
         items = [x.strip() for x in str(text).split(",") if x.strip()]
-        flags = {"atomic": "atomic_dq", "atomic_dq": "atomic_dq", "reread": "reread_q", "reread_q": "reread_q"}
+        flags = {"atomic": "atomic_dq", "atomic_dq": "atomic_dq", "reread": "reread_q", "reread_q": "reread_q",
+                 "split": "split_d", "split_d": "split_d"}
         try:
             if len(items) < 4:
                 raise ValueError("four integers first")
@@ -359,17 +380,17 @@ class TensorCoreConfig:
                 elif re.fullmatch(r"b\d+", x.lower()):
                     named["min_blocks"] = int(x[1:])
                 else:
-                    raise ValueError(f"unknown flag {x!r} (expected 'atomic', 'reread', 'bK' or 0/1)")
+                    raise ValueError(f"unknown flag {x!r} (expected 'atomic', 'reread', 'split', 'bK' or 0/1)")
             return cls(*fields, **named)
         except ValueError as e:
-            raise ValueError(f"TensorCoreConfig {text!r}: expected BM,BN,STAGES,ROWS_PER_WARP[,atomic][,reread][,bK]: "
+            raise ValueError(f"TensorCoreConfig {text!r}: expected BM,BN,STAGES,ROWS_PER_WARP[,atomic][,reread][,split][,bK]: "
                              f"{e}") from None
 
     def label(self) -> str:
         """``"BM,BN,STAGES,ROWS_PER_WARP"`` plus the flags that are on (:meth:`parse` reads it)."""
         return ",".join([str(self.block_m), str(self.block_n), str(self.stages), str(self.rows_per_warp)]
                         + (["atomic"] if self.atomic_dq else []) + (["reread"] if self.reread_q else [])
-                        + ([f"b{self.min_blocks}"] if self.min_blocks > 1 else []))
+                        + ([f"b{self.min_blocks}"] if self.min_blocks > 1 else []) + (["split"] if self.split_d else []))
 
     def validate(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> "TensorCoreConfig":
         check_head_dim(head_dim)
@@ -409,6 +430,8 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
             return TensorCoreConfig(64, 32 if head_dim <= 64 and not dropout else 16, 2, 16)
         if head_dim <= 64 and not dropout:
             return TensorCoreConfig(64, 64, 2, 16, reread_q=True, min_blocks=3)
+        if not dropout and head_dim % 32 == 0:
+            return TensorCoreConfig(128, 64, 2, 16, split_d=True)
         return TensorCoreConfig(64, (64 if head_dim <= 64 else 32) // (2 if dropout else 1), 2, 16)
     if elem == "tf32":  # float32 (3xTF32) forward: experiments/results/fp32_tensor_cores, H100, N = 4096, D = 64:
         # (128, 16, 2, 32) 57 TFLOP/s, (128, 32, 2, 32) 61 but spills, (64, 32, 2, 16) 47, (64, 64, 2, 16) 44

@@ -139,6 +139,7 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
                ex2=len(re.findall(r"\bex2\.approx", ptx)), local_accesses=len(re.findall(r"\b(?:ld|st)\.local", ptx)),
                red=len(re.findall(r"\bred\.global\.add", ptx)), atomic_dq=getattr(config, "atomic_dq", False),
                reread_q=getattr(config, "reread_q", False), min_blocks=getattr(config, "min_blocks", 1),
+               split_d=getattr(config, "split_d", False),
                expected_dynamic_smem=smem)
     return out
 

@@ -167,6 +167,44 @@ def tc_dq_convert_kernel(head_dim: int, elem: str = "f16"):
     return kernel
 
 
+def query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load_tile, Q_ITERS):
+    """The dK/dV kernels' ``fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid)``:
+    cp.async query tile ``row0..`` of head ``h`` (Q, dO at byte offsets ``SQ``, ``SDO`` + ``stage``
+    tiles, and their lse, delta at the start of shared memory, ``stage`` x 8 ``BLOCK_M`` bytes)."""
+    ROWS_BYTES = 2 * BLOCK_M * 4  # lse, delta of one query tile (float32)
+    ROW_COPIES = -(-BLOCK_M // NUM_THREADS)  # their 4-byte copies per thread
+
+    @cuda.jit(device=True, inline=True)
+    def fetch_row(dst, l_src, d_src, lse, delta, i, rows_left):
+        """cp.async query row ``i``'s lse and delta (zeros past ``rows_left``)."""
+        ok = i < rows_left
+        cp_async4(dst + uint32(4 * i), l_src + uint64(i * lse.strides[2]) if ok else l_src, uint32(4 if ok else 0))
+        cp_async4(dst + uint32(4 * (BLOCK_M + i)), d_src + uint64(i * delta.strides[2]) if ok else d_src,
+                  uint32(4 if ok else 0))
+
+    @cuda.jit(device=True, inline=True)
+    def fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid):
+        """cp.async query tile ``row0..`` of head ``h``: Q, dO and their lse, delta, into ``stage``."""
+        sQ = s_base + uint32(SQ + stage * TILE_BYTES)
+        load_tile(sQ, row_address(q, ab, h, row0), q.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
+        sdO = s_base + uint32(SDO + stage * TILE_BYTES)
+        load_tile(sdO, row_address(dout, ab, h, row0), dout.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
+        l_src = row_address(lse, ab, h, row0)
+        d_src = row_address(delta, ab, h, row0)
+        dst = s_base + uint32(stage * ROWS_BYTES)
+        if COUNTERS:  # a constant count (a range from tid cost ~100 instructions per tile)
+            for j in range(ROW_COPIES):
+                i = tid + j * NUM_THREADS
+                if i >= BLOCK_M:
+                    break
+                fetch_row(dst, l_src, d_src, lse, delta, i, rows_left)
+        else:
+            for i in range(tid, BLOCK_M, NUM_THREADS):
+                fetch_row(dst, l_src, d_src, lse, delta, i, rows_left)
+
+    return fetch
+
+
 @functools.lru_cache(maxsize=None)
 def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                    elem: str = "f16"):
@@ -175,7 +213,12 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     shared memory. Signature as :func:`numba_flash.backward.dkdv_kernel` (q, k, v, dout, dk, dv of
     ``elem``: 16-bit, or float32 multiplied as 3xTF32) with ``dq_acc`` after dv: with
     ``config.atomic_dq`` the float32 dQ (shaped as q, zeroed beforehand) that each block adds its
-    unscaled dS K to; otherwise unused (any float32 4-D array)."""
+    unscaled dS K to; otherwise unused (any float32 4-D array). With ``config.split_d``: the kernel
+    of :mod:`numba_flash.tc_dkdv_split` (FlashAttention-2's warp layout)."""
+    if config.split_d:
+        from .tc_dkdv_split import tc_dkdv_split_kernel
+
+        return tc_dkdv_split_kernel(config, head_dim, varlen, dropout, elem)
     TF32, mma, pack = _ops(elem)
     BLOCK_N, BLOCK_M, STAGES = config.block_m, config.block_n, config.stages  # owned keys, streamed queries
     NUM_THREADS = config.num_threads
@@ -190,7 +233,6 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     # K, V fragments: all k-steps' (16-bit, head_dim <= 64), else one k-step's (TF32: big and small parts)
     F_REGS = KSTEPS * 4 if KV_REGS else 8
     ROWS_BYTES = 2 * BLOCK_M * 4  # lse, delta of one query tile (float32)
-    ROW_COPIES = -(-BLOCK_M // NUM_THREADS)  # their 4-byte copies per thread
     # 16-bit: the next query tile by counters and lse/delta copies in a constant count, which took the
     # head_dim-64 default's loop from 1503 to 908 instructions (with the band bounds). float32 keeps the
     # division and the range from tid: with the two changes its head_dim-128 kernel spilled 120 bytes
@@ -220,33 +262,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     if ATOMIC and TF32:
         raise ValueError("atomic_dq: the float32 (3xTF32) backward has no atomic dQ")
 
-    @cuda.jit(device=True, inline=True)
-    def fetch_row(dst, l_src, d_src, lse, delta, i, rows_left):
-        """cp.async query row ``i``'s lse and delta (zeros past ``rows_left``)."""
-        ok = i < rows_left
-        cp_async4(dst + uint32(4 * i), l_src + uint64(i * lse.strides[2]) if ok else l_src, uint32(4 if ok else 0))
-        cp_async4(dst + uint32(4 * (BLOCK_M + i)), d_src + uint64(i * delta.strides[2]) if ok else d_src,
-                  uint32(4 if ok else 0))
-
-    @cuda.jit(device=True, inline=True)
-    def fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid):
-        """cp.async query tile ``row0..`` of head ``h``: Q, dO and their lse, delta, into ``stage``."""
-        sQ = s_base + uint32(SQ + stage * TILE_BYTES)
-        load_tile(sQ, row_address(q, ab, h, row0), q.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
-        sdO = s_base + uint32(SDO + stage * TILE_BYTES)
-        load_tile(sdO, row_address(dout, ab, h, row0), dout.strides[2], rows_left, BLOCK_M, Q_ITERS, tid)
-        l_src = row_address(lse, ab, h, row0)
-        d_src = row_address(delta, ab, h, row0)
-        dst = s_base + uint32(stage * ROWS_BYTES)
-        if COUNTERS:  # a constant count (a range from tid cost ~100 instructions per tile)
-            for j in range(ROW_COPIES):
-                i = tid + j * NUM_THREADS
-                if i >= BLOCK_M:
-                    break
-                fetch_row(dst, l_src, d_src, lse, delta, i, rows_left)
-        else:
-            for i in range(tid, BLOCK_M, NUM_THREADS):
-                fetch_row(dst, l_src, d_src, lse, delta, i, rows_left)
+    fetch = query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load_tile, Q_ITERS)
 
     def kernel(q, k, v, dout, lse, delta, dk, dv, dq_acc, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
                threshold, drop_scale):

@@ -204,7 +204,9 @@ def fit_config(config, D, dtype):
     from numba_flash.config import BlockConfig, TensorCoreConfig
 
     if isinstance(config, TensorCoreConfig):
-        return config if np.dtype(dtype) == np.float16 and not config.problems(D) else None
+        backward = config.rows_per_warp == 16  # backward_config passes it on (split_d: head_dim % 32 == 0)
+        ok = not config.problems(D) and not (backward and config.problems(D, "backward"))
+        return config if np.dtype(dtype) == np.float16 and ok else None
     if isinstance(config, BlockConfig) and config.problems(D, "backward"):
         return None
     return config

@@ -35,6 +35,8 @@ if ON_GPU:
     # and the backward with atomic dQ (the forward ignores atomic_dq), and Q re-read per key tile
     # (forward and dQ kernels; the head_dim-128 default re-reads it with 32 rows per warp)
     CONFIGS += [TensorCoreConfig(64, 32, 2, 16, True), TensorCoreConfig(64, 32, 2, 16, reread_q=True)]
+    # and the dK/dV kernel in FlashAttention-2's warp layout (head_dim 64, 96, 128: multiples of 32)
+    CONFIGS += [TensorCoreConfig(128, 64, 2, 16, split_d=True)]
 DTYPES = [np.float32, np.float16]
 # dtype and causal are pytest parameters rather than drawn, so that each profile's max_examples
 # applies to every (dtype, causal) pair and pytest-xdist can spread the pairs over processes.

@@ -45,7 +45,7 @@ def _compile(cases, max_stack=0, max_spill=0, bounds=None):
     (max_stack, max_spill)}``) says otherwise, and no more registers than the launch bound leaves."""
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
-    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q, c.min_blocks], d, vl,
+    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q, c.min_blocks, c.split_d], d, vl,
              dr, elem] for kernel, c, d, vl, dr, elem in cases]
     n = max(1, min(4, os.cpu_count() or 1, len(args)))
     procs = [subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(args[i::n])], env=env, text=True,
@@ -205,6 +205,58 @@ def test_atomic_dq_backward_compiles_to_mma_and_vector_atomics_without_spills():
         assert r["red"] == 4 * per_warp, r
         assert r["expected_dynamic_smem"] == (cfg.stages * 8 * cfg.block_n + (2 * -(-d // 16) * 16 + 16) * (
             2 * cfg.block_m + 2 * cfg.stages * cfg.block_n) + cfg.block_m * (2 * cfg.block_n + 16)), r
+
+
+# The split_d dK/dV kernel (FlashAttention-2's warp layout): at head_dim 128 in float16 and bfloat16,
+# at 64, and with varlen + dropout at 96 (smaller tiles: Philox's registers).
+_SPLIT_CASES = [(TensorCoreConfig(128, 64, 2, 16, split_d=True), 128, False, False, "f16"),
+                (TensorCoreConfig(128, 64, 2, 16, split_d=True), 128, False, False, "bf16"),
+                (TensorCoreConfig(128, 64, 2, 16, split_d=True), 64, False, False, "f16"),
+                (TensorCoreConfig(64, 32, 2, 16, split_d=True), 96, True, True, "f16")]
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_split_d_dkdv_kernel_compiles_to_larger_warp_tiles_without_spills():
+    """Per warp and query tile: step 1 (32 keys x block_n / 2 queries of S^T and dP^T) 2 x 2 x
+    (head_dim / 16) x (block_n / 16) mma, step 2 (32 keys x head_dim / 2 of dV and dK) 2 x 2 x
+    (block_n / 16) x (head_dim / 16); ldmatrix: per k-step of step 1 two of K, two of V and one of Q
+    and dO per 16 queries, per k-step of step 2 two of P^T, two of dS^T and one of dO and Q per 16
+    columns. At head_dim 128 with (128, 64): 256 mma, 112 ldmatrix (the 16-key kernel: 128 and 80)."""
+    cases = [("dkdv", cfg, d, vl, dr, elem) for cfg, d, vl, dr, elem in _SPLIT_CASES]
+    reports = _compile(cases, bounds={3: (160, 160)})
+    for (_, cfg, d, _, dr, elem), r in zip(cases, reports):
+        assert r["split_d"] and any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
+        ks, qs = d // 16, cfg.block_n // 16
+        assert r["mma"] == 2 * 2 * ks * qs + 2 * 2 * qs * (d // 16), r
+        assert r["ldmatrix"] == ks * (4 + 2 * (qs // 2)) + qs * (4 + 2 * (d // 32)), r
+        assert r["red"] == 0, r
+        assert r["expected_dynamic_smem"] == (cfg.stages * 8 * cfg.block_n + (2 * d + 16) * (
+            2 * cfg.block_m + 2 * cfg.stages * cfg.block_n) + 2 * cfg.block_m * (2 * cfg.block_n + 16)), r
+    assert reports[0]["mma"] == 256 and reports[0]["ldmatrix"] == 112
+
+
+def test_tensor_core_config_split_d():
+    """split_d: a bool, 'split' in the text form; a 16-bit-only dK/dV layout for multiples of 32
+    (block_m, block_n, head_dim), without atomic dQ; P^T and dS^T tiles in the dK/dV kernel's shared
+    memory (keys x queries, 16-bit, rows padded by 16 bytes); the dQ kernel's is unchanged."""
+    with pytest.raises(ValueError, match="split_d: expected a bool"):
+        TensorCoreConfig(128, 64, 2, 16, split_d=1)
+    cfg = TensorCoreConfig(128, 64, 2, 16, split_d=True)
+    assert cfg.label() == "128,64,2,16,split" and TensorCoreConfig.parse("128,64,2,16,split") == cfg
+    assert TensorCoreConfig.parse("128,64,2,16,reread,split,b2").label() == "128,64,2,16,reread,b2,split"
+    plain = TensorCoreConfig(128, 64, 2, 16)
+    assert cfg.num_threads == plain.num_threads == 256
+    assert cfg.backward_shared_bytes(128, "dkdv") == plain.backward_shared_bytes(128, "dkdv") + 2 * 128 * 144
+    assert cfg.backward_shared_bytes(128, "dq") == plain.backward_shared_bytes(128, "dq")
+    assert cfg.problems(128, "backward") == cfg.problems(64, "backward") == cfg.problems(96, "backward") == []
+    assert cfg.problems(40, "forward") == []  # the forward ignores it
+    for bad, d, elem, why in [(cfg, 40, "f16", "multiples of 32.*head_dim=40"),
+                              (TensorCoreConfig(48, 64, 2, 16, split_d=True), 64, "f16", "block_m=48"),
+                              (TensorCoreConfig(64, 48, 2, 16, split_d=True), 64, "f16", "block_n=48"),
+                              (TensorCoreConfig(64, 32, 2, 16, split_d=True), 64, "tf32", "float32"),
+                              (TensorCoreConfig(64, 32, 2, 16, True, split_d=True), 64, "f16", "no atomic dQ")]:
+        with pytest.raises(ValueError, match=why):
+            bad.validate(d, "backward", elem)
 
 
 def test_tensor_core_config_reread_q_and_its_text_form():
@@ -563,6 +615,38 @@ def test_bfloat16_kernels_match_oracle(rng, shape, causal, config):
                                         config=config)
     check_against_oracle(q, k, v, do, from_bf16_bits(to_host(out)), to_host(lse),
                          [from_bf16_bits(to_host(g)) for g in grads], causal, (-1, -1), 0.0, None, dtype=BF16)
+
+
+_SPLIT = TensorCoreConfig(128, 64, 2, 16, split_d=True)
+
+
+@gpu_only
+@pytest.mark.parametrize("case", [
+    # (B, H, H_kv, n_q, n_k, D), causal, window, dropout p, dtype, config
+    ((1, 4, 2, 129, 513, 128), False, (-1, -1), 0.0, np.float16, _SPLIT),  # GQA, ragged tiles
+    ((2, 2, 2, 1025, 1000, 128), True, (-1, -1), 0.0, np.float16, _SPLIT),
+    ((1, 2, 2, 300, 333, 128), False, (200, 50), 0.0, np.float16, _SPLIT),
+    ((1, 2, 1, 257, 300, 64), True, (-1, -1), 0.0, BF16, _SPLIT),
+    ((1, 2, 2, 97, 200, 96), False, (-1, -1), 0.1, np.float16, TensorCoreConfig(64, 32, 2, 16, split_d=True)),
+    ((1, 1, 1, 1, 300, 128), False, (-1, -1), 0.0, np.float16, _SPLIT),
+    ((1, 2, 2, 300, 1, 64), True, (-1, -1), 0.0, np.float16, _SPLIT)], ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
+def test_split_d_backward_matches_the_oracle(rng, case):
+    """The split_d dK/dV kernel against the float64 oracle (dQ from the dQ kernel, the forward as usual):
+    GQA, ragged sizes, causal, a window, dropout (the reference mask), bfloat16, a single query, a single key."""
+    (B, H, H_kv, n_q, n_k, D), causal, window, p, dtype, config = case
+    bf16 = dtype is BF16
+    conv = (lambda a: bf16_bits(to_bf16(a))) if bf16 else (lambda a: a.astype(np.float16))
+    back = (lambda a: from_bf16_bits(to_host(a))) if bf16 else to_host
+    q, do = (conv(rng.standard_normal((B, H, n_q, D)).astype(np.float32)) for _ in range(2))
+    k, v = (conv(rng.standard_normal((B, H_kv, n_k, D)).astype(np.float32)) for _ in range(2))
+    kw = dict(causal=causal, window_size=window, dropout_p=p, seed=1234 if p else None, bfloat16=bf16)
+    dev = [to_device(a) for a in (q, k, v)]
+    out, lse = nf.flash_attention(*dev, return_lse=True, **kw)
+    grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, config=config, **kw)
+    mask = reference_keep_mask(1234, p, B, H, n_q, n_k) if p else None
+    host = (lambda a: from_bf16_bits(a)) if bf16 else (lambda a: a)
+    check_against_oracle(host(q), host(k), host(v), host(do), back(out), to_host(lse), [back(g) for g in grads],
+                         causal, window, p, mask, dtype=dtype)
 
 
 @gpu_only
