@@ -10,6 +10,9 @@ dQ kernels) on the default config, causal, and varlen with dropout. Prints the m
 ``--backward-only`` skips the forward variants (the forward still runs to give out and lse).
 ``--wide-only`` runs only the head_dim-128 unmasked forward default, one block of 8 warps with 64-key
 tiles (``default_tc_config(128, unmasked=True)``), at 300 x 517 tokens (a partial query block and key tile).
+``--split-only`` runs only the head_dim-128 backward default, whose dK/dV kernel is the split_d one (two warps
+per 32 keys, P^T and dS^T through shared memory), at 150 x 200 tokens with GQA (4 query heads, 2 kv heads),
+causal and not.
 """
 
 import sys
@@ -35,10 +38,29 @@ def wide() -> int:
     return 0
 
 
+def split() -> int:
+    """The head_dim-128 backward default (split_d dK/dV) alone (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    q, do = (rng.standard_normal((1, 4, 150, 128)).astype(np.float16) for _ in range(2))
+    k, v = (rng.standard_normal((1, 2, 200, 128)).astype(np.float16) for _ in range(2))
+    cfg = nf.config.default_tc_config(128, pass_="backward")
+    assert cfg.split_d, cfg
+    dev = [cupy.asarray(a) for a in (q, k, v)]
+    for causal in (False, True):
+        out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True)
+        grads = nf.flash_attention_backward(cupy.asarray(do), *dev, out, lse, causal=causal, config=cfg)
+        want = nf.reference.attention_backward(do, q, k, v, causal=causal)
+        errs = [float(np.abs(cupy.asnumpy(g).astype(np.float64) - w).max()) for g, w in zip(grads, want)]
+        print(f"{cfg} causal={causal}: max abs error dq {errs[0]:.3e} dk {errs[1]:.3e} dv {errs[2]:.3e}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--wide-only" in args:
         return wide()
+    if "--split-only" in args:
+        return split()
     backward_only = "--backward-only" in args
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, 2, n, 64)).astype(np.float16) for n in (97, 83, 83))
