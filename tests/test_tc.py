@@ -650,6 +650,25 @@ def test_split_d_backward_matches_the_oracle(rng, case):
 
 
 @gpu_only
+@pytest.mark.parametrize("causal", [False, True])
+def test_head_dim_128_varlen_backward_default_is_split_d(rng, causal):
+    """Packed sequences at head_dim 128, config=None: the backward's default is the split_d dK/dV kernel
+    (varlen without dropout keeps it), and every sequence matches the float64 oracle. The lengths give
+    ragged query and key tiles, a sequence with no queries (its dK, dV must be zero), one with a single
+    query, max_seqlen above the longest query sequence, and GQA (4 query heads on 2 kv heads)."""
+    from numba_flash import launch
+    from test_features import varlen_case
+
+    want = default_tc_config(128, pass_="backward")
+    assert want.split_d, want
+    varlen_case(dict(data_seed=int(rng.integers(2**31)), H=4, H_kv=2, D=128, dtype=np.float16, lq=[130, 0, 257, 1],
+                     lk=[200, 64, 129, 300], extra_q=3, extra_k=0, causal=causal, window=(-1, -1), p=0.0, seed=None,
+                     config=None))
+    ran = {r["config"] for r in launch.occupancy() if r["kernel"] == "tc_dkdv"}
+    assert want.label() in ran, ran
+
+
+@gpu_only
 @pytest.mark.parametrize("dtype", [np.float16, BF16], ids=["float16", "bfloat16"])
 def test_atomic_dq_agrees_with_the_deterministic_backward(rng, dtype):
     """The atomic-dQ backward against the two-kernel one with the same tiles, GQA, causal, ragged
