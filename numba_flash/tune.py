@@ -41,7 +41,8 @@ small JSON file, ``~/.cache/numba_flash/tuning.json`` (``NUMBA_FLASH_TUNING_CACH
 ``NUMBA_FLASH_TUNING_CACHE=off`` disables it). The seqlen bucket is the power of two at or above
 ``max(seqlen_q, seqlen_k)``. Tensor-core entries have ``|tensor_core`` appended to their key (and
 ``"kind": "tensor_core"``, ``"config": [block_m, block_n, stages, rows_per_warp]``, followed by
-``atomic_dq, reread_q`` when either is on or min_blocks > 1, then ``min_blocks`` when > 1), so a tuned
+``atomic_dq, reread_q`` when either is on, min_blocks > 1 or split_d, then ``min_blocks`` when > 1 or
+split_d, then ``split_d`` when on), so a tuned
 BlockConfig and a tuned TensorCoreConfig coexist for the same problem; entries without a
 ``"kind"`` are BlockConfigs (files written before tensor-core tuning still load).
 
@@ -97,6 +98,9 @@ TC_REREAD_Q = (False, True)  # forward and dQ kernels: Q fragments re-read per k
 # forward and dQ kernels: compiled for this many blocks per SM; 3 only where it changes something and
 # leaves 168 registers: 4-warp blocks (255 registers allow 2), and not with atomic dQ (no dQ kernel)
 TC_MIN_BLOCKS = (1, 3)
+# backward only: the dK/dV kernel in FlashAttention-2's warp layout (not with atomic dQ; problems() keeps
+# it to 16-bit data and multiples of 32)
+TC_SPLIT_D = (False, True)
 # At most 8 warps per block: 16 warps of these kernels' 200-255 registers exceed an SM's 64K registers.
 TC_MAX_WARPS = 8
 # A config passes the oracle check when max|got - ref| <= RTOL * max|ref| for every output. The
@@ -167,8 +171,9 @@ def _kind_of(config) -> str:
 
 def _config_list(config) -> list:
     if isinstance(config, TensorCoreConfig):
-        flags = ([config.atomic_dq, config.reread_q] if config.atomic_dq or config.reread_q or config.min_blocks > 1
-                 else []) + ([config.min_blocks] if config.min_blocks > 1 else [])
+        more = config.min_blocks > 1 or config.split_d  # a later flag needs the earlier ones written out
+        flags = (([config.atomic_dq, config.reread_q] if config.atomic_dq or config.reread_q or more else [])
+                 + ([config.min_blocks] if more else []) + ([config.split_d] if config.split_d else []))
         return [config.block_m, config.block_n, config.stages, config.rows_per_warp, *flags]
     return [config.block_m, config.block_n, config.num_threads]
 
@@ -222,7 +227,7 @@ def _parse(entries: dict) -> dict:
     for key, entry in entries.items():
         try:
             kind, values = entry.get("kind", "block"), list(entry["config"])
-            if kind == "tensor_core" and len(values) in (4, 5, 6, 7) and key.endswith("|tensor_core"):
+            if kind == "tensor_core" and len(values) in (4, 5, 6, 7, 8) and key.endswith("|tensor_core"):
                 cfg = TensorCoreConfig(*values)
             elif kind == "block" and len(values) == 3 and not key.endswith("|tensor_core"):
                 cfg = BlockConfig(*values)
@@ -388,19 +393,20 @@ def _all_configs(block_sizes=BLOCK_SIZES, threads_per_row=THREADS_PER_ROW):
 
 def _all_tc_configs(pass_: str = "forward"):
     """Every TensorCoreConfig of the candidate grid (TC_BLOCK_M x TC_BLOCK_N x TC_STAGES x
-    TC_ROWS_PER_WARP x TC_REREAD_Q x TC_MIN_BLOCKS, and for the backward x TC_ATOMIC_DQ, where
-    reread_q and min_blocks only go with the dQ kernel, not with atomic dQ, and min_blocks > 1 only
-    with 4 warps) the constructor accepts (rows_per_warp must divide block_m), of at most TC_MAX_WARPS
-    warps."""
+    TC_ROWS_PER_WARP x TC_REREAD_Q x TC_MIN_BLOCKS, and for the backward x TC_ATOMIC_DQ x TC_SPLIT_D,
+    where reread_q and min_blocks only go with the dQ kernel, not with atomic dQ, split_d not with
+    atomic dQ either, and min_blocks > 1 only with 4 warps) the constructor accepts (rows_per_warp must
+    divide block_m), of at most TC_MAX_WARPS warps."""
     out = []
-    flags = [(a, r, b) for a in (TC_ATOMIC_DQ if pass_ == "backward" else (False,)) for r in TC_REREAD_Q
-             for b in TC_MIN_BLOCKS if not (a and (r or b > 1))]
-    for bm, bn, stages, rpw, (atomic, reread, blocks) in itertools.product(TC_BLOCK_M, TC_BLOCK_N, TC_STAGES,
-                                                                           TC_ROWS_PER_WARP, flags):
+    backward = pass_ == "backward"
+    flags = [(a, r, b, s) for a in (TC_ATOMIC_DQ if backward else (False,)) for r in TC_REREAD_Q
+             for b in TC_MIN_BLOCKS for s in (TC_SPLIT_D if backward else (False,)) if not (a and (r or b > 1 or s))]
+    for bm, bn, stages, rpw, (atomic, reread, blocks, split) in itertools.product(TC_BLOCK_M, TC_BLOCK_N, TC_STAGES,
+                                                                                  TC_ROWS_PER_WARP, flags):
         if (blocks > 1 and bm // rpw != 4) or bm // rpw > TC_MAX_WARPS:
             continue
         try:
-            out.append(TensorCoreConfig(bm, bn, stages, rpw, atomic, reread, blocks))
+            out.append(TensorCoreConfig(bm, bn, stages, rpw, atomic, reread, blocks, split))
         except ValueError:  # pragma: no cover - every rows_per_warp divides every block_m here
             continue
     return out
@@ -413,7 +419,7 @@ def enumerate_configs(head_dim: int, pass_: str = "forward", *, kind: str = "blo
     ``kind="block"`` (the default): BlockConfigs that fit in shared memory and split evenly. For the
     backward pass both kernels (dK/dV over key rows, dQ over query rows) use the config, so it
     must fit both. ``kind="tensor_core"``: TensorCoreConfigs of the grid TC_BLOCK_M x TC_BLOCK_N x
-    TC_STAGES x TC_ROWS_PER_WARP (x TC_ATOMIC_DQ for the backward; ``block_sizes`` and
+    TC_STAGES x TC_ROWS_PER_WARP (x TC_ATOMIC_DQ x TC_SPLIT_D for the backward; ``block_sizes`` and
     ``threads_per_row`` do not apply) that pass
     ``TensorCoreConfig.problems``: dynamic shared memory, rows_per_warp=16 for the backward, head_dim
     <= 128 (so none at larger head_dim). These can be listed anywhere; only the GPU runs them.
@@ -458,8 +464,8 @@ def _tc_heuristic_order(configs):
 def _as_config(c):
     """A BlockConfig or TensorCoreConfig as is; a 3-tuple ``(block_m, block_n, num_threads)`` as a
     BlockConfig; a 4-tuple ``(block_m, block_n, stages, rows_per_warp)`` (or 5, with ``atomic_dq``,
-    6, with ``atomic_dq, reread_q``, or 7, with ``atomic_dq, reread_q, min_blocks``) as a
-    TensorCoreConfig."""
+    6, with ``atomic_dq, reread_q``, 7, with ``atomic_dq, reread_q, min_blocks``, or 8, with ``split_d``
+    last) as a TensorCoreConfig."""
     if isinstance(c, (BlockConfig, TensorCoreConfig)):
         return c
     try:
@@ -469,10 +475,11 @@ def _as_config(c):
                         f"got {c!r}") from None
     if len(values) == 3:
         return BlockConfig(*values)
-    if len(values) in (4, 5, 6, 7):
+    if len(values) in (4, 5, 6, 7, 8):
         return TensorCoreConfig(*values)
     raise ValueError(f"config: expected (block_m, block_n, num_threads) for a BlockConfig or (block_m, block_n, "
-                     f"stages, rows_per_warp[, atomic_dq[, reread_q[, min_blocks]]]) for a TensorCoreConfig, got {c!r}")
+                     f"stages, rows_per_warp[, atomic_dq[, reread_q[, min_blocks[, split_d]]]]) for a TensorCoreConfig, "
+                     f"got {c!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,14 +666,14 @@ class Trial:
         if isinstance(c, TensorCoreConfig):
             smem = (c.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
                     else max(c.backward_shared_bytes(head_dim, k, elem) for k in kernels))
-            tpr, stages, rpw, atomic, reread, blocks = (None, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q,
-                                                        c.min_blocks)
+            tpr, stages, rpw, atomic, reread, blocks, split = (None, c.stages, c.rows_per_warp, c.atomic_dq,
+                                                               c.reread_q, c.min_blocks, c.split_d)
         else:
             smem = max(c.shared_memory_bytes(head_dim, k) for k in kernels)
-            tpr, stages, rpw, atomic, reread, blocks = c.threads_per_row(c.block_m), None, None, None, None, None
+            tpr, stages, rpw, atomic, reread, blocks, split = c.threads_per_row(c.block_m), *[None] * 6
         return {"kind": _kind_of(c), "block_m": c.block_m, "block_n": c.block_n, "num_threads": c.num_threads,
                 "threads_per_row": tpr, "stages": stages, "rows_per_warp": rpw, "atomic_dq": atomic, "reread_q": reread,
-                "min_blocks": blocks, "smem_kib": smem / 1024,
+                "min_blocks": blocks, "split_d": split, "smem_kib": smem / 1024,
                 "registers": self.registers, "median_ms": self.median_ms, "min_ms": self.min_ms,
                 "repeat": self.repeat, "tflops": self.tflops, "max_rel_err": self.max_rel_err,
                 "status": self.status, "reason": self.reason}
@@ -734,8 +741,9 @@ class TuneResult:
                  f"D={s['head_dim']} {s['dtype']}{' causal' if s['causal'] else ''} on {self.device}"
                  f"{' (tensor-core kernels)' if tc else ''}")
         t = Table(title=title)
-        atomic_col = tc and self.pass_ == "backward"  # dQ: by atomic adds, or its own kernel
-        shape_cols = (("stages", "rows/warp", "Q", "blk/SM") + (("dQ",) if atomic_col else ())) if tc else ("thr/row",)
+        atomic_col = tc and self.pass_ == "backward"  # dQ: by atomic adds, or its own kernel; dK/dV's warp layout
+        shape_cols = ((("stages", "rows/warp", "Q", "blk/SM") + (("dQ", "dK/dV") if atomic_col else ())) if tc
+                      else ("thr/row",))
         for col in ("#", "BM", "BN", "thr", *shape_cols, "smem KiB", "regs", "ms", "TFLOP/s", "vs default",
                     "max err", "status"):
             t.add_column(col, justify="right" if col not in ("status",) else "left")
@@ -744,7 +752,8 @@ class TuneResult:
             cells = (r["stages"], r["rows_per_warp"]) if tc else (r["threads_per_row"],)
             # Q fragments: per key tile, or held; the launch bound (blocks per SM asked for)
             q = ("re-read" if r["reread_q"] else "regs", _fmt(r.get("min_blocks") or 1, "d")) if tc else ()
-            dq = ("atomic" if r["atomic_dq"] else "kernel",) if atomic_col else ()
+            dq = (("atomic" if r["atomic_dq"] else "kernel", "split" if r.get("split_d") else "16 keys") if atomic_col
+                  else ())
             return (str(r["block_m"]), str(r["block_n"]), str(r["num_threads"]), *(_fmt(x, "d") for x in cells), *q, *dq,
                     f"{r['smem_kib']:.1f}", _fmt(r["registers"], "d"))
 

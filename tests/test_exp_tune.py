@@ -251,17 +251,18 @@ NEEDS_GPU = "the tensor-core kernels are inline PTX: they run only on the GPU ba
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
 def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
     ok, skipped = tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core", with_skipped=True)
-    # the tile grid, x 2 for reread_q, and for the backward + the atomic-dQ configs (which have no dQ
-    # kernel, so no reread_q variant); + a min_blocks=3 variant of each 4-warp one ((64, rows 16) and
-    # (128, rows 32)) that is not atomic
+    # the tile grid, x 2 for reread_q, for the backward x 2 for split_d and + the atomic-dQ configs (which
+    # have no dQ kernel, so no reread_q variant, and no split_d one); + a min_blocks=3 variant of each 4-warp
+    # one ((64, rows 16) and (128, rows 32)) that is not atomic
     # (block_m, rows_per_warp) pairs of at most 8 warps: 256 rows only with 32 per warp
     pairs = [(bm, r) for bm in tune_mod.TC_BLOCK_M for r in tune_mod.TC_ROWS_PER_WARP if bm // r <= tune_mod.TC_MAX_WARPS]
     assert (256, 16) not in pairs and (256, 32) in pairs and len(pairs) == 7
     tiles = len(pairs) * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES)
     four_warp = 2 * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES) * len(tune_mod.TC_REREAD_Q)
-    grid = tiles * (len(tune_mod.TC_REREAD_Q) + (1 if pass_ == "backward" else 0)) + four_warp
-    assert tune_mod.TC_MIN_BLOCKS == (1, 3)
-    assert len(ok) + len(skipped) == grid == (200 if pass_ == "backward" else 144)
+    split = len(tune_mod.TC_SPLIT_D) if pass_ == "backward" else 1
+    grid = tiles * (len(tune_mod.TC_REREAD_Q) * split + (1 if pass_ == "backward" else 0)) + four_warp * split
+    assert tune_mod.TC_MIN_BLOCKS == (1, 3) and tune_mod.TC_SPLIT_D == (False, True)
+    assert len(ok) + len(skipped) == grid == (344 if pass_ == "backward" else 144)
     assert len(set(ok)) == len(ok) and not set(ok) & {c for c, _ in skipped}
     assert tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core") == ok
     for cfg in ok:
@@ -270,7 +271,7 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
         assert cfg.warps <= 8
         assert (cfg.block_m in (32, 64, 128, 256) and cfg.block_n in (16, 32, 64, 128) and cfg.stages in (1, 2)
                 and cfg.rows_per_warp in (16, 32) and cfg.atomic_dq in ((False, True) if pass_ == "backward" else (False,))
-                and not (cfg.atomic_dq and cfg.reread_q))
+                and not (cfg.atomic_dq and cfg.reread_q) and not (cfg.split_d and (pass_ == "forward" or cfg.atomic_dq)))
         if cfg.min_blocks > 1:  # the bound binds (4 warps: 255 registers allow 2 blocks) and leaves 168
             assert cfg.min_blocks == 3 and cfg.warps == 4 and not cfg.atomic_dq and cfg.max_registers() == 168
             assert dataclasses.replace(cfg, min_blocks=1) in ok
@@ -286,10 +287,24 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
         assert all(any("rows_per_warp=16" in w for w in why) for c, why in skipped if c.rows_per_warp == 32)
         # every rows_per_warp=16 config fits at head_dim <= 128; with atomic_dq's dS^T tile all do at
         # head_dim <= 64, and at 128 all but the largest (shared memory)
-        plain = [c for c in ok if not c.atomic_dq and not c.reread_q and c.min_blocks == 1]
+        plain = [c for c in ok if not c.atomic_dq and not c.reread_q and c.min_blocks == 1 and not c.split_d]
         atomic = [c for c in ok if c.atomic_dq]
+        # split_d: every plain config with block_m and block_n multiples of 32 (two warps share 32 keys,
+        # each takes half of a streamed tile), at head_dim 64 and 128 (multiples of 32), none at 16
+        # (less, at head_dim 128, those whose P^T and dS^T tiles overflow shared memory)
+        split = {c for c in ok if c.split_d and not c.reread_q and c.min_blocks == 1}
+        fits32 = {dataclasses.replace(c, split_d=True) for c in plain
+                  if head_dim % 32 == 0 and c.block_m % 32 == 0 and c.block_n % 32 == 0}
+        assert split <= fits32 and (split == fits32 if head_dim <= 64 else len(split) >= len(fits32) - 2)
+        assert TensorCoreConfig(128, 64, 2, 16, split_d=True) in split if head_dim in (64, 128) else not split
+        for c in fits32 - split:
+            assert any("shared memory" in w for w in c.problems(head_dim, pass_)), c
+        # a split_d config skipped where its 16-key twin runs says why: its tile sizes, or shared memory
+        assert all(any("split_d" in w or "shared memory" in w for w in why) for c, why in skipped
+                   if c.split_d and not dataclasses.replace(c, split_d=False).problems(head_dim, pass_))
         assert len(plain) == 24 and {dataclasses.replace(c, atomic_dq=False) for c in atomic} <= set(plain)
-        assert {c for c in ok if c.reread_q and c.min_blocks == 1} == {dataclasses.replace(c, reread_q=True) for c in plain}
+        assert ({c for c in ok if c.reread_q and c.min_blocks == 1 and not c.split_d}
+                == {dataclasses.replace(c, reread_q=True) for c in plain})
         assert len(atomic) == 24 if head_dim <= 64 else 12 <= len(atomic) < 24
         assert all(any("shared memory" in w for w in why) for c, why in skipped
                    if c.atomic_dq and c.rows_per_warp == 16)
@@ -333,6 +348,7 @@ def test_as_config_of_tuples():
     assert tune_mod._as_config((64, 32, 2, 16, False, True)) == TensorCoreConfig(64, 32, 2, 16, reread_q=True)
     assert tune_mod._as_config((64, 64, 2, 16, False, True, 3)) == TensorCoreConfig(64, 64, 2, 16, reread_q=True,
                                                                                       min_blocks=3)
+    assert tune_mod._as_config((128, 64, 2, 16, False, False, 1, True)) == TensorCoreConfig(128, 64, 2, 16, split_d=True)
     for bad in [(64, 32), (64, 32, 2, 16, True, 0), (64, 32, 2, 16, 1), (64, 32, 2, 16, False, False, True)]:
         with pytest.raises(ValueError, match="TensorCoreConfig"):
             tune_mod._as_config(bad)
@@ -372,15 +388,19 @@ def test_tc_cache_entry_coexists_with_a_block_entry(private_cache):
 
 
 @pytest.mark.parametrize("cfg", [TensorCoreConfig(128, 32, 2, 32, reread_q=True), TensorCoreConfig(64, 32, 2, 16, True),
-                                 TensorCoreConfig(64, 32, 2, 16, reread_q=True, min_blocks=3)])
+                                 TensorCoreConfig(64, 32, 2, 16, reread_q=True, min_blocks=3),
+                                 TensorCoreConfig(128, 64, 2, 16, split_d=True),
+                                 TensorCoreConfig(128, 64, 2, 16, reread_q=True, split_d=True)])
 def test_tc_cache_entries_keep_their_flags(private_cache, cfg):
-    # (until session 9 a tuned atomic_dq config was stored as its four tile sizes and came back without it)
-    pass_ = "backward" if cfg.atomic_dq else "forward"
+    # (until session 9 a tuned atomic_dq config was stored as its four tile sizes and came back without it;
+    # split_d, in session 14)
+    pass_ = "backward" if cfg.atomic_dq or cfg.split_d else "forward"
     tune_mod.store(128, "float16", False, 4096, pass_, cfg)
     assert tune_mod.lookup(128, "float16", False, 4096, pass_, kind="tensor_core") == cfg
     (entry,) = json.loads(private_cache.read_text())["entries"].values()
+    more = cfg.min_blocks > 1 or cfg.split_d
     assert entry["config"] == [cfg.block_m, cfg.block_n, cfg.stages, cfg.rows_per_warp, cfg.atomic_dq, cfg.reread_q,
-                               *([cfg.min_blocks] if cfg.min_blocks > 1 else [])]
+                               *([cfg.min_blocks] if more else []), *([True] if cfg.split_d else [])]
 
 
 def test_store_validates_a_tc_config(private_cache):
@@ -477,7 +497,7 @@ def test_tc_trials_render(pass_):
     assert table.row_count == 3
     d = result.to_dict()
     assert d["kind"] == "tensor_core" and d["best"] == {"block_m": 64, "block_n": 64, "stages": 1, "rows_per_warp": 16,
-                                                   "atomic_dq": False, "reread_q": False, "min_blocks": 1}
+                                                   "atomic_dq": False, "reread_q": False, "min_blocks": 1, "split_d": False}
     block_row = tune_mod.Trial(BlockConfig(32, 16, 128)).row(64, pass_)
     assert block_row["kind"] == "block" and block_row["stages"] is None and block_row["rows_per_warp"] is None
     assert block_row["threads_per_row"] == 4
