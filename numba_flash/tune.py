@@ -482,6 +482,18 @@ def _as_config(c):
                      f"got {c!r}")
 
 
+def _config_of_text(text: str):
+    """``--config``'s text: three integers for a BlockConfig, else :meth:`TensorCoreConfig.parse` (four
+    integers, then the flags ``atomic``, ``reread``, ``split``, ``bK``)."""
+    items = [x.strip() for x in text.split(",")]
+    if len(items) == 3:
+        try:
+            return BlockConfig(*(int(x) for x in items))
+        except ValueError as e:
+            raise ValueError(f"BlockConfig {text!r}: expected BM,BN,THREADS (three integers): {e}") from None
+    return TensorCoreConfig.parse(text)
+
+
 # --------------------------------------------------------------------------------------------
 # Running and checking one config
 # --------------------------------------------------------------------------------------------
@@ -1040,9 +1052,9 @@ def main(argv=None) -> int:
     parser.add_argument("--check-seqlen", type=int, default=1024,
                         help="tokens of the reduced problem checked against the float64 oracle")
     parser.add_argument("--config", dest="configs", action="append", default=None,
-                        metavar="BM,BN,THREADS|BM,BN,STAGES,ROWS_PER_WARP",
-                        help="try only these configs (repeatable): 3 numbers for a BlockConfig, 4 for a "
-                             "TensorCoreConfig")
+                        metavar="BM,BN,THREADS|BM,BN,STAGES,ROWS_PER_WARP[,atomic][,reread][,split][,bK]",
+                        help="try only these configs (repeatable): 3 numbers for a BlockConfig; 4 numbers and "
+                             "any flags for a TensorCoreConfig (TensorCoreConfig.parse: e.g. 128,64,2,16,split)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the tuning cache")
     parser.add_argument("--cache-file", default=None, help=f"cache file to use (default: ${CACHE_ENV} or "
                         "~/.cache/numba_flash/tuning.json)")
@@ -1071,7 +1083,7 @@ def main(argv=None) -> int:
         return 0
 
     try:
-        configs = [_as_config(int(x) for x in c.split(",")) for c in args.configs] if args.configs else None
+        configs = [_config_of_text(c) for c in args.configs] if args.configs else None
     except (TypeError, ValueError) as e:
         parser.error(f"--config: {e}")
     use_cache = not args.no_cache

@@ -548,14 +548,26 @@ def test_tune_tensor_core_on_the_simulator_is_a_clear_error(private_cache):
     assert tune_mod.lookup(16, "float16", False, 16, "forward", kind="tensor_core") is None
 
 
+def test_tune_cli_reads_configs_with_flags():
+    # (before session 14 --config took integers only, so no flagged tensor-core config could be named)
+    read = tune_mod._config_of_text
+    assert read("8, 8, 16") == BlockConfig(8, 8, 16) and read("64,32,2,16") == TensorCoreConfig(64, 32, 2, 16)
+    assert read("128,64,2,16,split") == TensorCoreConfig(128, 64, 2, 16, split_d=True)
+    assert read("64,64,2,16,reread,b3") == TensorCoreConfig(64, 64, 2, 16, reread_q=True, min_blocks=3)
+    assert read("64,32,2,16,atomic") == TensorCoreConfig(64, 32, 2, 16, atomic_dq=True)
+    for bad, why in (("8,8,x", "three integers"), ("64,32,2,16,fast", "unknown flag"), ("64,32", "four integers")):
+        with pytest.raises(ValueError, match=why):
+            read(bad)
+
+
 def test_tune_cli_rejects_bad_configs(capsys):
     for argv in (["--config", "64,32"], ["--config", "8,8,16", "--config", "64,32,2,16"],
-                 ["--kind", "block", "--config", "64,32,2,16"]):
+                 ["--kind", "block", "--config", "64,32,2,16"], ["--config", "128,64,2,16,quick"]):
         with pytest.raises(SystemExit) as exit_info:
             tune_mod.main(["--smoke", "--no-progress", *argv])
         assert exit_info.value.code == 2, argv
     err = capsys.readouterr().err
-    assert "--config" in err and "mixed" in err and "kind='block'" in err
+    assert "--config" in err and "mixed" in err and "kind='block'" in err and "unknown flag 'quick'" in err
 
 
 @pytest.mark.skipif(ON_GPU, reason="on the GPU config=None picks tensor-core configs for float16 "
