@@ -167,10 +167,16 @@ def tc_dq_convert_kernel(head_dim: int, elem: str = "f16"):
     return kernel
 
 
-def query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load_tile, Q_ITERS):
-    """The dK/dV kernels' ``fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid)``:
-    cp.async query tile ``row0..`` of head ``h`` (Q, dO at byte offsets ``SQ``, ``SDO`` + ``stage``
-    tiles, and their lse, delta at the start of shared memory, ``stage`` x 8 ``BLOCK_M`` bytes)."""
+def query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load_tile, Q_ITERS, STAGES):
+    """The dK/dV kernels' query-tile pipeline, ``(fetch, arrive)``.
+
+    ``fetch(s_base, stage, q, dout, lse, delta, ab, h, row0, rows_left, tid)``: cp.async query tile
+    ``row0..`` of head ``h`` (Q, dO at byte offsets ``SQ``, ``SDO`` + ``stage`` tiles, and their lse,
+    delta at the start of shared memory, ``stage`` x 8 ``BLOCK_M`` bytes).
+
+    ``arrive(s_base, it, total, q, dout, lse, delta, ab, h, m0, nxt_h, nxt, q_off, n_q, tid)``: at the
+    loop's tile ``it`` of ``total`` (head ``h``, first row ``m0``; the next one's ``nxt_h``, ``nxt``),
+    start the copy that is due, wait for tile ``it`` and return its ``(sQ, sdO, s_rows)`` addresses."""
     ROWS_BYTES = 2 * BLOCK_M * 4  # lse, delta of one query tile (float32)
     ROW_COPIES = -(-BLOCK_M // NUM_THREADS)  # their 4-byte copies per thread
 
@@ -202,7 +208,25 @@ def query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load
             for i in range(tid, BLOCK_M, NUM_THREADS):
                 fetch_row(dst, l_src, d_src, lse, delta, i, rows_left)
 
-    return fetch
+    @cuda.jit(device=True, inline=True)
+    def arrive(s_base, it, total, q, dout, lse, delta, ab, h, m0, nxt_h, nxt, q_off, n_q, tid):
+        """Query tile ``it``'s shared addresses, once its copy has landed (see the factory)."""
+        stage = it % STAGES if STAGES > 1 else 0
+        if STAGES > 1:  # two stages: the next tile is copied while this one is used
+            if it + 1 < total:
+                fetch(s_base, 1 - stage, q, dout, lse, delta, ab, nxt_h, q_off + nxt, n_q - nxt, tid)
+            cp_async_commit()
+            cp_async_wait_one()
+        else:  # one: the prologue copied tile 0, each later tile is copied at its turn
+            if it > 0:
+                fetch(s_base, 0, q, dout, lse, delta, ab, h, q_off + m0, n_q - m0, tid)
+                cp_async_commit()
+            cp_async_wait_all()
+        cuda.syncthreads()
+        return (s_base + uint32(SQ + stage * TILE_BYTES), s_base + uint32(SDO + stage * TILE_BYTES),
+                s_base + uint32(stage * ROWS_BYTES))
+
+    return fetch, arrive
 
 
 @functools.lru_cache(maxsize=None)
@@ -262,7 +286,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     if ATOMIC and TF32:
         raise ValueError("atomic_dq: the float32 (3xTF32) backward has no atomic dQ")
 
-    fetch = query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load_tile, Q_ITERS)
+    fetch, arrive = query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load_tile, Q_ITERS, STAGES)
 
     def kernel(q, k, v, dout, lse, delta, dk, dv, dq_acc, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
                threshold, drop_scale):
@@ -328,21 +352,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                 m0 = m_start + (it % m_tiles) * BLOCK_M
                 nxt = m_start + ((it + 1) % m_tiles) * BLOCK_M
                 nxt_h = hk * group + (it + 1) // m_tiles
-            stage = it % STAGES if STAGES > 1 else 0
-            if STAGES > 1:
-                if it + 1 < total:
-                    fetch(s_base, 1 - stage, q, dout, lse, delta, ab, nxt_h, q_off + nxt, n_q - nxt, tid)
-                cp_async_commit()
-                cp_async_wait_one()
-            else:
-                if it > 0:
-                    fetch(s_base, 0, q, dout, lse, delta, ab, h, q_off + m0, n_q - m0, tid)
-                    cp_async_commit()
-                cp_async_wait_all()
-            cuda.syncthreads()
-            sQ = s_base + uint32(SQ + stage * TILE_BYTES)
-            sdO = s_base + uint32(SDO + stage * TILE_BYTES)
-            s_rows = s_base + uint32(stage * ROWS_BYTES)
+            sQ, sdO, s_rows = arrive(s_base, it, total, q, dout, lse, delta, ab, h, m0, nxt_h, nxt, q_off, n_q, tid)
 
             if KV_REGS and it == 0:
                 for kk in static_range(KSTEPS):

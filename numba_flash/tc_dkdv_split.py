@@ -29,7 +29,7 @@ from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes
 from .masking import band_queries, in_band, query_span, sequence_bounds
-from .ptx import (cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, ld_shared_f32, ldmatrix_x4,
+from .ptx import (cp_async_commit, cp_async_wait_all, ex2, ld_shared_f32, ldmatrix_x4,
                   ldmatrix_x4_trans, shared_address, st_global_u32, st_shared_u32)
 from .tc_backward import _ops, lse2, query_tile_fetcher
 from .tc_forward import LOG2E, keep_scale, row_address, tc_jit, tile_copier
@@ -68,7 +68,7 @@ def tc_dkdv_split_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool =
     sequence = sequence_bounds(varlen)
     load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     KV_ITERS, Q_ITERS = tile_iters(BLOCK_N), tile_iters(BLOCK_M)
-    fetch = query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, True, load_tile, Q_ITERS)
+    fetch, arrive = query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, True, load_tile, Q_ITERS, STAGES)
 
     def kernel(q, k, v, dout, lse, delta, dk, dv, dq_acc, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
                threshold, drop_scale):
@@ -126,21 +126,7 @@ def tc_dkdv_split_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool =
         m0 = m_start
         for it in range(total):
             nxt_h, nxt = (h, m0 + BLOCK_M) if m0 + BLOCK_M < m_end else (h + 1, m_start)
-            stage = it % STAGES if STAGES > 1 else 0
-            if STAGES > 1:
-                if it + 1 < total:
-                    fetch(s_base, 1 - stage, q, dout, lse, delta, ab, nxt_h, q_off + nxt, n_q - nxt, tid)
-                cp_async_commit()
-                cp_async_wait_one()
-            else:
-                if it > 0:
-                    fetch(s_base, 0, q, dout, lse, delta, ab, h, q_off + m0, n_q - m0, tid)
-                    cp_async_commit()
-                cp_async_wait_all()
-            cuda.syncthreads()
-            sQ = s_base + uint32(SQ + stage * TILE_BYTES)
-            sdO = s_base + uint32(SDO + stage * TILE_BYTES)
-            s_rows = s_base + uint32(stage * ROWS_BYTES)
+            sQ, sdO, s_rows = arrive(s_base, it, total, q, dout, lse, delta, ab, h, m0, nxt_h, nxt, q_off, n_q, tid)
 
             # Step 1: S^T = K Q^T and dP^T = V dO^T for the pair's 32 keys and this warp's query half.
             for i in static_range(S_REGS):

@@ -167,3 +167,39 @@ def test_atomic_dq_experiment_arguments_summary_and_cpu_exit(capsys):
         assert "needs the GPU backend" in capsys.readouterr().out
         prof = load_experiment("profile_backward")
         assert prof.main(["--config", "64,32,2,16,1"]) == 0
+
+
+_PTX = """//
+.common .global .align 8 .u64 _ZN08NumbaEnv11numba_flash7masking7in_bandB3v{a}B100cwE;
+.common .global .align 8 .u64 _ZN08NumbaEnv11numba_flash11tc_backward4lse2B3v{b}B100cwE;
+.visible .entry _ZN6cudapy11numba_flash6kernelB2v9B100cwE(
+{{
+\tmma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{%f1, %f2, %f3, %f4}}, {{%r1, %r2, %r3, %r4}}, {{%r5, %r6}}, {{%f1, %f2, %f3, %f4}};
+\tcall.uni _ZN08numba_flash6helperB3v{b}B100cwE;
+\tmov.u64 %rd1, _cudapy_smem_{b};
+\t{last}
+}}
+"""
+
+
+def test_ptx_identity_ignores_names_and_catches_code(tmp_path, capsys):
+    """experiments/ptx_identity.py: the Numba environment globals (any order), mangled-name version
+    counters and the shared array's counter may change with a refactor; any instruction that changes
+    is a difference."""
+    tool = load_experiment("ptx_identity")
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.mkdir()
+    after.mkdir()
+    (before / "k.ptx").write_text(_PTX.format(a=44, b=58, last="ret;"))
+    (after / "k.ptx").write_text(_PTX.format(a=51, b=59, last="ret;"))
+    assert tool.main(["compare", str(before), str(after)]) == 0
+    assert "k.ptx: identical" in capsys.readouterr().out
+    (after / "k.ptx").write_text(_PTX.format(a=44, b=58, last="bar.sync 0;\n\tret;"))
+    (after / "only_after.ptx").write_text("ret;")
+    assert tool.main(["compare", str(before), str(after)]) == 1
+    out = capsys.readouterr().out
+    assert "k.ptx: DIFFERS in 1 lines" in out and "only_after.ptx: only in" in out
+    assert tool.main(["compare", str(tmp_path / "none"), str(tmp_path / "none2")]) == 1
+    with pytest.raises(SystemExit):
+        tool.main(["dump", str(tmp_path), "--case", "no-such-kernel"])
+    assert {c[0] for c in tool.CASES} >= {"dkdv-split-128", "dkdv-tf32-128", "dq-f16-128", "forward-f16-128"}
