@@ -25,9 +25,10 @@ from numba_flash.philox import reference_keep_mask
 _CASES = [(TensorCoreConfig(128, 64, 2, 32), 64, False, False), (TensorCoreConfig(128, 32, 2, 32, reread_q=True), 96, False, False),
           (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True),
           (TensorCoreConfig(16, 16, 1), 128, True, True)]
-# The backward's defaults (plain and with varlen + dropout) and the smallest config.
+# The backward's defaults (plain and with varlen + dropout) and the smallest config. (The head_dim-128
+# default, split_d, is compiled in its own test. Each case is two compiles of 0.5-4 minutes on CI's
+# 2 cores, so the 16-key (64, 32) at head_dim 128, no longer a default, is left to the GPU tests.)
 _BACKWARD_CASES = [(TensorCoreConfig(64, 64, 2, 16, reread_q=True, min_blocks=3), 64, False, False),
-                   (TensorCoreConfig(64, 32, 2, 16), 128, False, False),
                    (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True)]
 _SCRIPT = r"""
 import json, sys
@@ -91,24 +92,23 @@ def test_reread_q_frees_registers_for_the_head_dim_128_forward_default():
     held, reread = TensorCoreConfig(64, 32, 2, 16), TensorCoreConfig(64, 32, 2, 16, reread_q=True)
     default = default_tc_config(128)
     assert default == TensorCoreConfig(128, 32, 2, 32, reread_q=True)
-    cases = [(k, c, 128, False, False, "f16") for k in ("forward", "dq") for c in (held, reread)]
-    cases += [("forward", default, 128, False, False, elem) for elem in ("f16", "bf16")]
+    # float16 only: bfloat16 changes the mma and packing instructions, not the structure (its compiles are
+    # in the head_dim-64 forward and backward tests; each head_dim-128 compile costs 2-3 minutes on CI's
+    # 2 cores). The dQ kernel's Q re-read is in the head_dim-64 backward default, compiled there.
+    cases = [("forward", c, 128, False, False, "f16") for c in (held, reread, default)]
     # The unmasked default, one block of 8 warps with 64-key tiles, spills: an 80-byte stack, 80 bytes
     # stored and 92 loaded (the tile copies' addresses) with CI's wheels and the GPU image's CUDA 13.0
     # alike; bounded. It was measured the fastest without a band all the same (config.default_tc_config).
     wide = default_tc_config(128, unmasked=True)
     assert wide == TensorCoreConfig(256, 64, 2, 32, reread_q=True)
-    cases += [("forward", wide, 128, False, False, elem) for elem in ("f16", "bf16")]
-    reports = _compile(cases, max_stack=32, max_spill=32, bounds={6: (80, 92), 7: (80, 92)})  # one batch
-    for i in (0, 2):
-        a, b = reports[i], reports[i + 1]
-        assert a["spill_stores"] == b["spill_stores"] == 0 and a["stack"] == b["stack"] == 0, (a, b)
-        assert a["mma"] == b["mma"] and a["ldmatrix"] == b["ldmatrix"], (a, b)
-        assert b["registers"] <= a["registers"] - 24, (a, b)  # measured 223 -> 176 (forward)
-    for r in reports[4:6]:
-        assert r["mma"] == 2 * (8 * 4 + 2 * 16), r
-    for r in reports[6:]:  # 64-key tiles: twice the mma per tile
-        assert r["mma"] == 2 * (8 * 8 + 4 * 16), r
+    cases += [("forward", wide, 128, False, False, "f16")]
+    reports = _compile(cases, max_stack=32, max_spill=32, bounds={3: (80, 92)})  # one batch
+    a, b = reports[0], reports[1]
+    assert a["spill_stores"] == b["spill_stores"] == 0 and a["stack"] == b["stack"] == 0, (a, b)
+    assert a["mma"] == b["mma"] and a["ldmatrix"] == b["ldmatrix"], (a, b)
+    assert b["registers"] <= a["registers"] - 24, (a, b)  # measured 223 -> 176 (forward)
+    assert reports[2]["mma"] == 2 * (8 * 4 + 2 * 16), reports[2]
+    assert reports[3]["mma"] == 2 * (8 * 8 + 4 * 16), reports[3]  # 64-key tiles: twice the mma per tile
 
 
 # float32 forward (3xTF32): the defaults at head_dim 64 and 128, and with varlen + dropout at head_dim 64.
@@ -207,12 +207,11 @@ def test_atomic_dq_backward_compiles_to_mma_and_vector_atomics_without_spills():
             2 * cfg.block_m + 2 * cfg.stages * cfg.block_n) + cfg.block_m * (2 * cfg.block_n + 16)), r
 
 
-# The split_d dK/dV kernel (FlashAttention-2's warp layout): at head_dim 128 in float16 and bfloat16,
-# at 64, and with varlen + dropout at 96 (smaller tiles: Philox's registers).
+# The split_d dK/dV kernel (FlashAttention-2's warp layout): the head_dim-128 default, and with varlen +
+# dropout at 96 (smaller tiles: Philox's registers), bfloat16. (Each head_dim-128 compile of it takes
+# 2-5 minutes on CI's 2 cores; the GPU tests run it at 64 and 128 in both 16-bit types too.)
 _SPLIT_CASES = [(TensorCoreConfig(128, 64, 2, 16, split_d=True), 128, False, False, "f16"),
-                (TensorCoreConfig(128, 64, 2, 16, split_d=True), 128, False, False, "bf16"),
-                (TensorCoreConfig(128, 64, 2, 16, split_d=True), 64, False, False, "f16"),
-                (TensorCoreConfig(64, 32, 2, 16, split_d=True), 96, True, True, "f16")]
+                (TensorCoreConfig(64, 32, 2, 16, split_d=True), 96, True, True, "bf16")]
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
@@ -223,7 +222,14 @@ def test_split_d_dkdv_kernel_compiles_to_larger_warp_tiles_without_spills():
     and dO per 16 queries, per k-step of step 2 two of P^T, two of dS^T and one of dO and Q per 16
     columns. At head_dim 128 with (128, 64): 256 mma, 112 ldmatrix (the 16-key kernel: 128 and 80)."""
     cases = [("dkdv", cfg, d, vl, dr, elem) for cfg, d, vl, dr, elem in _SPLIT_CASES]
-    reports = _compile(cases, bounds={3: (160, 160)})
+    # and the default's dQ kernel (which ignores split_d: 8 warps of 16 queries, 64-key tiles). It spills
+    # with CI's wheels (48-byte stack, 44 bytes stored, 56 loaded); the GPU image's CUDA 13.0 gave 254
+    # registers and no local memory (experiments/results/session14-2026-12-03). Bounded.
+    default = default_tc_config(128, pass_="backward")
+    assert default == _SPLIT_CASES[0][0]
+    reports = _compile(cases + [("dq", default, 128, False, False, "f16")], bounds={1: (160, 160), 2: (48, 56)})
+    dq = reports.pop()
+    assert dq["mma"] == 2 * 8 * (default.block_n // 8) + (default.block_n // 16) * 16 and dq["red"] == 0, dq
     for (_, cfg, d, _, dr, elem), r in zip(cases, reports):
         assert r["split_d"] and any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
         ks, qs = d // 16, cfg.block_n // 16
