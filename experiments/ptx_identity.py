@@ -72,11 +72,8 @@ def compare(before: Path, after: Path, out=sys.stdout) -> int:
 
 def dump(folder: Path, only=None) -> None:
     os.environ.setdefault("NUMBA_FLASH_BACKEND", "gpu")  # compile for sm_90; nothing is launched
-    from numba import cuda
-    from numba.cuda import dispatcher as numba_dispatcher
-
-    from numba_flash import resources
     from numba_flash.config import TensorCoreConfig
+    from numba_flash.resources import compile_for, tc_signature
     from numba_flash.tc_backward import tc_dkdv_kernel, tc_dq_kernel
     from numba_flash.tc_forward import tc_forward_kernel
 
@@ -87,13 +84,7 @@ def dump(folder: Path, only=None) -> None:
             continue
         start = time.perf_counter()
         fn = factories[kernel](TensorCoreConfig.parse(text), head_dim, varlen, dropout, elem)
-        real = numba_dispatcher.get_current_device  # as resources.compile_for: no driver here
-        numba_dispatcher.get_current_device = lambda: resources._Device((9, 0))
-        try:
-            ptx, _ = cuda.compile_ptx(fn.py_func, resources.tc_signature(kernel, elem), cc=(9, 0),
-                                      launch_bounds=fn.targetoptions.get("launch_bounds"))
-        finally:
-            numba_dispatcher.get_current_device = real
+        ptx, _ = compile_for(fn.py_func, tc_signature(kernel, elem), (9, 0), name, fn.targetoptions.get("launch_bounds"))
         (folder / f"{name}.ptx").write_text(ptx)
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
 

@@ -101,6 +101,8 @@ TC_MIN_BLOCKS = (1, 3)
 # backward only: the dK/dV kernel in FlashAttention-2's warp layout (not with atomic dQ; problems() keeps
 # it to 16-bit data and multiples of 32)
 TC_SPLIT_D = (False, True)
+# A TensorCoreConfig as a list: its four tile sizes, then its flags in field order (cache entries, tuples)
+_TC_LENGTHS = tuple(range(4, len(dataclasses.fields(TensorCoreConfig)) + 1))
 # At most 8 warps per block: 16 warps of these kernels' 200-255 registers exceed an SM's 64K registers.
 TC_MAX_WARPS = 8
 # A config passes the oracle check when max|got - ref| <= RTOL * max|ref| for every output. The
@@ -227,7 +229,7 @@ def _parse(entries: dict) -> dict:
     for key, entry in entries.items():
         try:
             kind, values = entry.get("kind", "block"), list(entry["config"])
-            if kind == "tensor_core" and len(values) in (4, 5, 6, 7, 8) and key.endswith("|tensor_core"):
+            if kind == "tensor_core" and len(values) in _TC_LENGTHS and key.endswith("|tensor_core"):
                 cfg = TensorCoreConfig(*values)
             elif kind == "block" and len(values) == 3 and not key.endswith("|tensor_core"):
                 cfg = BlockConfig(*values)
@@ -475,7 +477,7 @@ def _as_config(c):
                         f"got {c!r}") from None
     if len(values) == 3:
         return BlockConfig(*values)
-    if len(values) in (4, 5, 6, 7, 8):
+    if len(values) in _TC_LENGTHS:
         return TensorCoreConfig(*values)
     raise ValueError(f"config: expected (block_m, block_n, num_threads) for a BlockConfig or (block_m, block_n, "
                      f"stages, rows_per_warp[, atomic_dq[, reread_q[, min_blocks[, split_d]]]]) for a TensorCoreConfig, "
