@@ -12,12 +12,17 @@ Per shape, dtype and causal flag, in one process on one GPU, CUDA events (median
   config and each ``--bwd-config`` (``BM,BN,STAGES,16[,atomic][,reread][,bK]``, ``TensorCoreConfig.parse``), and of SDPA's FLASH_ATTENTION
   backend (its backward: atomic dQ too);
 * error of dq, dk, dv against float64 (torch's MATH backend on the first batch entry), max |x - ref|
-  / max |ref|, for the deterministic default, each ``--bwd-config`` and SDPA flash;
+  / max |ref|, for the deterministic default, each ``--bwd-config`` and SDPA flash, and the default's
+  over SDPA's (``dq_ratio``...: <= 1 meets the speed issue's error target);
 * how far two atomic runs' dq differ (max |dq1 - dq2| / max |dq1|): the price of the arrival order;
 * every kernel launched, with its registers and resident blocks per SM (``launch.occupancy``).
 
     bash .gpu/env.sh python experiments/atomic_dq.py --out $OUT/atomic_dq          # H100
     python experiments/atomic_dq.py --shape 2,8,1024,64 --causal no --bwd-config 64,32,2,16,1
+    bash .gpu/env.sh python experiments/atomic_dq.py --dtype float32 --shape 4,32,4096,64 --interleave 3 --out $OUT/f32
+
+``--dtype float32`` runs the 3xTF32 backward (no atomic dQ there) against SDPA's EFFICIENT backend,
+since SDPA's flash backend takes no float32: the issue's float32 target, timed in rotating rounds.
 
 Needs the GPU backend and PyTorch with CUDA; elsewhere it says why and exits with status 0.
 ``--interleave ROUNDS``: time each pass's configs and SDPA in turns (``timing.time_interleaved``),
@@ -75,12 +80,16 @@ def label(cfg) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", type=_shape, metavar="B,H,N,D", help=f"default {DEFAULT_SHAPES}")
-    p.add_argument("--dtype", action="append", choices=("float16", "bfloat16"), help="default float16")
+    p.add_argument("--dtype", action="append", choices=("float16", "bfloat16", "float32"),
+                   help="default float16; float32 runs the 3xTF32 kernels against SDPA's EFFICIENT backend")
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16[,atomic][,reread][,bK]",
                    help=f"backward TensorCoreConfigs besides the default (default per head_dim: {DEFAULT_BWD_CONFIGS})")
     p.add_argument("--default-only", action="store_true",
                    help="without --bwd-config: only the default backward config against SDPA (fewer compiles)")
+    p.add_argument("--skip-default", action="store_true",
+                   help="with --bwd-config: time only those configs against SDPA, not the default (fewer compiles; "
+                        "several processes can then time one config each)")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement")
     p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                    help="time the configs and SDPA of each pass in turns, ROUNDS rounds of --repeat calls "
@@ -90,6 +99,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.shape = args.shape or [_shape(s) for s in DEFAULT_SHAPES]
     args.dtype = args.dtype or ["float16"]
+    if args.skip_default and not args.bwd_config:
+        p.error("--skip-default needs at least one --bwd-config")
     return args
 
 
@@ -115,7 +126,11 @@ def run(args, torch, console) -> list[dict]:
                    if args.default_only else [_config(c) for c in DEFAULT_BWD_CONFIGS.get(D, [])])
         for dtype in args.dtype:
             bf16 = dtype == "bfloat16"
-            tdt = torch.bfloat16 if bf16 else torch.float16
+            tdt = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+            # the baseline: SDPA's FlashAttention-2 backend, which takes no float32; for float32 its
+            # EFFICIENT one (CUTLASS, 3xTF32), the speed issue's float32 bar
+            backend, sdpa_name = ((SDPBackend.EFFICIENT_ATTENTION, "sdpa_efficient") if dtype == "float32"
+                                  else (SDPBackend.FLASH_ATTENTION, "sdpa_flash"))
             for causal in {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]:
                 with shared(args.lock):  # untimed GPU work never overlaps another process's timing
                     q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=tdt, generator=gen) for _ in range(4))
@@ -168,11 +183,11 @@ def run(args, torch, console) -> list[dict]:
                     return nf.flash_attention_backward(cdo, cq, ck, cv, o, l_, causal=causal, config=cfg, bfloat16=bf16)
 
                 def sdpa_both():
-                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    with sdpa_kernel(backend):
                         o = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
                         return torch.autograd.grad(o, (qg, kg, vg), do)
 
-                with shared(args.lock), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                with shared(args.lock), sdpa_kernel(backend):
                     o_s = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
                     torch.cuda.synchronize()
 
@@ -180,21 +195,21 @@ def run(args, torch, console) -> list[dict]:
                     return torch.autograd.grad(o_s, (qg, kg, vg), do, retain_graph=True)
 
                 console.print(f"[bold]B={B} H={H} N={N} D={D} {dtype} causal={causal}[/bold]")
-                det = default_tc_config(D, False, "backward", "bf16" if bf16 else "f16")
+                det = default_tc_config(D, False, "backward", {"float16": "f16", "bfloat16": "bf16", "float32": "tf32"}[dtype])
                 if args.interleave:
-                    names = {f"numba_flash {label(c)}": c for c in [det, *configs]}
+                    names = {f"numba_flash {label(c)}": c for c in ([] if args.skip_default else [det]) + configs}
                     labels = {n: label(c) for n, c in names.items()}
                     time_pass("backward", {**{n: (lambda c=c: ours_bwd(c)) for n, c in names.items()},
-                                           "sdpa_flash": sdpa_bwd}, labels)
+                                           sdpa_name: sdpa_bwd}, labels)
                     time_pass("forward_backward", {**{n: (lambda c=c: ours_both(c)) for n, c in names.items()},
-                                                   "sdpa_flash": sdpa_both}, labels)
+                                                   sdpa_name: sdpa_both}, labels)
                 else:  # in this order, a config given twice timed twice
-                    for cfg in [det, *configs]:
+                    for cfg in ([] if args.skip_default else [det]) + configs:
                         name = f"numba_flash {label(cfg)}"
                         time_pass("backward", {name: lambda c=cfg: ours_bwd(c)}, {name: label(cfg)})
                         time_pass("forward_backward", {name: lambda c=cfg: ours_both(c)}, {name: label(cfg)})
-                    time_pass("backward", {"sdpa_flash": sdpa_bwd})
-                    time_pass("forward_backward", {"sdpa_flash": sdpa_both})
+                    time_pass("backward", {sdpa_name: sdpa_bwd})
+                    time_pass("forward_backward", {sdpa_name: sdpa_both})
 
                 # Errors against float64 on the first batch entry, and the atomic runs' spread.
                 with shared(args.lock):  # the error checks run the kernels too
@@ -207,7 +222,8 @@ def run(args, torch, console) -> list[dict]:
                     csub = [as_nf(t) for t in sub]
                     o1, l1 = nf.flash_attention(*csub[:3], causal=causal, return_lse=True, bfloat16=bf16)
                     errs = {**base, "impl": "error vs float64"}
-                    for name, cfg in [("deterministic", det)] + [(label(c), c) for c in configs if c != det]:
+                    for name, cfg in ([] if args.skip_default else [("deterministic", det)]) + [(label(c), c) for c in configs
+                                                                                                if c != det]:
                         g = nf.flash_attention_backward(csub[3], *csub[:3], o1, l1, causal=causal, config=cfg, bfloat16=bf16)
                         for n_, mine, want in zip(("dq", "dk", "dv"), g, ref_grads):
                             errs[f"{n_}_{name}"] = rel_err(to_torch(mine), want)
@@ -217,11 +233,13 @@ def run(args, torch, console) -> list[dict]:
                             a, b = to_torch(g[0]).double(), to_torch(g2[0]).double()
                             errs[f"dq_{name}_run_to_run"] = float((a - b).abs().max() / a.abs().max())
                     gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
-                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    with sdpa_kernel(backend):
                         o_f = F.scaled_dot_product_attention(gq, gk, gv, is_causal=causal)
                         sg = torch.autograd.grad(o_f, (gq, gk, gv), sub[3])
                     for n_, theirs, want in zip(("dq", "dk", "dv"), sg, ref_grads):
-                        errs[f"{n_}_sdpa_flash"] = rel_err(theirs, want)
+                        errs[f"{n_}_{sdpa_name}"] = rel_err(theirs, want)
+                        first = next(k_ for k_ in errs if k_.startswith(f"{n_}_"))  # the default, or the first config
+                        errs[f"{n_}_ratio"] = errs[first] / errs[f"{n_}_{sdpa_name}"]
                     console.print("  errors vs float64: " + "  ".join(f"{k_} {v_:.2e}" for k_, v_ in errs.items()
                                                                       if k_.startswith(("dq_", "dk_", "dv_"))))
                 rows.append(errs)
@@ -232,7 +250,7 @@ def run(args, torch, console) -> list[dict]:
 
 def summary(rows: list[dict]) -> list[dict]:
     """One line per (shape, dtype, causal, pass): the deterministic default, the fastest atomic config,
-    SDPA flash, and both ratios."""
+    the SDPA baseline (flash; efficient for float32), and the ratios."""
     out = []
     keys = sorted({(r["D"], r["dtype"], r["causal"], r["pass"]) for r in rows if "pass" in r})
     for D, dtype, causal, pass_ in keys:
@@ -241,13 +259,14 @@ def summary(rows: list[dict]) -> list[dict]:
         ours = [r for r in sel if r["impl"].startswith("numba_flash")]
         det = next((r for r in ours if "atomic" not in r["impl"]), None)
         atomic = max((r for r in ours if "atomic" in r["impl"]), key=lambda r: r["tflops"], default=None)
-        flash = next((r for r in sel if r["impl"] == "sdpa_flash"), None)
+        flash = next((r for r in sel if r["impl"] in ("sdpa_flash", "sdpa_efficient")), None)
         f = flash["tflops"] if flash else None
         out.append({"D": D, "dtype": dtype, "causal": causal, "pass": pass_,
                     "deterministic": det["tflops"] if det else None, "det config": det["config"] if det else "",
                     "atomic best": atomic["tflops"] if atomic else None, "atomic config": atomic["config"] if atomic else "",
-                    "sdpa_flash": f, "det / flash": det["tflops"] / f if det and f else None,
-                    "atomic / flash": atomic["tflops"] / f if atomic and f else None,
+                    "baseline": flash["impl"] if flash else "", "sdpa": f,
+                    "det / sdpa": det["tflops"] / f if det and f else None,
+                    "atomic / sdpa": atomic["tflops"] / f if atomic and f else None,
                     "atomic / det": atomic["tflops"] / det["tflops"] if atomic and det else None})
     return out
 
@@ -273,7 +292,8 @@ def main(argv=None) -> int:
     body = ("TFLOP/s as FlashAttention counts them (4·B·H·N²·D forward, halved when causal; backward = 2.5× "
             "forward, forward+backward 3.5×); numba_flash's forward is its default in every forward+backward. "
             "`deterministic`: the default two-kernel backward config; `atomic best`: the fastest atomic-dQ config "
-            "tried; ratios against SDPA FLASH_ATTENTION in the same process.\n\n" + markdown_table(table)
+            "tried; ratios against SDPA in the same process (`baseline`: FLASH_ATTENTION, or EFFICIENT_ATTENTION for "
+            "float32).\n\n" + markdown_table(table)
             + "\n\n## Every measurement\n\n"
             + markdown_table([r for r in rows if r["impl"] != "error vs float64"],
                              ["B", "H", "N", "D", "dtype", "causal", "pass", "impl", "config", "ms", "tflops", "spread",
@@ -287,7 +307,7 @@ def main(argv=None) -> int:
                                                   "bwd_config": None if args.bwd_config is None
                                                   else [label(c) for c in args.bwd_config],
                                                   "repeat": args.repeat, "interleave": args.interleave}},
-                 body, title="Backward with atomic dQ vs the two-kernel backward vs SDPA flash")
+                 body, title="Backward with atomic dQ vs the two-kernel backward vs SDPA")
     console.print(markdown_table(table))
     console.print(f"wrote {paths[0]} and {paths[1]}")
     return 0

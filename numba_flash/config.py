@@ -209,6 +209,23 @@ def tc_ds_row_bytes(queries: int) -> int:
     return 2 * queries + 16
 
 
+# float32 (3xTF32) dK/dV at head_dim <= TF32_SUMS_MAX_D: two-level sums. A lane's dK and dV sums in
+# registers take TF32_SUMS_KSTEPS k-steps (8 queries each), then go into its own float32 slots in shared
+# memory and restart from zero. One float32 sum over a 4096-query column rounds ~512 times at the size
+# of the whole sum; this way ~16 times, and the register sums stay small (their rounding is relative to
+# them). Modelled in NumPy, dV's error vs float64 went from 1.2e-6 to 2.2e-7 (causal, N = 4096): the
+# single sum was why the causal dK and dV errors were 1.1-2.4x SDPA-efficient's. Above head_dim 64 the
+# slots would cost an SM one of its two blocks.
+TF32_SUMS_MAX_D = 64
+TF32_SUMS_KSTEPS = 32
+
+
+def tf32_sums_bytes(head_dim: int, num_threads: int, elem: str) -> int:
+    """Shared bytes of the float32 dK/dV kernel's second-level sums: each thread's dK and dV values
+    (head_dim / 2 each, float32); 0 where there are none (16-bit data, head_dim above 64)."""
+    return 4 * head_dim * num_threads if elem == "tf32" and head_dim <= TF32_SUMS_MAX_D else 0
+
+
 def tc_row_bytes(head_dim: int, elem: str = "f16") -> int:
     """Bytes per shared-memory row of a tile of ``elem`` values. 16-bit: :func:`tc_row_halves`.
     float32 (``"tf32"``, read as TF32): head_dim (a multiple of 8: whole m16n8k8 k-steps) + 4 words,
@@ -319,10 +336,10 @@ class TensorCoreConfig:
         if kernel == "dq":  # Q, dO | K, V stages
             return row * (2 * self.block_m + 2 * self.stages * self.block_n)
         # lse, delta (float32) and Q, dO of each stage | K, V | with atomic_dq: a 16-bit dS^T tile; with
-        # split_d: 16-bit P^T and dS^T tiles
+        # split_d: 16-bit P^T and dS^T tiles; float32 at head_dim <= 64: the second-level dK, dV sums
         tiles = 2 if self.split_d else 1 if self.atomic_dq else 0
         return (self.stages * 8 * self.block_n + row * (2 * self.block_m + 2 * self.stages * self.block_n)
-                + tiles * self.block_m * tc_ds_row_bytes(self.block_n))
+                + tiles * self.block_m * tc_ds_row_bytes(self.block_n) + tf32_sums_bytes(head_dim, self.num_threads, elem))
 
     def problems(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> list[str]:
         """What stops this config from running the tensor-core ``pass_`` at ``head_dim`` on ``elem``

@@ -262,6 +262,14 @@ def st_shared_u32(typingctx, addr, value):
 
 
 @intrinsic
+def st_shared_f32(typingctx, addr, value):
+    """Store one float32 at shared-window address ``addr`` (uint32)."""
+    if not _is((addr, value), [_U32, _F32]):
+        return None
+    return _asm(types.void, [_U32, _F32], "st.shared.f32 [$0], $1;", "r,f", side_effect=True, actual=(addr, value))
+
+
+@intrinsic
 def red_add_f32x2(typingctx, addr, lo, hi):
     """Atomically add two float32 to the two at global address ``addr`` (uint64, 8-byte aligned), ``lo``
     first: one vector reduction (``red.global.add.v2.f32``, sm_90), no value returned."""
@@ -304,7 +312,7 @@ def shared_address(typingctx, ary):
 __all__ = ["cp_async16", "cp_async4", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "f32_from_bits", "global_address",
            "ld_shared_f32", "ldmatrix_x4", "ldmatrix_x4_trans", "mma_1688_tf32", "mma_16816_bf16", "mma_16816_f16",
            "pack_bf16x2", "pack_f16x2", "pack_half2", "red_add_f32x2", "shared_address", "split_tf32", "st_global_f32x2",
-           "st_global_u32", "st_shared_u32",
+           "st_global_u32", "st_shared_f32", "st_shared_u32",
            "warp_mma_kernel"]
 
 

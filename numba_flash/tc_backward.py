@@ -44,11 +44,12 @@ import math
 from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
-from .config import TC_ELEMS, TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes
+from .config import TC_ELEMS, TF32_SUMS_KSTEPS, TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes, tf32_sums_bytes
 from .masking import band_columns, band_queries, in_band, key_span, query_span, sequence_bounds
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, ld_shared_f32,
                   ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
-                  red_add_f32x2, shared_address, split_tf32, st_global_f32x2, st_global_u32, st_shared_u32)
+                  red_add_f32x2, shared_address, split_tf32, st_global_f32x2, st_global_u32, st_shared_f32,
+                  st_shared_u32)
 from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, keep_scale, masked, mma_3xtf32_add, mma_3xtf32_add_x2,
                          row_address, tc_jit, tile_copier)
 from .unroll import static_range, unrolled
@@ -253,7 +254,6 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     NT = BLOCK_M // 8  # 8-query n-tiles of S^T, dP^T
     S_REGS, O_REGS, P_REGS = NT * 4, DT * 4, NT * 2
     KV_REGS = kv_in_registers(D) and not TF32
-    DV_FIRST = D <= 64  # TF32 dV, dK order (see there)
     # K, V fragments: all k-steps' (16-bit, head_dim <= 64), else one k-step's (TF32: big and small parts)
     F_REGS = KSTEPS * 4 if KV_REGS else 8
     ROWS_BYTES = 2 * BLOCK_M * 4  # lse, delta of one query tile (float32)
@@ -273,6 +273,13 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     ATOMIC = config.atomic_dq
     DS_ROW = tc_ds_row_bytes(BLOCK_M)
     SDS = SDO + STAGES * TILE_BYTES
+    # float32 at head_dim <= 64: two-level dK, dV sums (config.TF32_SUMS_KSTEPS): every FLUSH query tiles
+    # each lane adds its register sums to its own float32 slots at SSUM (dV's O_REGS, then dK's, each
+    # value's 32 lanes side by side: conflict-free, and no barrier since no lane reads another's) and
+    # zeroes them; the epilogue adds the slots back.
+    SUMS = tf32_sums_bytes(D, NUM_THREADS, elem) > 0
+    FLUSH = max(TF32_SUMS_KSTEPS // (BLOCK_M // 8), 1)
+    SSUM = SDO + STAGES * TILE_BYTES  # (atomic dQ, whose tile would lie here, has no float32 kernel)
     NW = BLOCK_N // 16
     NP = max(DT // 2, 1)  # (16-bit: DT is even; float32 at head_dim 8 has DT = 1, and no atomic dQ)
     UNITS = (BLOCK_M // 16) * NP
@@ -330,6 +337,9 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         for i in static_range(O_REGS):
             dk_acc[i] = float32(0.0)
             dv_acc[i] = float32(0.0)
+        s_sum = s_base + uint32(SSUM + 4 * tid)  # this lane's slot of value 0 (of dV; dK's O_REGS after)
+        for i in static_range(2 * O_REGS if SUMS else 0):
+            st_shared_f32(s_sum + uint32(4 * NUM_THREADS * i), float32(0.0))
         qk_scale = scale * float32(LOG2E)
         wkey = n0 + warp * 16  # this warp's first key; lane keys wkey + g (+ 8)
         # This lane's ldmatrix row (byte offsets): of A fragments (K, V), of B fragments (Q, dO), and of
@@ -441,16 +451,14 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
             if TF32:
                 # 8 queries per k-step: the C fragments' queries 2t, 2t + 1 are k = t, t + 4 of the A
                 # fragments (as P in the forward's P V); dO's and Q's rows 2t, 2t + 1 the B fragments'.
-                # At head_dim <= 64 dV first, then dK (one split A fragment live at a time: 193 registers
-                # instead of 198); at 128 both in one pass, which spills least (16 bytes against 68).
+                # dV's products first, then dK's: one split A fragment live at a time. At head_dim 128 this
+                # spilled 248 bytes with the GPU image's CUDA 13.0 against 304 for both in one pass, and ran
+                # the backward 5.6 % faster (session 15); at 64, 193 registers against 198 (before the
+                # two-level sums, which took it to 182).
                 for j in static_range(NT):
                     pa = cuda.local.array(8, uint32)
-                    da = cuda.local.array(8, uint32)
                     (pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7]) = a_from_c_3xtf32(
                         st[4 * j], st[4 * j + 1], st[4 * j + 2], st[4 * j + 3])
-                    if not DV_FIRST:
-                        (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
-                            dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2], dpt[4 * j + 3])
                     for dt in static_range(DT):
                         off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
                         b0, c0 = split_tf32(ld_shared_f32(sdO + off))
@@ -459,13 +467,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3] = mma_3xtf32_add(
                             pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7], b0, b1, c0, c1,
                             dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3])
-                        if not DV_FIRST:
-                            b0, c0 = split_tf32(ld_shared_f32(sQ + off))
-                            b1, c1 = split_tf32(ld_shared_f32(sQ + off + uint32(ROW_B)))
-                            dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3] = mma_3xtf32_add(
-                                da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7], b0, b1, c0, c1,
-                                dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3])
-                for j in static_range(NT if DV_FIRST else 0):
+                for j in static_range(NT):
                     da = cuda.local.array(8, uint32)
                     (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
                         dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2], dpt[4 * j + 3])
@@ -535,11 +537,22 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                             red_add_f32x2(at, acc[8 * i + 2 * r], acc[8 * i + 2 * r + 1])
                             if col + 8 < D:  # the pair's second n-tile may be row padding (D % 16 = 8)
                                 red_add_f32x2(at + uint64(32), acc[8 * i + 4 + 2 * r], acc[8 * i + 5 + 2 * r])
+            if SUMS and it % FLUSH == FLUSH - 1:  # the second level of the float32 sums
+                for i in static_range(O_REGS):
+                    at = s_sum + uint32(4 * NUM_THREADS * i)
+                    st_shared_f32(at, ld_shared_f32(at) + dv_acc[i])
+                    dv_acc[i] = float32(0.0)
+                    at = s_sum + uint32(4 * NUM_THREADS * (O_REGS + i))
+                    st_shared_f32(at, ld_shared_f32(at) + dk_acc[i])
+                    dk_acc[i] = float32(0.0)
             cuda.syncthreads()  # every warp is done with this stage before a copy overwrites it
             if COUNTERS:
                 h, m0 = nxt_h, nxt
 
         cp_async_wait_all()  # nothing in flight at exit (no query tile at all: K, V only)
+        for i in static_range(O_REGS if SUMS else 0):
+            dv_acc[i] += ld_shared_f32(s_sum + uint32(4 * NUM_THREADS * i))
+            dk_acc[i] += ld_shared_f32(s_sum + uint32(4 * NUM_THREADS * (O_REGS + i)))
 
         # Epilogue: dK (times scale) and dV of this warp's keys, 2 values per store.
         dk_base = row_address(dk, ab, hk, k_off)
@@ -561,7 +574,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         st_global_u32(dv_base + uint64(key * dv.strides[2] + col), pack(dv_acc[e], dv_acc[e + 1]))
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
-                     TF32=TF32, DV_FIRST=DV_FIRST, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS)
+                     TF32=TF32, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS, SUMS=SUMS,
+                     FLUSH=FLUSH, NUM_THREADS=NUM_THREADS)
     return tc_jit(config, "dkdv")(unrolled(kernel, constants))
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import ON_GPU, load_experiment
+from helpers import ON_GPU, load_experiment, to_host
 
 SCRIPT = '''
 import sys
@@ -118,13 +118,14 @@ def test_experiment_converters_round_trip_float16_and_bfloat16_bits():
     bfloat16 as its uint16 bit patterns (the API's bfloat16=True form), bit for bit."""
     torch = pytest.importorskip("torch", reason="the converters take torch tensors (torch is an optional extra)")
     converters = load_experiment("atomic_dq").converters
-    t = torch.randn(3, 5, dtype=torch.float32)
+    # the backend's arrays: NumPy on the simulator, CuPy (device memory) on the GPU
+    t = torch.randn(3, 5, dtype=torch.float32, device="cuda" if ON_GPU else "cpu")
     for dtype, bf16 in ((torch.float16, False), (torch.bfloat16, True)):
         x = t.to(dtype)
         to_nf, to_torch = converters(torch, bf16)
         a = to_nf(x)
         assert a.dtype == (np.uint16 if bf16 else np.float16) and a.shape == (3, 5)
-        np.testing.assert_array_equal(np.asarray(a).view(np.int16), x.view(torch.int16).numpy())
+        np.testing.assert_array_equal(to_host(a).view(np.int16), x.view(torch.int16).cpu().numpy())
         back = to_torch(a)
         assert back.dtype == dtype and torch.equal(back, x)
 
@@ -161,7 +162,14 @@ def test_atomic_dq_experiment_arguments_summary_and_cpu_exit(capsys):
             {**base, "impl": "error vs float64", "dq_atomic": 1e-3}]
     (line,) = exp.summary(rows)
     assert line["deterministic"] == 100.0 and line["atomic best"] == 90.0 and line["atomic config"] == "128,32,2,16 atomic"
-    assert line["det / flash"] == 0.5 and line["atomic / det"] == 0.9
+    assert line["det / sdpa"] == 0.5 and line["atomic / det"] == 0.9 and line["baseline"] == "sdpa_flash"
+    assert exp.parse_args(["--dtype", "float32"]).dtype == ["float32"]
+    assert exp.parse_args(["--bwd-config", "64,32,2,16,b3", "--skip-default"]).skip_default
+    with pytest.raises(SystemExit):  # nothing left to time
+        exp.parse_args(["--skip-default"])
+    f32 = [{**r, "dtype": "float32", "impl": "sdpa_efficient" if r["impl"] == "sdpa_flash" else r["impl"]} for r in rows]
+    (line,) = exp.summary(f32)  # float32's baseline: SDPA's EFFICIENT backend
+    assert line["baseline"] == "sdpa_efficient" and line["det / sdpa"] == 0.5
     if not ON_GPU:  # no GPU: it says why and exits 0
         assert exp.main(["--out", "unused"]) == 0
         assert "needs the GPU backend" in capsys.readouterr().out

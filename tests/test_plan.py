@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import numba_flash as nf
-from numba_flash import BlockConfig, api, reference
+from numba_flash import BlockConfig, TensorCoreConfig, api, reference
 from numba_flash.plan import Plan, PlanCache
 
 from helpers import ON_GPU, random_qkv, to_device, to_host
@@ -108,14 +108,20 @@ def test_plans_do_not_keep_the_callers_arrays(rng):
 
 
 def test_a_changed_tuning_cache_is_seen_by_cached_calls(rng, monkeypatch, tmp_path):
+    """A cached plan notices a new tuning-cache entry. On the GPU float32's config=None runs the
+    tensor-core kernels, whose tuned configs are TensorCoreConfigs; on the simulator the portable ones."""
     monkeypatch.setenv(tune_mod.CACHE_ENV, str(tmp_path / "tuning.json"))
     D, n = 16, 8
     q, k, v, _ = dev(*random_qkv(rng, 1, 1, n, n, D, np.float32))
     used = []
-    real = api.forward_kernel
-    monkeypatch.setattr(api, "forward_kernel", lambda cfg, *rest: used.append(cfg) or real(cfg, *rest))
+    if ON_GPU:
+        tc_forward = importlib.import_module("numba_flash.tc_forward")
+        owner, name, tuned = tc_forward, "tc_forward_kernel", TensorCoreConfig(16, 16, 1)
+    else:
+        owner, name, tuned = api, "forward_kernel", BlockConfig(8, 8, 64)
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda cfg, *rest: used.append(cfg) or real(cfg, *rest))
     nf.flash_attention(q, k, v)
-    tuned = BlockConfig(8, 8, 64)
     assert used and used[-1] != tuned
     tune_mod.store(D, np.float32, False, n, "forward", tuned)
     nf.flash_attention(q, k, v)

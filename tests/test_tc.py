@@ -60,8 +60,11 @@ def _compile(cases, max_stack=0, max_spill=0, bounds=None):
     for i, ((kernel, cfg, *_), r) in enumerate(zip(cases, reports)):
         stack, spill = (bounds or {}).get(i, (max_stack, max_spill))
         assert r["ldmatrix"] > 0 and r["cp_async"] > 0 and r["ex2"] > 0, r
-        assert r["local_accesses"] == 0 and r["stack"] <= stack and r["lmem"] <= stack, r
-        assert r["spill_stores"] <= spill and r["spill_loads"] <= spill, r
+        # a string, which pytest prints whole (it cuts a long dict's repr)
+        facts = f"case {i}: {kernel} {cfg.label()}: " + ", ".join(
+            f"{k} {r[k]}" for k in ("registers", "stack", "lmem", "spill_stores", "spill_loads", "local_accesses"))
+        assert r["local_accesses"] == 0 and r["stack"] <= stack and r["lmem"] <= stack, facts
+        assert r["spill_stores"] <= spill and r["spill_loads"] <= spill, facts
         assert r["registers"] <= (cfg.max_registers() if cfg.launch_bounds(kernel) else 255), r
         assert r["min_blocks"] == cfg.min_blocks, r
     return reports
@@ -72,9 +75,11 @@ def test_tensor_core_forward_compiles_to_mma_without_spills():
     cases = [("forward", *case, "f16") for case in _CASES] + [("forward", _CASES[0][0], 64, False, False, "bf16")]
     # The head_dim-64 default, (128, 64, 2, 32), spills 32 bytes (24 of stack) with CI's wheels, f16 and
     # bf16: bounded. It was measured the fastest all the same (310 TFLOP/s against 272 for the spill-free
-    # (128, 32, 2, 32); README, caveats).
+    # (128, 32, 2, 32); README, caveats). The GPU image's CUDA 13.0 gave the float16 one a 40-byte stack
+    # and 36 bytes stored (session 15, call 3; the loads and the bfloat16 twin were not printed, the
+    # message being cut): the bound is 40 of stack and 48 of spill, the latter not yet seen on the GPU.
     assert _CASES[0][0] == default_tc_config(64)
-    reports = _compile(cases, bounds={0: (32, 32), len(cases) - 1: (32, 32)})
+    reports = _compile(cases, bounds={0: (40, 48), len(cases) - 1: (40, 48)})
     for (_, cfg, d, _, _, elem), r in zip(cases, reports):
         assert any(".bf16.bf16" in m for m in r["mma_kind"]) == (elem == "bf16"), r
         ksteps, dt, nt, wm = -(-d // 16), d // 8, cfg.block_n // 8, cfg.rows_per_warp // 16
@@ -143,14 +148,18 @@ _TF32_BACKWARD_CASES = [(TensorCoreConfig(64, 32, 2, 16), 64, False, False),
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_float32_tensor_core_backward_compiles_to_tf32_mma_without_spills():
     cases = [(kernel, *case, "tf32") for case in _TF32_BACKWARD_CASES for kernel in ("dq", "dkdv")]
-    # The one exception, bounded: dkdv at head_dim 128 (dK and dV accumulators: 128 registers) spills
-    # 16 bytes (README, caveats); everything else none.
-    reports = _compile(cases, max_stack=8, bounds={i: (16, 16) for i, c in enumerate(cases)
+    # The one exception, bounded: dkdv at head_dim 128 (dK and dV accumulators: 128 registers) spills. With
+    # dV's products before dK's (session 15) the GPU image's CUDA 13.0 gives a 152-byte stack, 248 bytes
+    # stored and 268 loaded (304/308 with both in one pass, which was 16 bytes with CI's wheels and slower on
+    # the GPU); CI's wheels a 120-byte stack, 168 stored and 180 loaded. Everything else none.
+    reports = _compile(cases, max_stack=8, bounds={i: (152, 268) for i, c in enumerate(cases)
                                                     if c[0] == "dkdv" and c[2] == 128})
     for (kernel, cfg, d, _, _, _), r in zip(cases, reports):
         assert r["mma_kind"] == ["mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"], r
         streamed = 4 * (d + 4) * (2 * cfg.block_m + 2 * cfg.stages * cfg.block_n)
-        assert r["expected_dynamic_smem"] == streamed + (8 * cfg.stages * cfg.block_n if kernel == "dkdv" else 0), r
+        # dK/dV: lse and delta per stage, and at head_dim <= 64 the two-level sums' slots (dK, dV per thread)
+        sums = 4 * d * cfg.num_threads if d <= 64 else 0
+        assert r["expected_dynamic_smem"] == streamed + (8 * cfg.stages * cfg.block_n + sums if kernel == "dkdv" else 0), r
         # Three mma per 16 x 8 x 8 product: S and dP (S^T, dP^T): (head_dim / 8) k-steps x (block_n / 8)
         # n-tiles each; dQ += dS K (dK, dV += ...): (block_n / 8) k-steps x (head_dim / 8) n-tiles each.
         kt, nt = d // 8, cfg.block_n // 8
@@ -482,6 +491,41 @@ def test_float32_tensor_core_kernels_agree_with_the_portable_ones(rng):
         e_fast, e_port = (np.abs(runs[n][i] - ref).max() / np.abs(ref).max() for n in ("3xTF32", "portable"))
         # a few float32 ulps each (2^-23 relative = 1.2e-7); a TF32-only kernel would be ~2^-11 = 5e-4 off
         assert e_fast < 4e-6 and e_port < 4e-6, (i, e_fast, e_port)
+
+
+@gpu_only
+def test_float32_dkdv_two_level_sums_beat_one_float32_sum(rng):
+    """The float32 dK/dV kernel at head_dim <= 64 sums its 8-query k-steps in two levels
+    (config.TF32_SUMS_KSTEPS). Causal, its dK and dV errors against float64 must be below 0.7x those of
+    one float32 sum per element, as the kernel summed before, on the same inputs. That sum is modelled
+    here in NumPy (each k-step's exact product rounded to float32, then added in order): it leaves out
+    the tensor cores' truncation and P's own error, so the one-sum kernel measures above it and fails
+    (on the H200, session 15: dK 1.55e-6, dV 1.35e-6 against the new 4.0e-7, 3.8e-7, B = 4, H = 32).
+    Causal only: without the mask every P carries its row's lse rounding (lse ~ 8.8 at N = 4096, half an
+    ulp 4.8e-7 relative), an error of the same size as the one sum's, which the two levels do not touch
+    (measured: dV 6.7e-7 against the model's 7.5e-7 there, and 2.2e-6 for SDPA's EFFICIENT backend)."""
+    n, D = 4096, 64
+    q, k, v, do = (rng.standard_normal((1, 1, n, D)).astype(np.float32) for _ in range(4))
+    dev = [to_device(a) for a in (q, k, v)]
+    out, lse = nf.flash_attention(*dev, causal=True, return_lse=True)
+    _, dk, dv = (to_host(g)[0, 0].astype(np.float64) for g in
+                 nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=True))
+    q64, k64, v64, do64 = (x[0, 0].astype(np.float64) for x in (q, k, v, do))
+    scale = 1 / np.sqrt(D)
+    s = q64 @ k64.T * scale
+    s[np.triu_indices(n, 1)] = -np.inf
+    p = np.exp(s - s.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ds = p * (do64 @ v64.T - (do64 * (p @ v64)).sum(1, keepdims=True))
+    for name, got, a, b, mult in (("dv", dv, p, do64, 1.0), ("dk", dk, ds, q64, scale)):
+        want = a.T @ b * mult
+        one_sum = np.zeros((n, D), np.float32)
+        a32, b32 = a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
+        for i in range(0, n, 8):
+            one_sum += (a32[i:i + 8].T @ b32[i:i + 8]).astype(np.float32)
+        err = np.abs(got - want).max() / np.abs(want).max()
+        err_one = np.abs(one_sum * mult - want).max() / np.abs(want).max()
+        assert err <= 0.7 * err_one, (name, err, err_one)
 
 
 @gpu_only
