@@ -5,8 +5,11 @@ float64 oracle on the GPU. The numerics of the default path are also covered by 
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -31,31 +34,73 @@ _CASES = [(TensorCoreConfig(128, 64, 2, 32), 64, False, False), (TensorCoreConfi
 _BACKWARD_CASES = [(TensorCoreConfig(64, 64, 2, 16, reread_q=True, min_blocks=3), 64, False, False),
                    (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True)]
 _SCRIPT = r"""
-import json, sys
+import json, sys, time
 from numba_flash.config import TensorCoreConfig
 from numba_flash.resources import tc_compile_report
-for kernel, config, d, varlen, dropout, elem in json.loads(sys.argv[1]):
-    print(json.dumps(tc_compile_report(TensorCoreConfig(*config), d, varlen, dropout, elem, kernel=kernel)))
+for line in sys.stdin:  # one case per line, one report per line back
+    kernel, config, d, varlen, dropout, elem = json.loads(line)
+    t = time.perf_counter()
+    r = tc_compile_report(TensorCoreConfig(*config), d, varlen, dropout, elem, kernel=kernel)
+    print(json.dumps({**r, "compile_s": time.perf_counter() - t}), flush=True)
 """
 
 
+def _cost(case) -> int:
+    """A rough compile cost, to start the longest first: head_dim x owned x streamed rows (float32 twice).
+    Measured on CI's machine: 15-30 s for the head_dim-40 and dropout kernels, 140-150 s for the
+    head_dim-128 split_d dK/dV and its dQ (128 x 64 tiles)."""
+    kernel, cfg, d, _, _, elem = case
+    return (2 if elem == "tf32" else 1) * d * cfg.block_m * cfg.block_n
+
+
 def _compile(cases, max_stack=0, max_spill=0, bounds=None):
-    """Compile reports of ``cases``, in one subprocess per CPU (up to 4): each kernel takes 10-90 s.
-    Every report is checked: tensor-core instructions there, no local memory in the PTX, at most
-    ``max_stack`` bytes of stack and ``max_spill`` of spills, except where ``bounds`` (``{case index:
-    (max_stack, max_spill)}``) says otherwise, and no more registers than the launch bound leaves."""
+    """Compile reports of ``cases`` in one worker subprocess per CPU (up to 4), the costliest first, each
+    worker taking the next case when it is free (each kernel takes 15-150 s; a fixed share per worker
+    left a CPU idle for minutes). Every report is checked: tensor-core instructions there, no local
+    memory in the PTX, at most ``max_stack`` bytes of stack and ``max_spill`` of spills, except where
+    ``bounds`` (``{case index: (max_stack, max_spill)}``) says otherwise, and no more registers than the
+    launch bound leaves."""
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q, c.min_blocks, c.split_d], d, vl,
              dr, elem] for kernel, c, d, vl, dr, elem in cases]
     n = max(1, min(4, os.cpu_count() or 1, len(args)))
-    procs = [subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(args[i::n])], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(n)]
-    outs = [p.communicate(timeout=1800) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
-    parts = [[json.loads(line) for line in out.strip().splitlines()] for out, _ in outs]
-    reports = [parts[i % n][i // n] for i in range(len(args))]  # back in the order of cases
+    todo = queue.SimpleQueue()
+    for i in sorted(range(len(args)), key=lambda i: -_cost(cases[i])):
+        todo.put(i)
+    reports = [None] * len(args)
+
+    def work(proc):
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                break
+            proc.stdin.write(json.dumps(args[i]) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            if not line:  # the worker died; its stderr says why
+                break
+            reports[i] = json.loads(line)
+        proc.stdin.close()
+
+    errs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]  # a file: a full pipe would block the worker
+    procs = [subprocess.Popen([sys.executable, "-c", _SCRIPT], env=env, text=True, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=err) for err in errs]
+    threads = [threading.Thread(target=work, args=(p,), daemon=True) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=1800)
+    hung = any(t.is_alive() for t in threads)
+    for p, err in zip(procs, errs):
+        if hung:
+            p.kill()
+        p.wait(timeout=60)
+        err.seek(0)
+        assert p.returncode == 0 and not hung, err.read()[-4000:]
+        err.close()
+    assert all(r is not None for r in reports), [i for i, r in enumerate(reports) if r is None]
     assert len(reports) == len(cases)
     for i, ((kernel, cfg, *_), r) in enumerate(zip(cases, reports)):
         stack, spill = (bounds or {}).get(i, (max_stack, max_spill))
@@ -67,6 +112,9 @@ def _compile(cases, max_stack=0, max_spill=0, bounds=None):
         assert r["spill_stores"] <= spill and r["spill_loads"] <= spill, facts
         assert r["registers"] <= (cfg.max_registers() if cfg.launch_bounds(kernel) else 255), r
         assert r["min_blocks"] == cfg.min_blocks, r
+    if os.environ.get("NUMBA_FLASH_COMPILE_TIMES"):  # where CI's minutes go: one line per kernel (pytest -s)
+        for (kernel, cfg, d, vl, dr, elem), r in zip(cases, reports):
+            print(f"compile {r['compile_s']:6.1f} s  {kernel} {cfg.label()} D={d} {elem} varlen={vl} dropout={dr}")
     return reports
 
 
