@@ -16,6 +16,9 @@ tiles (``default_tc_config(128, unmasked=True)``), at 300 x 517 tokens (a partia
 ``--split-only`` runs only the head_dim-128 backward default, whose dK/dV kernel is the split_d one (two warps
 per 32 keys, P^T and dS^T through shared memory), at 150 x 200 tokens with GQA (4 query heads, 2 kv heads),
 causal and not.
+``--float32-only`` runs only the float32 (3xTF32) forward and backward defaults at head_dim 64 and 128, 300 x 280
+tokens with GQA (4 query heads, 2 kv heads: 38 query tiles per key block), causal and not: enough tiles for the
+dK/dV kernel's second-level sums to be flushed twice (shared slots at 64, dK and dV in global memory at 128).
 """
 
 import sys
@@ -58,8 +61,27 @@ def split() -> int:
     return 0
 
 
+def float32() -> int:
+    """The float32 defaults alone (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    for d in (64, 128):
+        q, do = (rng.standard_normal((1, 4, 300, d)).astype(np.float32) for _ in range(2))
+        k, v = (rng.standard_normal((1, 2, 280, d)).astype(np.float32) for _ in range(2))
+        dev = [cupy.asarray(a) for a in (q, k, v)]
+        for causal in (False, True):
+            out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True)
+            grads = nf.flash_attention_backward(cupy.asarray(do), *dev, out, lse, causal=causal)
+            want = nf.reference.attention_backward(do, q, k, v, causal=causal)
+            errs = [float(np.abs(cupy.asnumpy(g).astype(np.float64) - w).max()) for g, w in zip(grads, want)]
+            print(f"float32 head_dim {d} causal={causal}: max abs error dq {errs[0]:.3e} dk {errs[1]:.3e} "
+                  f"dv {errs[2]:.3e}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if "--float32-only" in args:
+        return float32()
     if "--wide-only" in args:
         return wide()
     if "--split-only" in args:

@@ -215,7 +215,7 @@ def tc_ds_row_bytes(queries: int) -> int:
 # of the whole sum; this way ~16 times, and the register sums stay small (their rounding is relative to
 # them). Modelled in NumPy, dV's error vs float64 went from 1.2e-6 to 2.2e-7 (causal, N = 4096): the
 # single sum was why the causal dK and dV errors were 1.1-2.4x SDPA-efficient's. Above head_dim 64 the
-# slots would cost an SM one of its two blocks.
+# slots would cost an SM one of its two blocks: the second level there is dK and dV in global memory.
 TF32_SUMS_MAX_D = 64
 TF32_SUMS_KSTEPS = 32
 

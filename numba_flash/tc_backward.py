@@ -34,9 +34,11 @@ A or B of S^T, dP^T, S, dP); a C fragment (P^T, dS^T, dS) becomes an A fragment 
 columns 2t, 2t + 1 as k = t, t + 4, and the B operand's matching rows 2t, 2t + 1 are read with
 scalar shared loads (dO, Q in dV, dK += ...; K in dQ += dS K). A fragments read from shared memory
 (K, V; Q, dO) are split again at every use: held split, they would take twice the registers.
-At head_dim <= 64 the dK/dV sums have two levels: every 32 k-steps each lane adds its register sums
-to its own float32 slots in shared memory and restarts them, so that no float32 sum rounds ~N/8
-times at its full size (config.TF32_SUMS_KSTEPS; causal dK, dV errors 3-4x smaller).
+The dK/dV sums have two levels: every 32 k-steps each lane adds its register sums to its own float32
+slots in shared memory (head_dim <= 64) or to its own elements of dK and dV in global memory (above: a
+store, then ``red.global.add``s, which one thread's land in program order, so still deterministic), and
+restarts them, so that no float32 sum rounds ~N/8 times at its full size (config.TF32_SUMS_KSTEPS;
+causal dK, dV errors 3-4x smaller at head_dim 64).
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TC_ELEMS, TF32_SUMS_KSTEPS, TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes, tf32_sums_bytes
 from .masking import band_columns, band_queries, in_band, key_span, query_span, sequence_bounds
-from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits, ld_shared_f32,
-                  ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16, pack_bf16x2, pack_f16x2,
-                  red_add_f32x2, shared_address, split_tf32, st_global_f32x2, st_global_u32, st_shared_f32,
-                  st_shared_u32)
+from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits,
+                  ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16,
+                  opaque_u64, pack_bf16x2, pack_f16x2, red_add_f32x2, shared_address, split_tf32, st_global_f32x2,
+                  st_global_u32, st_shared_f32, st_shared_u32)
 from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, keep_scale, masked, mma_3xtf32_add, mma_3xtf32_add_x2,
                          row_address, tc_jit, tile_copier)
 from .unroll import static_range, unrolled
@@ -279,8 +281,13 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     # float32 at head_dim <= 64: two-level dK, dV sums (config.TF32_SUMS_KSTEPS): every FLUSH query tiles
     # each lane adds its register sums to its own float32 slots at SSUM (dV's O_REGS, then dK's, each
     # value's 32 lanes side by side: conflict-free, and no barrier since no lane reads another's) and
-    # zeroes them; the epilogue adds the slots back.
+    # zeroes them; the epilogue adds the slots back. Above head_dim 64 (slots of 64 KB would cost an SM one
+    # of its two blocks) the second level is dK and dV themselves in global memory: the block owns their
+    # rows, so each lane stores its first flush there and adds the later ones and the epilogue's with
+    # red.global.add (no loaded values to hold: loads back took 424 bytes of spills against 168). At
+    # N = 4096, ~8 flushes of 2 x 32 KB per block.
     SUMS = tf32_sums_bytes(D, NUM_THREADS, elem) > 0
+    GSUMS = TF32 and not SUMS
     FLUSH = max(TF32_SUMS_KSTEPS // (BLOCK_M // 8), 1)
     SSUM = SDO + STAGES * TILE_BYTES  # (atomic dQ, whose tile would lie here, has no float32 kernel)
     NW = BLOCK_N // 16
@@ -548,6 +555,25 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     at = s_sum + uint32(4 * NUM_THREADS * (O_REGS + i))
                     st_shared_f32(at, ld_shared_f32(at) + dk_acc[i])
                     dk_acc[i] = float32(0.0)
+            if GSUMS and it % FLUSH == FLUSH - 1:  # the second level, in dK (scaled) and dV
+                for r in static_range(2):
+                    key = wkey + g + 8 * r
+                    if key < n_k:
+                        # a row's first address, opaque: else the 2 x D/4 addresses, loop-invariant, were
+                        # hoisted out of the loop and spilled (ptx.opaque_u64)
+                        at_k = opaque_u64(row_address(dk, ab, hk, k_off + key) + uint64(8 * t))
+                        at_v = opaque_u64(row_address(dv, ab, hk, k_off + key) + uint64(8 * t))
+                        for j in static_range(D_TILES):
+                            e = 4 * j + 2 * r
+                            if it >= FLUSH:  # one thread's adds to one address land in program order
+                                red_add_f32x2(at_k + uint64(32 * j), dk_acc[e] * scale, dk_acc[e + 1] * scale)
+                                red_add_f32x2(at_v + uint64(32 * j), dv_acc[e], dv_acc[e + 1])
+                            else:
+                                st_global_f32x2(at_k + uint64(32 * j), dk_acc[e] * scale, dk_acc[e + 1] * scale)
+                                st_global_f32x2(at_v + uint64(32 * j), dv_acc[e], dv_acc[e + 1])
+                for i in static_range(O_REGS):
+                    dk_acc[i] = float32(0.0)
+                    dv_acc[i] = float32(0.0)
             cuda.syncthreads()  # every warp is done with this stage before a copy overwrites it
             if COUNTERS:
                 h, m0 = nxt_h, nxt
@@ -567,9 +593,14 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     e = 4 * j + 2 * r
                     if TF32:
                         col = (8 * j + 2 * t) * 4
-                        st_global_f32x2(dk_base + uint64(key * dk.strides[2] + col), dk_acc[e] * scale,
-                                        dk_acc[e + 1] * scale)
-                        st_global_f32x2(dv_base + uint64(key * dv.strides[2] + col), dv_acc[e], dv_acc[e + 1])
+                        at_k = dk_base + uint64(key * dk.strides[2] + col)
+                        at_v = dv_base + uint64(key * dv.strides[2] + col)
+                        if GSUMS and total >= FLUSH:  # onto the flushed sums
+                            red_add_f32x2(at_k, dk_acc[e] * scale, dk_acc[e + 1] * scale)
+                            red_add_f32x2(at_v, dv_acc[e], dv_acc[e + 1])
+                        else:
+                            st_global_f32x2(at_k, dk_acc[e] * scale, dk_acc[e + 1] * scale)
+                            st_global_f32x2(at_v, dv_acc[e], dv_acc[e + 1])
                     else:
                         col = (8 * j + 2 * t) * 2
                         st_global_u32(dk_base + uint64(key * dk.strides[2] + col),
@@ -578,7 +609,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
                      TF32=TF32, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS, SUMS=SUMS,
-                     FLUSH=FLUSH, NUM_THREADS=NUM_THREADS)
+                     GSUMS=GSUMS, FLUSH=FLUSH, NUM_THREADS=NUM_THREADS)
     return tc_jit(config, "dkdv")(unrolled(kernel, constants))
 
 
