@@ -246,17 +246,6 @@ def st_global_f32x2(typingctx, addr, lo, hi):
 
 
 @intrinsic
-def opaque_u64(typingctx, x):
-    """``x`` (uint64) through a volatile ``mov``: the compiler cannot see that it is ``x``, so addresses made
-    from it inside a loop are not hoisted out of it. The float32 dK/dV kernel's rare global flushes would
-    otherwise hold their 64 addresses in registers across the whole loop (a 632-byte stack, against 136,
-    at head_dim 128 with CI's CUDA 13.5 wheels)."""
-    if not _is((x,), [_U64]):
-        return None
-    return _asm(_U64, [_U64], "mov.b64 $0, $1;", "=l,l", side_effect=True, actual=(x,))
-
-
-@intrinsic
 def st_global_u32(typingctx, addr, value):
     """Store one 32-bit word at global address ``addr`` (uint64)."""
     if not _is((addr, value), [_U64, _U32]):
@@ -321,7 +310,6 @@ def shared_address(typingctx, ary):
 
 
 __all__ = ["cp_async16", "cp_async4", "cp_async_commit", "cp_async_wait_all", "cp_async_wait_one", "ex2", "f32_from_bits", "global_address",
-           "opaque_u64",
            "ld_shared_f32", "ldmatrix_x4", "ldmatrix_x4_trans", "mma_1688_tf32", "mma_16816_bf16", "mma_16816_f16",
            "pack_bf16x2", "pack_f16x2", "pack_half2", "red_add_f32x2", "shared_address", "split_tf32", "st_global_f32x2",
            "st_global_u32", "st_shared_f32", "st_shared_u32",

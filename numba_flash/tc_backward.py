@@ -35,8 +35,8 @@ columns 2t, 2t + 1 as k = t, t + 4, and the B operand's matching rows 2t, 2t + 1
 scalar shared loads (dO, Q in dV, dK += ...; K in dQ += dS K). A fragments read from shared memory
 (K, V; Q, dO) are split again at every use: held split, they would take twice the registers.
 The dK/dV sums have two levels: every 32 k-steps each lane adds its register sums to its own float32
-slots in shared memory (head_dim <= 64) or to its own elements of dK and dV in global memory (above: a
-store, then ``red.global.add``s, which one thread's land in program order, so still deterministic), and
+slots in shared memory (head_dim <= 64) or to its own elements of dK and dV in global memory (above:
+zeroed first, then ``red.global.add``s, which one thread's land in program order: still deterministic), and
 restarts them, so that no float32 sum rounds ~N/8 times at its full size (config.TF32_SUMS_KSTEPS;
 causal dK, dV errors 3-4x smaller at head_dim 64).
 """
@@ -53,7 +53,7 @@ from .config import TC_ELEMS, TF32_SUMS_KSTEPS, TensorCoreConfig, tc_ds_row_byte
 from .masking import band_columns, band_queries, in_band, key_span, query_span, sequence_bounds
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits,
                   ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16,
-                  opaque_u64, pack_bf16x2, pack_f16x2, red_add_f32x2, shared_address, split_tf32, st_global_f32x2,
+                  pack_bf16x2, pack_f16x2, red_add_f32x2, shared_address, split_tf32, st_global_f32x2,
                   st_global_u32, st_shared_f32, st_shared_u32)
 from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, keep_scale, masked, mma_3xtf32_add, mma_3xtf32_add_x2,
                          row_address, tc_jit, tile_copier)
@@ -283,9 +283,11 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     # value's 32 lanes side by side: conflict-free, and no barrier since no lane reads another's) and
     # zeroes them; the epilogue adds the slots back. Above head_dim 64 (slots of 64 KB would cost an SM one
     # of its two blocks) the second level is dK and dV themselves in global memory: the block owns their
-    # rows, so each lane stores its first flush there and adds the later ones and the epilogue's with
-    # red.global.add (no loaded values to hold: loads back took 424 bytes of spills against 168). At
-    # N = 4096, ~8 flushes of 2 x 32 KB per block.
+    # rows, so each lane zeroes its own elements in the prologue and adds every flush and the epilogue's
+    # sums with red.global.add: nothing loaded back, and no first-flush branch. With CI's wheels that spills
+    # less than the one-level kernel (96-byte stack, 188 stored, 140 loaded, against 120, 168, 180), where
+    # loading back (424 stored) or a store for the first flush (384; 13 % slower on the H200) spilled more.
+    # At N = 4096, ~8 flushes of 2 x 32 KB per block.
     SUMS = tf32_sums_bytes(D, NUM_THREADS, elem) > 0
     GSUMS = TF32 and not SUMS
     FLUSH = max(TF32_SUMS_KSTEPS // (BLOCK_M // 8), 1)
@@ -350,6 +352,14 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         s_sum = s_base + uint32(SSUM + 4 * tid)  # this lane's slot of value 0 (of dV; dK's O_REGS after)
         for i in static_range(2 * O_REGS if SUMS else 0):
             st_shared_f32(s_sum + uint32(4 * NUM_THREADS * i), float32(0.0))
+        for r in static_range(2 if GSUMS else 0):  # the global second level starts at zero
+            key = n0 + warp * 16 + g + 8 * r
+            if key < n_k:
+                at_k = row_address(dk, ab, hk, k_off + key) + uint64(8 * t)
+                at_v = row_address(dv, ab, hk, k_off + key) + uint64(8 * t)
+                for j in static_range(D_TILES):
+                    st_global_f32x2(at_k + uint64(32 * j), float32(0.0), float32(0.0))
+                    st_global_f32x2(at_v + uint64(32 * j), float32(0.0), float32(0.0))
         qk_scale = scale * float32(LOG2E)
         wkey = n0 + warp * 16  # this warp's first key; lane keys wkey + g (+ 8)
         # This lane's ldmatrix row (byte offsets): of A fragments (K, V), of B fragments (Q, dO), and of
@@ -559,18 +569,12 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                 for r in static_range(2):
                     key = wkey + g + 8 * r
                     if key < n_k:
-                        # a row's first address, opaque: else the 2 x D/4 addresses, loop-invariant, were
-                        # hoisted out of the loop and spilled (ptx.opaque_u64)
-                        at_k = opaque_u64(row_address(dk, ab, hk, k_off + key) + uint64(8 * t))
-                        at_v = opaque_u64(row_address(dv, ab, hk, k_off + key) + uint64(8 * t))
-                        for j in static_range(D_TILES):
+                        at_k = row_address(dk, ab, hk, k_off + key) + uint64(8 * t)
+                        at_v = row_address(dv, ab, hk, k_off + key) + uint64(8 * t)
+                        for j in static_range(D_TILES):  # one thread's adds to one address land in order
                             e = 4 * j + 2 * r
-                            if it >= FLUSH:  # one thread's adds to one address land in program order
-                                red_add_f32x2(at_k + uint64(32 * j), dk_acc[e] * scale, dk_acc[e + 1] * scale)
-                                red_add_f32x2(at_v + uint64(32 * j), dv_acc[e], dv_acc[e + 1])
-                            else:
-                                st_global_f32x2(at_k + uint64(32 * j), dk_acc[e] * scale, dk_acc[e + 1] * scale)
-                                st_global_f32x2(at_v + uint64(32 * j), dv_acc[e], dv_acc[e + 1])
+                            red_add_f32x2(at_k + uint64(32 * j), dk_acc[e] * scale, dk_acc[e + 1] * scale)
+                            red_add_f32x2(at_v + uint64(32 * j), dv_acc[e], dv_acc[e + 1])
                 for i in static_range(O_REGS):
                     dk_acc[i] = float32(0.0)
                     dv_acc[i] = float32(0.0)
@@ -595,7 +599,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         col = (8 * j + 2 * t) * 4
                         at_k = dk_base + uint64(key * dk.strides[2] + col)
                         at_v = dv_base + uint64(key * dv.strides[2] + col)
-                        if GSUMS and total >= FLUSH:  # onto the flushed sums
+                        if GSUMS:  # onto the flushed sums
                             red_add_f32x2(at_k, dk_acc[e] * scale, dk_acc[e + 1] * scale)
                             red_add_f32x2(at_v, dv_acc[e], dv_acc[e + 1])
                         else:
