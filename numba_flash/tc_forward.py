@@ -32,6 +32,7 @@ import math
 from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
+from . import compile_speed
 from .config import TC_ELEMS, TensorCoreConfig, tc_row_bytes
 from .masking import NEG_INF, band_columns, in_band, key_span, sequence_bounds
 from .philox import dropout_keep
@@ -105,6 +106,9 @@ def tile_copier(head_dim: int, num_threads: int, elem: str = "f16"):
             walk_ragged(dst, at, src, step, r, c, rows, rows_left, iters)
 
     return load_tile, (lambda rows: -(-rows // ROW_STEP))
+
+
+compile_speed.install()  # the unrolled kernels' blocks made one numba-cuda step quadratic (compile_speed)
 
 
 def tc_jit(config: TensorCoreConfig, kernel: str):

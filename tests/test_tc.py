@@ -118,6 +118,53 @@ def _compile(cases, max_stack=0, max_spill=0, bounds=None):
     return reports
 
 
+_SAME_SCRIPT = r"""
+import hashlib, re, sys
+from numba_flash import compile_speed
+from numba_flash.config import TensorCoreConfig
+from numba_flash.resources import compile_for, tc_signature
+from numba_flash.tc_backward import tc_dkdv_kernel  # installs compile_speed's versions (unless told not to)
+sizes = []
+if sys.argv[1] == "both":  # run numba-cuda's own beside the linear one, and compare
+    from numba.cuda import lowering
+    fast, orig = lowering.Lower._find_singly_assigned_variable, compile_speed.originals()["_find_singly_assigned_variable"]
+    assert fast is not orig, "not installed"
+    def both(self):
+        orig(self)
+        want = self._singly_assigned_vars
+        fast(self)
+        assert self._singly_assigned_vars == want, sorted(want ^ self._singly_assigned_vars)[:20]
+        sizes.append(len(want))
+    lowering.Lower._find_singly_assigned_variable = both
+ptx, _ = compile_for(tc_dkdv_kernel(TensorCoreConfig(16, 16, 1), 40, True, True, "f16").py_func, tc_signature("dkdv"))
+# as experiments/ptx_identity.py compares: without Numba's environment globals (their order varies from
+# run to run), version counters in mangled names blanked
+code = "\n".join(re.sub(r"_cudapy_smem_\d+", "S", re.sub(r"B\d+v\d+B", "BvB", line)) for line in ptx.splitlines()
+                 if "NumbaEnv" not in line)
+print(hashlib.sha256(code.encode()).hexdigest(), len(sizes), sum(sizes))
+"""
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_compile_speed_patches_change_nothing_but_the_time():
+    """numba_flash.compile_speed's linear versions of two numba-cuda steps against numba-cuda's own, on a
+    tensor-core dK/dV kernel (varlen, dropout: the Philox and band helpers too): the same singly-assigned
+    variables in every function lowered (they decide which values get no stack slot), and the same PTX
+    as a compile without the patches (NUMBA_FLASH_NO_COMPILE_PATCH=1)."""
+    env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    env.pop("NUMBA_FLASH_NO_COMPILE_PATCH", None)
+    runs = {}
+    for mode, extra in (("both", {}), ("plain", {"NUMBA_FLASH_NO_COMPILE_PATCH": "1"})):
+        proc = subprocess.run([sys.executable, "-c", _SAME_SCRIPT, mode], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs[mode] = proc.stdout.split()
+    assert runs["both"][0] == runs["plain"][0], "the patched compile gave different PTX"
+    calls, found = int(runs["both"][1]), int(runs["both"][2])
+    assert calls >= 3 and found > 1000, runs  # the kernel and its device functions: thousands of names
+
+
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_tensor_core_forward_compiles_to_mma_without_spills():
     cases = [("forward", *case, "f16") for case in _CASES] + [("forward", _CASES[0][0], 64, False, False, "bf16")]

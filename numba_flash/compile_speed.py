@@ -1,0 +1,120 @@
+"""Faster Numba compiles of the unrolled kernels: two numba-cuda steps made linear.
+
+The tensor-core kernels are unrolled into straight-line blocks of thousands of statements
+(:mod:`numba_flash.unroll`), and two steps of numba-cuda 0.30 are quadratic in that size:
+
+* ``Lower._find_singly_assigned_variable`` scans a variable's whole defining block once per variable,
+  to count its assignments. Profiled on the head_dim-128 forward default with CI's wheels, it took 34
+  of the compile's 158 s (NVVM and ptxas together: under 2 s; the rest is Numba's other passes).
+* ``ir_utils.fixup_var_define_in_scope`` (run by ``untyped_passes``) checks every variable against the
+  scope of every block, though the blocks share one scope: 10 s there.
+
+:func:`install` replaces each with the same computation done once per block or per scope. It patches
+only the implementations it was written against (their source's SHA-256 below): another numba-cuda
+keeps its own. ``NUMBA_FLASH_NO_COMPILE_PATCH=1`` leaves numba-cuda alone (for comparisons);
+``tests/test_tc.py`` checks on a tensor-core kernel that both give the same results and the same PTX.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from collections import Counter, defaultdict
+
+
+def _find_singly_assigned_variable(self):
+    """numba-cuda's, with each defining block's assignments counted once (not once per variable)."""
+    from numba.cuda.core import ir
+    from numba.cuda.core.analysis import compute_use_defs, must_use_alloca
+
+    blocks = self.func_ir.blocks
+    sav = set()
+    if not self.func_ir.func_id.is_generator:
+        use_defs = compute_use_defs(blocks)
+        alloca_vars = must_use_alloca(blocks)
+        var_assign_map = defaultdict(set)
+        for blk, vl in use_defs.defmap.items():
+            for var in vl:
+                var_assign_map[var].add(blk)
+        used = set()
+        for vl in use_defs.usemap.values():
+            used.update(vl)
+        counts = {}  # defining block -> how many times each name is assigned there
+        for var, where in var_assign_map.items():
+            # defined in one block, used in no other, assigned once there
+            if var not in alloca_vars and len(where) == 1 and var not in used:
+                [defblk] = where
+                if defblk not in counts:
+                    counts[defblk] = Counter(stmt.target.name for stmt in self.blocks[defblk].find_insts(ir.assign_types))
+                if counts[defblk][var] == 1:
+                    sav.add(var)
+    self._singly_assigned_vars = sav
+    self._blk_local_varmap = {}
+
+
+def _fixup_var_define_in_scope(blocks):
+    """numba-cuda's, visiting each distinct scope once (not once per block)."""
+    used_var = {}
+    for blk in blocks.values():
+        for inst in blk.body:
+            for var in inst.list_vars():
+                used_var[var] = inst
+    seen = []
+    for blk in blocks.values():
+        scope = blk.scope
+        if any(scope is s for s in seen):
+            continue
+        seen.append(scope)
+        for var in used_var.keys():
+            if var.name not in scope.localvars:
+                scope.localvars.define(var.name, var)
+
+
+def _targets():
+    """(owner, attribute, replacement, SHA-256 of numba-cuda 0.30.4's source of the original)."""
+    from numba.cuda import lowering
+    from numba.cuda.core import untyped_passes
+
+    return [(lowering.Lower, "_find_singly_assigned_variable", _find_singly_assigned_variable,
+             "c3b499f76517288510a5188fbb59bb96f7ca7d619b0cf4245b5f66a8bd90bbe4"),
+            (untyped_passes, "fixup_var_define_in_scope", _fixup_var_define_in_scope,
+             "19e4d8d64a2fb063a62c4760097e977c81f84b5782e3dadebe2b10bee844536c")]
+
+
+def originals() -> dict:
+    """numba-cuda's own implementations by name (those :func:`install` replaced, where it did)."""
+    try:
+        targets = _targets()
+    except Exception:  # no numba-cuda compiler to patch
+        return {}
+    out = {}
+    for owner, name, new, _ in targets:
+        fn = vars(owner).get(name)
+        out[name] = getattr(fn, "numba_flash_replaced", fn)
+    return out
+
+
+def install() -> list[str]:
+    """Put the linear versions in place; the names of those in place (now or already)."""
+    if os.environ.get("NUMBA_FLASH_NO_COMPILE_PATCH"):
+        return []
+    try:
+        targets = _targets()
+    except Exception:
+        return []
+    done = []
+    for owner, name, new, known in targets:
+        current = vars(owner).get(name)
+        if current is new:
+            done.append(name)
+            continue
+        try:
+            digest = hashlib.sha256(inspect.getsource(current).encode()).hexdigest()
+        except (OSError, TypeError):
+            continue
+        if digest == known:
+            new.numba_flash_replaced = current
+            setattr(owner, name, new)
+            done.append(name)
+    return done
