@@ -44,20 +44,24 @@ def wide() -> int:
     return 0
 
 
-def split() -> int:
-    """The head_dim-128 backward default (split_d dK/dV) alone (see the module docstring)."""
-    rng = np.random.default_rng(0)
-    q, do = (rng.standard_normal((1, 4, 150, 128)).astype(np.float16) for _ in range(2))
-    k, v = (rng.standard_normal((1, 2, 200, 128)).astype(np.float16) for _ in range(2))
-    cfg = nf.config.default_tc_config(128, pass_="backward")
-    assert cfg.split_d, cfg
+def _gqa_backward(label: str, rng, dtype, n_q: int, n_k: int, d: int, config=None) -> None:
+    """Forward and backward at 4 query heads over 2 kv heads, causal and not; print the max errors."""
+    q, do = (rng.standard_normal((1, 4, n_q, d)).astype(dtype) for _ in range(2))
+    k, v = (rng.standard_normal((1, 2, n_k, d)).astype(dtype) for _ in range(2))
     dev = [cupy.asarray(a) for a in (q, k, v)]
     for causal in (False, True):
         out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True)
-        grads = nf.flash_attention_backward(cupy.asarray(do), *dev, out, lse, causal=causal, config=cfg)
+        grads = nf.flash_attention_backward(cupy.asarray(do), *dev, out, lse, causal=causal, config=config)
         want = nf.reference.attention_backward(do, q, k, v, causal=causal)
         errs = [float(np.abs(cupy.asnumpy(g).astype(np.float64) - w).max()) for g, w in zip(grads, want)]
-        print(f"{cfg} causal={causal}: max abs error dq {errs[0]:.3e} dk {errs[1]:.3e} dv {errs[2]:.3e}")
+        print(f"{label} causal={causal}: max abs error dq {errs[0]:.3e} dk {errs[1]:.3e} dv {errs[2]:.3e}")
+
+
+def split() -> int:
+    """The head_dim-128 backward default (split_d dK/dV) alone (see the module docstring)."""
+    cfg = nf.config.default_tc_config(128, pass_="backward")
+    assert cfg.split_d, cfg
+    _gqa_backward(str(cfg), np.random.default_rng(0), np.float16, 150, 200, 128, cfg)
     return 0
 
 
@@ -65,16 +69,7 @@ def float32() -> int:
     """The float32 defaults alone (see the module docstring)."""
     rng = np.random.default_rng(0)
     for d in (64, 128):
-        q, do = (rng.standard_normal((1, 4, 300, d)).astype(np.float32) for _ in range(2))
-        k, v = (rng.standard_normal((1, 2, 280, d)).astype(np.float32) for _ in range(2))
-        dev = [cupy.asarray(a) for a in (q, k, v)]
-        for causal in (False, True):
-            out, lse = nf.flash_attention(*dev, causal=causal, return_lse=True)
-            grads = nf.flash_attention_backward(cupy.asarray(do), *dev, out, lse, causal=causal)
-            want = nf.reference.attention_backward(do, q, k, v, causal=causal)
-            errs = [float(np.abs(cupy.asnumpy(g).astype(np.float64) - w).max()) for g, w in zip(grads, want)]
-            print(f"float32 head_dim {d} causal={causal}: max abs error dq {errs[0]:.3e} dk {errs[1]:.3e} "
-                  f"dv {errs[2]:.3e}")
+        _gqa_backward(f"float32 head_dim {d}", rng, np.float32, 300, 280, d)
     return 0
 
 
