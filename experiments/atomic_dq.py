@@ -95,12 +95,17 @@ def parse_args(argv=None):
                    help="time the configs and SDPA of each pass in turns, ROUNDS rounds of --repeat calls "
                         "(timing.time_interleaved; the rows then carry each one's spread of round medians)")
     p.add_argument("--lock", default=None, help="a file to lock around each timing")
+    p.add_argument("--sums-ksteps", type=int, default=None, metavar="K",
+                   help="float32: flush the dK/dV kernel's register sums every K k-steps (8 queries each) "
+                        "instead of config.TF32_SUMS_KSTEPS; set before any kernel is built, so one value per process")
     p.add_argument("--out", default="experiments/results/atomic_dq")
     args = p.parse_args(argv)
     args.shape = args.shape or [_shape(s) for s in DEFAULT_SHAPES]
     args.dtype = args.dtype or ["float16"]
     if args.skip_default and not args.bwd_config:
         p.error("--skip-default needs at least one --bwd-config")
+    if args.sums_ksteps is not None and args.sums_ksteps < 1:
+        p.error(f"--sums-ksteps: expected a positive number of k-steps, got {args.sums_ksteps}")
     return args
 
 
@@ -281,6 +286,10 @@ def main(argv=None) -> int:
     from numba_flash.results import markdown_table, save
 
     console = Console()
+    if args.sums_ksteps is not None:
+        import numba_flash.tc_backward as tcb
+
+        tcb.TF32_SUMS_KSTEPS = args.sums_ksteps  # read when a dK/dV kernel is built (FLUSH), so before any build
     torch, why = torch_for_sdpa()
     if torch is None:
         console.print(f"atomic_dq: {why}; nothing to do")
@@ -308,7 +317,8 @@ def main(argv=None) -> int:
                                          "args": {"shape": args.shape, "dtype": args.dtype, "causal": args.causal,
                                                   "bwd_config": None if args.bwd_config is None
                                                   else [label(c) for c in args.bwd_config],
-                                                  "repeat": args.repeat, "interleave": args.interleave}},
+                                                  "repeat": args.repeat, "interleave": args.interleave,
+                                                  "sums_ksteps": args.sums_ksteps}},
                  body, title="Backward with atomic dQ vs the two-kernel backward vs SDPA")
     console.print(markdown_table(table))
     console.print(f"wrote {paths[0]} and {paths[1]}")

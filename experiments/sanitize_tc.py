@@ -18,7 +18,9 @@ per 32 keys, P^T and dS^T through shared memory), at 150 x 200 tokens with GQA (
 causal and not.
 ``--float32-only`` runs only the float32 (3xTF32) forward and backward defaults at head_dim 64 and 128, 300 x 280
 tokens with GQA (4 query heads, 2 kv heads: 38 query tiles per key block), causal and not: enough tiles for the
-dK/dV kernel's second-level sums to be flushed twice (shared slots at 64, dK and dV in global memory at 128).
+dK/dV kernel's second-level sums to be flushed twice (shared slots at 64, dK and dV in global memory at 128);
+``--head-dim 64`` or ``--head-dim 128`` after it runs only that one (a process per head_dim, so that each
+compiles under the tool within a device call's limit).
 """
 
 import sys
@@ -65,10 +67,10 @@ def split() -> int:
     return 0
 
 
-def float32() -> int:
+def float32(head_dims=(64, 128)) -> int:
     """The float32 defaults alone (see the module docstring)."""
     rng = np.random.default_rng(0)
-    for d in (64, 128):
+    for d in head_dims:
         _gqa_backward(f"float32 head_dim {d}", rng, np.float32, 300, 280, d)
     return 0
 
@@ -76,6 +78,11 @@ def float32() -> int:
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--float32-only" in args:
+        if "--head-dim" in args:
+            d = int(args[args.index("--head-dim") + 1])
+            if d not in (64, 128):
+                raise SystemExit(f"--head-dim: expected 64 or 128, got {d}")
+            return float32((d,))
         return float32()
     if "--wide-only" in args:
         return wide()
