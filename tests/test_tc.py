@@ -136,14 +136,26 @@ if sys.argv[1] == "both":  # run numba-cuda's own beside the linear one, and com
         assert self._singly_assigned_vars == want, sorted(want ^ self._singly_assigned_vars)[:20]
         sizes.append(len(want))
     lowering.Lower._find_singly_assigned_variable = both
+    from numba.cuda.core import analysis, ir_utils
+    fast_live, orig_live = analysis.compute_live_map, compile_speed.originals()["compute_live_map"]
+    assert fast_live is not orig_live and ir_utils.compute_live_map is fast_live, "not installed"
+    lives = []
+    def both_live(cfg, blocks, use, defs):
+        want = orig_live(cfg, blocks, use, defs)
+        got = fast_live(cfg, blocks, use, defs)
+        assert got == want, [b for b in want if got.get(b) != want[b]][:5]
+        lives.append(sum(map(len, want.values())))
+        return got
+    analysis.compute_live_map = ir_utils.compute_live_map = both_live
 ptx, _ = compile_for(tc_dkdv_kernel(TensorCoreConfig(16, 16, 1), 40, True, True, "f16").py_func, tc_signature("dkdv"))
-print(json.dumps({"ptx": ptx, "calls": len(sizes), "found": sum(sizes)}))
+print(json.dumps({"ptx": ptx, "calls": len(sizes), "found": sum(sizes),
+                  "live_calls": len(lives) if sys.argv[1] == "both" else 0, "live": sum(lives) if sys.argv[1] == "both" else 0}))
 """
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_compile_speed_patches_change_nothing_but_the_time():
-    """numba_flash.compile_speed's linear versions of two numba-cuda steps against numba-cuda's own, on a
+    """numba_flash.compile_speed's linear versions of three numba-cuda steps against numba-cuda's own, on a
     tensor-core dK/dV kernel (varlen, dropout: the Philox and band helpers too): the same singly-assigned
     variables in every function lowered (they decide which values get no stack slot), and the same PTX
     as a compile without the patches (NUMBA_FLASH_NO_COMPILE_PATCH=1)."""
@@ -162,6 +174,8 @@ def test_compile_speed_patches_change_nothing_but_the_time():
     assert normalised(runs["both"]["ptx"]) == normalised(runs["plain"]["ptx"]), "the patched compile gave different PTX"
     calls, found = runs["both"]["calls"], runs["both"]["found"]
     assert calls >= 3 and found > 1000, (calls, found)  # the kernel and its device functions: thousands of names
+    # liveness, compared on every call: the passes that run it, over thousands of (block, variable) pairs
+    assert runs["both"]["live_calls"] >= 10 and runs["both"]["live"] > 1000, runs["both"]
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
