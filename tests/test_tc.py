@@ -147,6 +147,8 @@ if sys.argv[1] == "both":  # run numba-cuda's own beside the linear one, and com
         lives.append(sum(map(len, want.values())))
         return got
     analysis.compute_live_map = ir_utils.compute_live_map = both_live
+    from numba.cuda.core import ssa
+    assert ssa._run_ssa is not compile_speed.originals()["_run_ssa"], "not installed"  # checked by the PTX alone
 ptx, _ = compile_for(tc_dkdv_kernel(TensorCoreConfig(16, 16, 1), 40, True, True, "f16").py_func, tc_signature("dkdv"))
 print(json.dumps({"ptx": ptx, "calls": len(sizes), "found": sum(sizes),
                   "live_calls": len(lives) if sys.argv[1] == "both" else 0, "live": sum(lives) if sys.argv[1] == "both" else 0}))
@@ -155,7 +157,7 @@ print(json.dumps({"ptx": ptx, "calls": len(sizes), "found": sum(sizes),
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_compile_speed_patches_change_nothing_but_the_time():
-    """numba_flash.compile_speed's linear versions of three numba-cuda steps against numba-cuda's own, on a
+    """numba_flash.compile_speed's versions of four numba-cuda steps against numba-cuda's own, on a
     tensor-core dK/dV kernel (varlen, dropout: the Philox and band helpers too): the same singly-assigned
     variables in every function lowered (they decide which values get no stack slot), and the same PTX
     as a compile without the patches (NUMBA_FLASH_NO_COMPILE_PATCH=1)."""
