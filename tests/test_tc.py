@@ -149,15 +149,27 @@ if sys.argv[1] == "both":  # run numba-cuda's own beside the linear one, and com
     analysis.compute_live_map = ir_utils.compute_live_map = both_live
     from numba.cuda.core import ssa
     assert ssa._run_ssa is not compile_speed.originals()["_run_ssa"], "not installed"  # checked by the PTX alone
+    fast_index, orig_index = ssa._FixSSAVars._stmt_index, compile_speed.originals()["_stmt_index"]
+    assert fast_index is not orig_index, "not installed"
+    indexed = []
+    def both_index(self, defstmt, block, stop=-1):
+        want = orig_index(self, defstmt, block, stop)
+        got = fast_index(self, defstmt, block, stop)
+        assert got == want, (got, want, stop, len(block.body))
+        indexed.append(want < len(block.body))
+        return got
+    ssa._FixSSAVars._stmt_index = both_index
 ptx, _ = compile_for(tc_dkdv_kernel(TensorCoreConfig(16, 16, 1), 40, True, True, "f16").py_func, tc_signature("dkdv"))
 print(json.dumps({"ptx": ptx, "calls": len(sizes), "found": sum(sizes),
-                  "live_calls": len(lives) if sys.argv[1] == "both" else 0, "live": sum(lives) if sys.argv[1] == "both" else 0}))
+                  "live_calls": len(lives) if sys.argv[1] == "both" else 0, "live": sum(lives) if sys.argv[1] == "both" else 0,
+                  "index_calls": len(indexed) if sys.argv[1] == "both" else 0,
+                  "index_found": sum(indexed) if sys.argv[1] == "both" else 0}))
 """
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
 def test_compile_speed_patches_change_nothing_but_the_time():
-    """numba_flash.compile_speed's versions of four numba-cuda steps against numba-cuda's own, on a
+    """numba_flash.compile_speed's versions of five numba-cuda steps against numba-cuda's own, on a
     tensor-core dK/dV kernel (varlen, dropout: the Philox and band helpers too): the same singly-assigned
     variables in every function lowered (they decide which values get no stack slot), and the same PTX
     as a compile without the patches (NUMBA_FLASH_NO_COMPILE_PATCH=1)."""
@@ -178,6 +190,8 @@ def test_compile_speed_patches_change_nothing_but_the_time():
     assert calls >= 3 and found > 1000, (calls, found)  # the kernel and its device functions: thousands of names
     # liveness, compared on every call: the passes that run it, over thousands of (block, variable) pairs
     assert runs["both"]["live_calls"] >= 10 and runs["both"]["live"] > 1000, runs["both"]
+    # statement positions in SSA reconstruction, compared on every call, most of them found
+    assert runs["both"]["index_found"] > 100, {k: v for k, v in runs["both"].items() if k != "ptx"}
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
