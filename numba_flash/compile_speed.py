@@ -1,7 +1,8 @@
 """Faster Numba compiles of the unrolled kernels: five numba-cuda steps made linear (or nearly).
 
 The tensor-core kernels are unrolled into straight-line blocks of thousands of statements
-(:mod:`numba_flash.unroll`), and two steps of numba-cuda 0.30 are quadratic in that size:
+(:mod:`numba_flash.unroll`), and several steps of numba-cuda 0.30 are quadratic in that size or
+sweep the whole function more often than they need:
 
 * ``Lower._find_singly_assigned_variable`` scans a variable's whole defining block once per variable,
   to count its assignments. Profiled on the head_dim-128 forward default with CI's wheels, it took 34
@@ -20,9 +21,9 @@ The tensor-core kernels are unrolled into straight-line blocks of thousands of s
   per use and once per candidate definition: quadratic in the long unrolled block (1.2 of the 2.15 s
   left in SSA). The version here looks positions up in a table built once per block and handler.
 
-:func:`install` replaces each with the same computation done once per block or per scope. It patches
-only the implementations it was written against (their source's SHA-256 below): another numba-cuda
-keeps its own. ``NUMBA_FLASH_NO_COMPILE_PATCH=1`` leaves numba-cuda alone (for comparisons);
+:func:`install` replaces each with the same computation done with less repetition. It patches only the
+implementations it was written against (the SHA-256 of their source, and of the helpers a replacement
+relies on, below): another numba-cuda keeps its own. ``NUMBA_FLASH_NO_COMPILE_PATCH=1`` leaves numba-cuda alone (for comparisons);
 ``tests/test_tc.py`` checks on a tensor-core kernel that both give the same results and the same PTX.
 """
 
