@@ -230,7 +230,10 @@ def main(argv=None) -> int:
     p.add_argument("--tflops", type=float, default=2.0, help="numba_flash throughput assumed for that estimate")
     args = p.parse_args(argv)
     if args.smoke:
-        args.batch, args.heads, args.head_dim, args.dtype, args.seqlens = 1, 2, 16, "float32", [16, 32, 64]
+        # 32-128 tokens, not 16-64: at 16 the score matrix is 2 KB, the size of the API's own Python
+        # objects, whose allocations varied with what the process had run before; the flash slope
+        # then came out at 1.34 in one CI run and missed the test's margin (session 17)
+        args.batch, args.heads, args.head_dim, args.dtype, args.seqlens = 1, 2, 16, "float32", [32, 64, 128]
         args.max_seconds = 0.0  # simulator: its Python objects would swamp the reading; kernels skipped
     B, H, D, dtype, causal = args.batch, args.heads, args.head_dim, args.dtype, args.causal
 
