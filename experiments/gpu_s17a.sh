@@ -1,4 +1,5 @@
-# Session 17, device call 1 (and 2: TESTS_FROM=file skips the tests a junit already holds):
+# Session 17, device call 1 (and 2: DONE_JUNIT=junit.xml skips the tests that junit already holds; TESTS=file
+# runs another order file):
 # - the GPU tests that no run reached since session 15 (experiments/gpu_s17_tests.txt), GPU profile, outputs
 #   poisoned, WORKERS processes;
 # - compute-sanitizer racecheck and memcheck on the float32 (3xTF32) forward and backward defaults, one process

@@ -251,9 +251,7 @@ def _targets():
     """(owner, attribute, replacement, SHA-256 of numba-cuda 0.30.4's source of the original[, the other
     functions and classes whose source the digest covers too])."""
     from numba.cuda import lowering
-    from numba.cuda.core import analysis, ir_utils, untyped_passes
-
-    from numba.cuda.core import ssa
+    from numba.cuda.core import analysis, ir_utils, ssa, untyped_passes
 
     live_map = "cdb51290c1658e9296610f99cb7c5bd51fbc2610822b3cedab72c4d86b4fc7c2"
     run_ssa = "d179b5c5e876ab5af53a5c740bd0afc41a467c079e67332478e8d84436c958d5"

@@ -124,7 +124,7 @@ from numba_flash import compile_speed
 from numba_flash.config import TensorCoreConfig
 from numba_flash.resources import compile_for, tc_signature
 from numba_flash.tc_backward import tc_dkdv_kernel  # installs compile_speed's versions (unless told not to)
-sizes = []
+sizes, lives, indexed = [], [], []  # what the "both" run compared
 if sys.argv[1] == "both":  # run numba-cuda's own beside the linear one, and compare
     from numba.cuda import lowering
     fast, orig = lowering.Lower._find_singly_assigned_variable, compile_speed.originals()["_find_singly_assigned_variable"]
@@ -139,7 +139,6 @@ if sys.argv[1] == "both":  # run numba-cuda's own beside the linear one, and com
     from numba.cuda.core import analysis, ir_utils
     fast_live, orig_live = analysis.compute_live_map, compile_speed.originals()["compute_live_map"]
     assert fast_live is not orig_live and ir_utils.compute_live_map is fast_live, "not installed"
-    lives = []
     def both_live(cfg, blocks, use, defs):
         want = orig_live(cfg, blocks, use, defs)
         got = fast_live(cfg, blocks, use, defs)
@@ -151,7 +150,6 @@ if sys.argv[1] == "both":  # run numba-cuda's own beside the linear one, and com
     assert ssa._run_ssa is not compile_speed.originals()["_run_ssa"], "not installed"  # checked by the PTX alone
     fast_index, orig_index = ssa._FixSSAVars._stmt_index, compile_speed.originals()["_stmt_index"]
     assert fast_index is not orig_index, "not installed"
-    indexed = []
     def both_index(self, defstmt, block, stop=-1):
         want = orig_index(self, defstmt, block, stop)
         got = fast_index(self, defstmt, block, stop)
@@ -160,10 +158,8 @@ if sys.argv[1] == "both":  # run numba-cuda's own beside the linear one, and com
         return got
     ssa._FixSSAVars._stmt_index = both_index
 ptx, _ = compile_for(tc_dkdv_kernel(TensorCoreConfig(16, 16, 1), 40, True, True, "f16").py_func, tc_signature("dkdv"))
-print(json.dumps({"ptx": ptx, "calls": len(sizes), "found": sum(sizes),
-                  "live_calls": len(lives) if sys.argv[1] == "both" else 0, "live": sum(lives) if sys.argv[1] == "both" else 0,
-                  "index_calls": len(indexed) if sys.argv[1] == "both" else 0,
-                  "index_found": sum(indexed) if sys.argv[1] == "both" else 0}))
+print(json.dumps({"ptx": ptx, "calls": len(sizes), "found": sum(sizes), "live_calls": len(lives), "live": sum(lives),
+                  "index_calls": len(indexed), "index_found": sum(indexed)}))
 """
 
 
@@ -189,9 +185,10 @@ def test_compile_speed_patches_change_nothing_but_the_time():
     calls, found = runs["both"]["calls"], runs["both"]["found"]
     assert calls >= 3 and found > 1000, (calls, found)  # the kernel and its device functions: thousands of names
     # liveness, compared on every call: the passes that run it, over thousands of (block, variable) pairs
-    assert runs["both"]["live_calls"] >= 10 and runs["both"]["live"] > 1000, runs["both"]
+    counts = {k: v for k, v in runs["both"].items() if k != "ptx"}
+    assert counts["live_calls"] >= 10 and counts["live"] > 1000, counts
     # statement positions in SSA reconstruction, compared on every call, most of them found
-    assert runs["both"]["index_found"] > 100, {k: v for k, v in runs["both"].items() if k != "ptx"}
+    assert counts["index_found"] > 100, counts
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
