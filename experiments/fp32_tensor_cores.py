@@ -67,8 +67,18 @@ def parse_args(argv=None):
     p.add_argument("--defaults-only", action="store_true",
                    help="time and check only the 3xTF32 defaults against SDPA: no extra configs (unless given) and "
                         "no portable FFMA kernels, which take minutes at N = 4096")
+    p.add_argument("--no-math", action="store_true",
+                   help="do not time SDPA's MATH backend (its float32 N x N matrices take GBs per process)")
+    p.add_argument("--chain", type=int, default=None, metavar="K",
+                   help="k-steps of S (and dP) chained in the tensor cores per float32 add (config.TF32_CHAIN) for "
+                        "this process's kernels")
+    p.add_argument("--pv-chain", type=int, default=None, metavar="K",
+                   help="the same for the forward's P V over a key tile (config.TF32_PV_CHAIN)")
     p.add_argument("--out", default="experiments/results/fp32_tensor_cores")
     args = p.parse_args(argv)
+    for flag, value in (("--chain", args.chain), ("--pv-chain", args.pv_chain)):
+        if value is not None and value < 1:
+            p.error(f"{flag}: expected a positive number of k-steps, got {value}")
     args.shape = args.shape or [_shape(s) for s in DEFAULT_SHAPES]
     extra, extra_bwd = ([], []) if args.defaults_only else (DEFAULT_CONFIGS, DEFAULT_BWD_CONFIGS)
     args.config = args.config if args.config is not None else [_config(c) for c in extra]
@@ -86,8 +96,15 @@ def run(args, torch, console) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import numba_flash as nf
+    from numba_flash import config as nf_config
     from numba_flash.config import default_config, default_tc_config
-    from numba_flash.timing import attention_flops, exclusive, time_ms
+
+    if args.chain is not None:  # read when a kernel is built, so before any build
+        nf_config.TF32_CHAIN = args.chain
+    if args.pv_chain is not None:
+        nf_config.TF32_PV_CHAIN = args.pv_chain
+    console.print(f"float32 chains: S, dP {nf_config.TF32_CHAIN} k-steps, P V {nf_config.TF32_PV_CHAIN}")
+    from numba_flash.timing import attention_flops, exclusive, shared, time_ms
 
     def sdpa(backend):
         def fwd(q, k, v, causal):
@@ -108,6 +125,37 @@ def run(args, torch, console) -> list[dict]:
         out, lse = nf.flash_attention(q, k, v, causal=causal, return_lse=True, config=tc)
         return out, nf.flash_attention_backward(do, q, k, v, out, lse, causal=causal, config=bwd)
 
+    def errors(q, k, v, do, causal, tc, tc_bwd, portable, portable_bwd, base):
+        """Errors against float64 of our and SDPA-efficient's outputs and gradients on the first
+        error-batch entries (same inputs for both)."""
+        e = slice(0, args.error_batch)
+        q64, k64, v64 = (t[e].double().requires_grad_(True) for t in (q, k, v))
+        with sdpa_kernel(SDPBackend.MATH):
+            ref = F.scaled_dot_product_attention(q64, k64, v64, is_causal=causal)
+            ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do[e].double())
+        ref = ref.detach()
+        sub = [t[e].contiguous() for t in (q, k, v, do)]
+        csub = [nf.backend.array_module().from_dlpack(t) for t in sub]
+        ours_out, ours_grads = ours_fwd_bwd(*csub, causal, tc, tc_bwd)
+        ours_out, ours_grads = torch.from_dlpack(ours_out), [torch.from_dlpack(g) for g in ours_grads]
+        gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
+        eff_out, eff_grads = eff_fwd_bwd(gq, gk, gv, sub[3], causal)
+        errs = {"impl": "error vs float64", **base}
+        for name, mine, theirs, want in zip(("out", "dq", "dk", "dv"), [ours_out, *ours_grads],
+                                            [eff_out, *eff_grads], [ref, *ref_grads]):
+            a, b = rel_err(mine, want), rel_err(theirs, want)
+            errs[f"{name}_numba_flash"], errs[f"{name}_sdpa_efficient"], errs[f"{name}_ratio"] = a, b, a / b
+            console.print(f"  error vs float64 {name}: numba_flash {a:.2e}  sdpa_efficient {b:.2e}  ratio {a / b:.2f}")
+        # the portable forward multiplies in plain float32 (FFMA): the error of exact float32 products
+        if not args.defaults_only:
+            port_out, port_grads = ours_fwd_bwd(*csub, causal, portable, portable_bwd)
+            for name, mine, want in zip(("out", "dq", "dk", "dv"), [port_out, *port_grads], [ref, *ref_grads]):
+                errs[f"{name}_portable"] = rel_err(torch.from_dlpack(mine), want)
+            console.print("  error vs float64, numba_flash portable (FFMA): "
+                          + "  ".join(f"{n} {errs[n + '_portable']:.2e}" for n in ("out", "dq", "dk", "dv")))
+        del q64, k64, v64, ref, ref_grads
+        return errs
+
     rows = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     for (B, H, N, D) in args.shape:
@@ -121,8 +169,9 @@ def run(args, torch, console) -> list[dict]:
 
             def timed(name, pass_, fn, config=None, flops=None):
                 try:
-                    fn()  # compile outside the lock
-                    torch.cuda.synchronize()
+                    with shared(args.lock):  # compile and run once: never during another process's timing
+                        fn()
+                        torch.cuda.synchronize()
                     with exclusive(args.lock):
                         t = time_ms(fn, repeat=args.repeat)
                 except Exception as e:  # e.g. a config that does not fit: recorded, the sweep goes on
@@ -150,7 +199,8 @@ def run(args, torch, console) -> list[dict]:
                       lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=portable),
                       config=[portable.block_m, portable.block_n, portable.num_threads])
             timed("sdpa_efficient", "forward", lambda: eff_fwd(q, k, v, causal))
-            timed("sdpa_math", "forward", lambda: math_fwd(q, k, v, causal))
+            if not args.no_math:
+                timed("sdpa_math", "forward", lambda: math_fwd(q, k, v, causal))
             timed("numba_flash", "forward_backward", lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, tc_bwd),
                   flops=both_flops)
             for cfg in args.bwd_config:
@@ -161,35 +211,10 @@ def run(args, torch, console) -> list[dict]:
                       lambda: ours_fwd_bwd(cq, ck, cv, cdo, causal, tc, portable_bwd), flops=both_flops)
             timed("sdpa_efficient", "forward_backward", lambda: eff_fwd_bwd(qg, kg, vg, do, causal), flops=both_flops)
 
-            # Errors against float64 on the first error-batch entries (same inputs for both).
-            e = slice(0, args.error_batch)
-            q64, k64, v64 = (t[e].double().requires_grad_(True) for t in (q, k, v))
-            with sdpa_kernel(SDPBackend.MATH):
-                ref = F.scaled_dot_product_attention(q64, k64, v64, is_causal=causal)
-                ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do[e].double())
-            ref = ref.detach()
-            sub = [t[e].contiguous() for t in (q, k, v, do)]
-            csub = [nf.backend.array_module().from_dlpack(t) for t in sub]
-            ours_out, ours_grads = ours_fwd_bwd(*csub, causal, tc, tc_bwd)
-            ours_out, ours_grads = torch.from_dlpack(ours_out), [torch.from_dlpack(g) for g in ours_grads]
-            gq, gk, gv = (t.clone().requires_grad_(True) for t in sub[:3])
-            eff_out, eff_grads = eff_fwd_bwd(gq, gk, gv, sub[3], causal)
-            errs = {"impl": "error vs float64", **base}
-            for name, mine, theirs, want in zip(("out", "dq", "dk", "dv"), [ours_out, *ours_grads],
-                                                [eff_out, *eff_grads], [ref, *ref_grads]):
-                a, b = rel_err(mine, want), rel_err(theirs, want)
-                errs[f"{name}_numba_flash"], errs[f"{name}_sdpa_efficient"], errs[f"{name}_ratio"] = a, b, a / b
-                console.print(f"  error vs float64 {name}: numba_flash {a:.2e}  sdpa_efficient {b:.2e}  ratio {a / b:.2f}")
-            # the portable forward multiplies in plain float32 (FFMA): the error of exact float32 products
-            if not args.defaults_only:
-                port_out, port_grads = ours_fwd_bwd(*csub, causal, portable, portable_bwd)
-                for name, mine, want in zip(("out", "dq", "dk", "dv"), [port_out, *port_grads], [ref, *ref_grads]):
-                    errs[f"{name}_portable"] = rel_err(torch.from_dlpack(mine), want)
-                console.print("  error vs float64, numba_flash portable (FFMA): "
-                              + "  ".join(f"{n} {errs[n + '_portable']:.2e}" for n in ("out", "dq", "dk", "dv")))
-            rows.append(errs)
-            del q64, k64, v64, ref, ref_grads
-            torch.cuda.empty_cache()
+            # Under the timing lock: the float64 N x N matrices take GBs, one process at a time.
+            with exclusive(args.lock):
+                rows.append(errors(q, k, v, do, causal, tc, tc_bwd, portable, portable_bwd, base))
+                torch.cuda.empty_cache()
     return rows
 
 
@@ -233,6 +258,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from rich.console import Console
 
+    from numba_flash import config as nf_config
     from numba_flash.bench import torch_for_sdpa
     from numba_flash.results import markdown_table, save
 
@@ -259,8 +285,10 @@ def main(argv=None) -> int:
                                                           "config": [c.label() for c in args.config],
                                                           "bwd_config": [c.label() for c in args.bwd_config],
                                                           "repeat": args.repeat, "error_batch": args.error_batch,
-                                                          "defaults_only": args.defaults_only}},
-                 body, title="float32 on the tensor cores (3xTF32) vs SDPA EFFICIENT")
+                                                          "defaults_only": args.defaults_only,
+                                                          "tf32_chain": nf_config.TF32_CHAIN,
+                                                          "tf32_pv_chain": nf_config.TF32_PV_CHAIN}},
+                 body, title=f"float32 on the tensor cores (3xTF32) vs SDPA EFFICIENT (chains: S, dP {nf_config.TF32_CHAIN}; P V {nf_config.TF32_PV_CHAIN})")
     console.print(markdown_table(table))
     console.print(f"wrote {paths[0]} and {paths[1]}")
     return 0

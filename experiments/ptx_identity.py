@@ -37,6 +37,9 @@ CASES = [
     ("dkdv-f16-128-varlen-dropout", "dkdv", "64,16,2,16", 128, True, True, "f16"),
     ("dq-f16-128", "dq", "128,64,2,16,split", 128, False, False, "f16"),
     ("forward-f16-128", "forward", "256,64,2,32,reread", 128, False, False, "f16"),
+    ("forward-tf32-64", "forward", "128,16,2,32", 64, False, False, "tf32"),
+    ("forward-tf32-128", "forward", "64,16,2,16,b3", 128, False, False, "tf32"),
+    ("dq-tf32-128", "dq", "64,16,2,16", 128, False, False, "tf32"),
 ]
 
 _NAME_COUNTER = re.compile(r"B\d+v\d+B")

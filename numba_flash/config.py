@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 
 import numpy as np
@@ -218,6 +219,18 @@ def tc_ds_row_bytes(queries: int) -> int:
 # slots would cost an SM one of its two blocks: the second level there is dK and dV in global memory.
 TF32_SUMS_MAX_D = 64
 TF32_SUMS_KSTEPS = 32
+
+# float32 (3xTF32) scores S = Q K^T (and the backward's S, dP): k-steps of the head_dim contraction chained
+# in the tensor cores' accumulator before one float32 add into the scores. The tensor cores truncate
+# what they add into an accumulator, so each chained k-step adds a truncation relative to the partial
+# sum; float32 adds round to nearest. 1 = every k-step's product from zero, then a float32 add (4 adds
+# per 3 mma). Chaining all of head_dim 128's 16 k-steps ran the forward 12 % faster but put its output
+# error at 2.2-2.7x SDPA-efficient's (session 7, fp32_tensor_cores-2026-11-24/call3_defaults).
+# TF32_PV_CHAIN: the same for the float32 forward's O += P V over one key tile's k-steps (8 keys each;
+# a 16-key tile has 2). Read when a kernel is built; the environment variables NUMBA_FLASH_TF32_CHAIN and
+# NUMBA_FLASH_TF32_PV_CHAIN set them for a whole process (test workers included), for experiments.
+TF32_CHAIN = int(os.environ.get("NUMBA_FLASH_TF32_CHAIN", "") or 1)
+TF32_PV_CHAIN = int(os.environ.get("NUMBA_FLASH_TF32_PV_CHAIN", "") or 1)
 
 
 def tf32_sums_bytes(head_dim: int, num_threads: int, elem: str) -> int:

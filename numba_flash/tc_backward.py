@@ -55,8 +55,8 @@ from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_o
                   ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16,
                   pack_bf16x2, pack_f16x2, red_add_f32x2, shared_address, split_tf32, st_global_f32x2,
                   st_global_u32, st_shared_f32, st_shared_u32)
-from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, keep_scale, masked, mma_3xtf32_add, mma_3xtf32_add_x2,
-                         row_address, tc_jit, tile_copier)
+from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, chain_flags, keep_scale, masked, mma_3xtf32_add,
+                         mma_3xtf32_chain_x2, row_address, tc_jit, tile_copier)
 from .unroll import static_range, unrolled
 
 POS_INF = float32(math.inf)
@@ -255,6 +255,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     D = head_dim
     ROW_B = tc_row_bytes(D, elem)  # shared row pitch in bytes
     KSTEPS = (ROW_B - 16) // 32  # k-steps over head_dim (S^T, dP^T): 32 bytes of a row each
+    FIRST, LAST = chain_flags(KSTEPS)  # float32: where the k-step chains of S^T and dP^T start and end
     DT = (ROW_B - 16) // (32 if TF32 else 16)  # 8-column n-tiles of dK, dV
     NT = BLOCK_M // 8  # 8-query n-tiles of S^T, dP^T
     S_REGS, O_REGS, P_REGS = NT * 4, DT * 4, NT * 2
@@ -318,6 +319,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         vf = cuda.local.array(F_REGS, uint32)
         st = cuda.local.array(S_REGS, float32)  # S^T, then P^T: 16 keys x BLOCK_M queries
         dpt = cuda.local.array(S_REGS, float32)  # dP^T, then dS^T
+        gst = cuda.local.array(S_REGS, float32)  # float32: the running chains' parts of S^T, dP^T
+        gdpt = cuda.local.array(S_REGS, float32)
         pz = cuda.local.array(P_REGS, uint32)  # (Z P^T) rounded to 16 bits: A fragments of dV += . dO
         dst_ = cuda.local.array(P_REGS, uint32)  # dS^T rounded to 16 bits: A fragments of dK += . Q
         dk_acc = cuda.local.array(O_REGS, float32)
@@ -415,10 +418,13 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     j = 8 * jp
                     b0, b1, b2, b3 = ldmatrix_x4(sQ + off)
                     if TF32:
-                        (st[j], st[j + 1], st[j + 2], st[j + 3], st[j + 4], st[j + 5], st[j + 6],
-                         st[j + 7]) = mma_3xtf32_add_x2(
+                        (gst[j], gst[j + 1], gst[j + 2], gst[j + 3], gst[j + 4], gst[j + 5], gst[j + 6], gst[j + 7],
+                         st[j], st[j + 1], st[j + 2], st[j + 3], st[j + 4], st[j + 5], st[j + 6],
+                         st[j + 7]) = mma_3xtf32_chain_x2(
                             kf[0], kf[1], kf[2], kf[3], kf[4], kf[5], kf[6], kf[7], b0, b1, b2, b3,
-                            st[j], st[j + 1], st[j + 2], st[j + 3], st[j + 4], st[j + 5], st[j + 6], st[j + 7])
+                            gst[j], gst[j + 1], gst[j + 2], gst[j + 3], gst[j + 4], gst[j + 5], gst[j + 6], gst[j + 7],
+                            st[j], st[j + 1], st[j + 2], st[j + 3], st[j + 4], st[j + 5], st[j + 6],
+                            st[j + 7], FIRST[kk], LAST[kk])
                     else:
                         st[j], st[j + 1], st[j + 2], st[j + 3] = mma(k0, k1, k2, k3, b0, b1,
                                                                      st[j], st[j + 1], st[j + 2], st[j + 3])
@@ -426,10 +432,13 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                             k0, k1, k2, k3, b2, b3, st[j + 4], st[j + 5], st[j + 6], st[j + 7])
                     b0, b1, b2, b3 = ldmatrix_x4(sdO + off)
                     if TF32:
-                        (dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3], dpt[j + 4], dpt[j + 5], dpt[j + 6],
-                         dpt[j + 7]) = mma_3xtf32_add_x2(
+                        (gdpt[j], gdpt[j + 1], gdpt[j + 2], gdpt[j + 3], gdpt[j + 4], gdpt[j + 5], gdpt[j + 6], gdpt[j + 7],
+                         dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3], dpt[j + 4], dpt[j + 5], dpt[j + 6],
+                         dpt[j + 7]) = mma_3xtf32_chain_x2(
                             vf[0], vf[1], vf[2], vf[3], vf[4], vf[5], vf[6], vf[7], b0, b1, b2, b3,
-                            dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3], dpt[j + 4], dpt[j + 5], dpt[j + 6], dpt[j + 7])
+                            gdpt[j], gdpt[j + 1], gdpt[j + 2], gdpt[j + 3], gdpt[j + 4], gdpt[j + 5], gdpt[j + 6], gdpt[j + 7],
+                            dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3], dpt[j + 4], dpt[j + 5], dpt[j + 6],
+                            dpt[j + 7], FIRST[kk], LAST[kk])
                     else:
                         dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3] = mma(v0, v1, v2, v3, b0, b1,
                                                                          dpt[j], dpt[j + 1], dpt[j + 2], dpt[j + 3])
@@ -629,6 +638,7 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
     D = head_dim
     ROW_B = tc_row_bytes(D, elem)
     KSTEPS = (ROW_B - 16) // 32
+    FIRST, LAST = chain_flags(KSTEPS)  # float32: where the k-step chains of S and dP start and end
     DT = (ROW_B - 16) // (32 if TF32 else 16)
     NT = BLOCK_N // 8
     # Q and dO fragments: all k-steps' (16-bit), else one k-step's, re-read from shared memory for
@@ -655,6 +665,8 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
         dof = cuda.local.array(F_REGS, uint32)
         sacc = cuda.local.array(S_REGS, float32)  # S, then P: 16 queries x BLOCK_N keys
         dpacc = cuda.local.array(S_REGS, float32)  # dP, then dS
+        gs = cuda.local.array(S_REGS, float32)  # float32: the running chains' parts of S, dP
+        gdp = cuda.local.array(S_REGS, float32)
         ds16 = cuda.local.array(P_REGS, uint32)  # dS rounded to 16 bits: A fragments of dQ += . K
         dq_acc = cuda.local.array(O_REGS, float32)
 
@@ -754,10 +766,13 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                     qa = 0 if REREAD else 4 * kk
                     b0, b1, b2, b3 = ldmatrix_x4(sK + off)
                     if TF32:
-                        (sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3], sacc[j + 4], sacc[j + 5], sacc[j + 6],
-                         sacc[j + 7]) = mma_3xtf32_add_x2(
+                        (gs[j], gs[j + 1], gs[j + 2], gs[j + 3], gs[j + 4], gs[j + 5], gs[j + 6], gs[j + 7],
+                         sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3], sacc[j + 4], sacc[j + 5], sacc[j + 6],
+                         sacc[j + 7]) = mma_3xtf32_chain_x2(
                             qf[0], qf[1], qf[2], qf[3], qf[4], qf[5], qf[6], qf[7], b0, b1, b2, b3,
-                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3], sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7])
+                            gs[j], gs[j + 1], gs[j + 2], gs[j + 3], gs[j + 4], gs[j + 5], gs[j + 6], gs[j + 7],
+                            sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3], sacc[j + 4], sacc[j + 5], sacc[j + 6],
+                            sacc[j + 7], FIRST[kk], LAST[kk])
                     else:
                         sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
                             qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1, sacc[j], sacc[j + 1], sacc[j + 2],
@@ -767,10 +782,13 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                             sacc[j + 7])
                     b0, b1, b2, b3 = ldmatrix_x4(sV + off)
                     if TF32:
-                        (dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3], dpacc[j + 4], dpacc[j + 5], dpacc[j + 6],
-                         dpacc[j + 7]) = mma_3xtf32_add_x2(
+                        (gdp[j], gdp[j + 1], gdp[j + 2], gdp[j + 3], gdp[j + 4], gdp[j + 5], gdp[j + 6], gdp[j + 7],
+                         dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3], dpacc[j + 4], dpacc[j + 5], dpacc[j + 6],
+                         dpacc[j + 7]) = mma_3xtf32_chain_x2(
                             dof[0], dof[1], dof[2], dof[3], dof[4], dof[5], dof[6], dof[7], b0, b1, b2, b3,
-                            dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3], dpacc[j + 4], dpacc[j + 5], dpacc[j + 6], dpacc[j + 7])
+                            gdp[j], gdp[j + 1], gdp[j + 2], gdp[j + 3], gdp[j + 4], gdp[j + 5], gdp[j + 6], gdp[j + 7],
+                            dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3], dpacc[j + 4], dpacc[j + 5], dpacc[j + 6],
+                            dpacc[j + 7], FIRST[kk], LAST[kk])
                     else:
                         dpacc[j], dpacc[j + 1], dpacc[j + 2], dpacc[j + 3] = mma(
                             dof[qa], dof[qa + 1], dof[qa + 2], dof[qa + 3], b0, b1, dpacc[j], dpacc[j + 1],

@@ -33,6 +33,7 @@ from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
 from . import compile_speed
+from . import config as config_module
 from .config import TC_ELEMS, TensorCoreConfig, tc_row_bytes
 from .masking import NEG_INF, band_columns, in_band, key_span, sequence_bounds
 from .philox import dropout_keep
@@ -167,17 +168,47 @@ def mma_3xtf32_add(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1, c0, c1, c2, c
 
 
 @cuda.jit(device=True, forceinline=True)
-def mma_3xtf32_add_x2(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, b2, b3, c0, c1, c2, c3, c4, c5, c6, c7):
-    """:func:`mma_3xtf32_add` for the two 8-column n-tiles of one ``ldmatrix_x4`` of float32 B rows
-    (raw: b0, b1 the first n-tile's fragment, b2, b3 the second's, split here); c0..c3 and c4..c7
-    their sums."""
+def mma_3xtf32_chain(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1, g0, g1, g2, g3, c0, c1, c2, c3, first, last):
+    """One k-step of a product whose k-steps are chained in the tensor cores' accumulator
+    (config.TF32_CHAIN): the chain's sums ``g`` (restarted from zero where ``first``) + A B in three
+    mma, and where ``last`` the chain added to the float32 sums ``c`` (one round to nearest per
+    chain). Returns (g, c). With every k-step first and last, this is :func:`mma_3xtf32_add`."""
+    zero = float32(0.0)
+    if first:
+        g0, g1, g2, g3 = zero, zero, zero, zero
+    g0, g1, g2, g3 = mma_1688_tf32(s0, s1, s2, s3, b0, b1, g0, g1, g2, g3)
+    g0, g1, g2, g3 = mma_1688_tf32(a0, a1, a2, a3, t0, t1, g0, g1, g2, g3)
+    g0, g1, g2, g3 = mma_1688_tf32(a0, a1, a2, a3, b0, b1, g0, g1, g2, g3)
+    if last:
+        c0, c1, c2, c3 = c0 + g0, c1 + g1, c2 + g2, c3 + g3
+    return g0, g1, g2, g3, c0, c1, c2, c3
+
+
+@cuda.jit(device=True, forceinline=True)
+def mma_3xtf32_chain_x2(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, b2, b3, g0, g1, g2, g3, g4, g5, g6, g7,
+                        c0, c1, c2, c3, c4, c5, c6, c7, first, last):
+    """:func:`mma_3xtf32_chain` for the two 8-column n-tiles of one ``ldmatrix_x4`` of float32 B rows
+    (raw: b0, b1 the first n-tile's fragment, b2, b3 the second's, split here). Returns (g0..g7, c0..c7)."""
     b0, t0 = split_tf32(b0)
     b1, t1 = split_tf32(b1)
     b2, t2 = split_tf32(b2)
     b3, t3 = split_tf32(b3)
-    c0, c1, c2, c3 = mma_3xtf32_add(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1, c0, c1, c2, c3)
-    c4, c5, c6, c7 = mma_3xtf32_add(a0, a1, a2, a3, s0, s1, s2, s3, b2, b3, t2, t3, c4, c5, c6, c7)
-    return c0, c1, c2, c3, c4, c5, c6, c7
+    g0, g1, g2, g3, c0, c1, c2, c3 = mma_3xtf32_chain(a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, t0, t1,
+                                                      g0, g1, g2, g3, c0, c1, c2, c3, first, last)
+    g4, g5, g6, g7, c4, c5, c6, c7 = mma_3xtf32_chain(a0, a1, a2, a3, s0, s1, s2, s3, b2, b3, t2, t3,
+                                                      g4, g5, g6, g7, c4, c5, c6, c7, first, last)
+    return g0, g1, g2, g3, g4, g5, g6, g7, c0, c1, c2, c3, c4, c5, c6, c7
+
+
+def chain_flags(ksteps: int, chain: int | None = None) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """(first, last): per k-step of a float32 product over ``ksteps`` k-steps, whether it starts and
+    whether it ends a chain of ``chain`` k-steps (default config.TF32_CHAIN, read now; the last chain may
+    be shorter)."""
+    chain = config_module.TF32_CHAIN if chain is None else chain
+    if not (isinstance(chain, int) and chain >= 1):
+        raise ValueError(f"float32 k-step chain: expected a positive number of k-steps, got {chain!r}")
+    return (tuple(kk % chain == 0 for kk in range(ksteps)),
+            tuple((kk + 1) % chain == 0 or kk == ksteps - 1 for kk in range(ksteps)))
 
 
 @cuda.jit(device=True, forceinline=True)
@@ -233,6 +264,10 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     Q_REGS, S_REGS, O_REGS, ROWS2, P_REGS = WM * Q_MT, WM * S_TILE, WM * O_TILE, 2 * WM, WM * Q_FRAG
     Q_BYTES = BLOCK_M * ROW_B
     KV_BYTES = BLOCK_N * ROW_B
+    FIRST, LAST = chain_flags(KSTEPS)  # float32: where S's k-step chains start and end
+    PV_FIRST, PV_LAST = chain_flags(NT, config_module.TF32_PV_CHAIN)  # and P V's, over a tile's keys
+    PV_CHAINED = TF32 and config_module.TF32_PV_CHAIN > 1
+    PT_REGS = NT * WM * 8  # float32, chained P V: P's split A fragments, the whole tile
     DROPOUT = dropout
     mma = mma_16816_bf16 if elem == "bf16" else mma_16816_f16
     pack = pack_bf16x2 if elem == "bf16" else pack_f16x2
@@ -249,6 +284,7 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
         # Registers of this warp's WM m-tiles of 16 rows (index mt * size + i everywhere).
         qf = cuda.local.array(Q_REGS, uint32)  # Q fragments: 16 x D per m-tile
         sacc = cuda.local.array(S_REGS, float32)  # S, then P: 16 x BLOCK_N per m-tile
+        gacc = cuda.local.array(S_REGS, float32)  # float32: the running chain's part of S
         oacc = cuda.local.array(O_REGS, float32)  # O accumulator: 16 x D per m-tile
         m_i = cuda.local.array(ROWS2, float32)  # running max (base 2) of rows g and g + 8 of each m-tile
         l_i = cuda.local.array(ROWS2, float32)  # running sum, per lane (reduced across the quad at the end)
@@ -354,21 +390,17 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     for mt in static_range(WM):
                         qa = mt * Q_MT + kk * Q_KK
                         j = mt * S_TILE + 8 * jp
-                        if TF32:  # each k-step's product added in float32 (see P V below)
-                            d0, d1, d2, d3 = mma_3xtf32(
+                        if TF32:  # chains of CHAIN k-steps, each added to S in float32 (see P V below)
+                            (gacc[j], gacc[j + 1], gacc[j + 2], gacc[j + 3], sacc[j], sacc[j + 1], sacc[j + 2],
+                             sacc[j + 3]) = mma_3xtf32_chain(
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], qf[qa + 4], qf[qa + 5], qf[qa + 6],
-                                qf[qa + 7], b0, b1, c0, c1)
-                            sacc[j] += d0
-                            sacc[j + 1] += d1
-                            sacc[j + 2] += d2
-                            sacc[j + 3] += d3
-                            d0, d1, d2, d3 = mma_3xtf32(
+                                qf[qa + 7], b0, b1, c0, c1, gacc[j], gacc[j + 1], gacc[j + 2], gacc[j + 3],
+                                sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3], FIRST[kk], LAST[kk])
+                            (gacc[j + 4], gacc[j + 5], gacc[j + 6], gacc[j + 7], sacc[j + 4], sacc[j + 5], sacc[j + 6],
+                             sacc[j + 7]) = mma_3xtf32_chain(
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], qf[qa + 4], qf[qa + 5], qf[qa + 6],
-                                qf[qa + 7], b2, b3, c2, c3)
-                            sacc[j + 4] += d0
-                            sacc[j + 5] += d1
-                            sacc[j + 6] += d2
-                            sacc[j + 7] += d3
+                                qf[qa + 7], b2, b3, c2, c3, gacc[j + 4], gacc[j + 5], gacc[j + 6], gacc[j + 7],
+                                sacc[j + 4], sacc[j + 5], sacc[j + 6], sacc[j + 7], FIRST[kk], LAST[kk])
                         else:
                             sacc[j], sacc[j + 1], sacc[j + 2], sacc[j + 3] = mma(
                                 qf[qa], qf[qa + 1], qf[qa + 2], qf[qa + 3], b0, b1,
@@ -458,7 +490,32 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
                     oacc[o0 + 2] *= alpha1
                     oacc[o0 + 3] *= alpha1
 
-            if TF32:
+            if PV_CHAINED:
+                # O += P V as below, but the tile's k-steps chained in the tensor cores
+                # (config.TF32_PV_CHAIN at a time), one float32 add per chain: all of P's A fragments
+                # first, then per n-tile of O its k-steps in a row.
+                v_lane = sV + uint32(2 * t * ROW_B + 4 * g)
+                pall = cuda.local.array(PT_REGS, uint32)
+                for j in static_range(NT):
+                    for mt in static_range(WM):
+                        s0 = mt * S_TILE + 4 * j
+                        pj = 8 * (j * WM + mt)
+                        (pall[pj], pall[pj + 1], pall[pj + 2], pall[pj + 3], pall[pj + 4], pall[pj + 5], pall[pj + 6],
+                         pall[pj + 7]) = a_from_c_3xtf32(sacc[s0], sacc[s0 + 1], sacc[s0 + 2], sacc[s0 + 3])
+                for dt in static_range(DT):
+                    for j in static_range(NT):
+                        b0, c0 = split_tf32(ld_shared_f32(v_lane + uint32(8 * j * ROW_B + 32 * dt)))
+                        b1, c1 = split_tf32(ld_shared_f32(v_lane + uint32((8 * j + 1) * ROW_B + 32 * dt)))
+                        for mt in static_range(WM):
+                            o = mt * O_TILE + 4 * dt
+                            pj = 8 * (j * WM + mt)
+                            (gacc[4 * mt], gacc[4 * mt + 1], gacc[4 * mt + 2], gacc[4 * mt + 3], oacc[o], oacc[o + 1],
+                             oacc[o + 2], oacc[o + 3]) = mma_3xtf32_chain(
+                                pall[pj], pall[pj + 1], pall[pj + 2], pall[pj + 3], pall[pj + 4], pall[pj + 5],
+                                pall[pj + 6], pall[pj + 7], b0, b1, c0, c1, gacc[4 * mt], gacc[4 * mt + 1],
+                                gacc[4 * mt + 2], gacc[4 * mt + 3], oacc[o], oacc[o + 1], oacc[o + 2], oacc[o + 3],
+                                PV_FIRST[j], PV_LAST[j])
+            elif TF32:
                 # O += P V in 3xTF32, one 8-key k-step at a time: P's C fragment (keys 2t, 2t + 1)
                 # is the A fragment of k = t, t + 4; V's rows 2t and 2t + 1 are the B fragment's.
                 v_lane = sV + uint32(2 * t * ROW_B + 4 * g)
