@@ -263,6 +263,46 @@ def test_float32_tensor_core_forward_compiles_to_tf32_mma_without_spills():
         assert r["mma"] == 3 * 2 * kt * nt * wm, r
 
 
+_CHAIN_SCRIPT = """
+import json, re
+from numba_flash.config import TensorCoreConfig
+from numba_flash.resources import compile_for, tc_signature
+from numba_flash.tc_backward import tc_dkdv_kernel, tc_dq_kernel
+from numba_flash.tc_forward import tc_forward_kernel
+out = {}
+for name, factory in (("forward", tc_forward_kernel), ("dq", tc_dq_kernel), ("dkdv", tc_dkdv_kernel)):
+    fn = factory(TensorCoreConfig(64, 16, 2, 16), 32, False, False, "tf32")
+    ptx, _ = compile_for(fn.py_func, tc_signature(name, "tf32"), (9, 0), name, fn.targetoptions.get("launch_bounds"))
+    out[name] = {"adds": len(re.findall(r"\\badd(?:\\.rn)?\\.f32\\b", ptx)),
+                 "mma": len(re.findall(r"\\bmma\\.sync\\.aligned\\.m16n8k8\\b", ptx)),
+                 "local": len(re.findall(r"\\b(?:ld|st)\\.local", ptx))}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_float32_chains_leave_their_adds_to_the_tensor_cores():
+    """config.TF32_CHAIN and TF32_PV_CHAIN (set through their environment variables in a compile
+    subprocess): head_dim 32 has 4 k-steps, and a 16-row tile 2. Chaining all of them keeps every mma
+    and drops exactly the float32 adds of the chained k-steps; chains of 1 are the kernels as before."""
+    env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    procs = {chains: subprocess.Popen([sys.executable, "-c", _CHAIN_SCRIPT], stdout=subprocess.PIPE, text=True,
+                                      env=dict(env, NUMBA_FLASH_TF32_CHAIN=str(chains[0]),
+                                               NUMBA_FLASH_TF32_PV_CHAIN=str(chains[1])))
+             for chains in ((1, 1), (4, 2))}
+    out = {chains: json.loads(p.communicate(timeout=900)[0]) for chains, p in procs.items()}
+    one, chained = out[(1, 1)], out[(4, 2)]
+    # Per tile and warp (16 rows, 16-row tiles: 2 n-tiles of 8, 4 registers each): S (and dP) over
+    # 4 k-steps lose 3 of their 4 adds per n-tile; the forward's P V over the tile's 2 k-steps loses
+    # 1 of 2 per n-tile of O (head_dim 32: 4 of them).
+    dropped = {"forward": 3 * 4 * 2 + 1 * 4 * 4, "dq": 2 * 3 * 4 * 2, "dkdv": 2 * 3 * 4 * 2}
+    for name in ("forward", "dq", "dkdv"):
+        assert chained[name]["mma"] == one[name]["mma"] > 0, (name, one, chained)
+        assert chained[name]["local"] == one[name]["local"] == 0, (name, one, chained)
+        assert one[name]["adds"] - chained[name]["adds"] == dropped[name], (name, one, chained)
+
+
 # float32 backward (3xTF32): the defaults at head_dim 64 and 128, and with varlen + dropout (head_dim 40).
 _TF32_BACKWARD_CASES = [(TensorCoreConfig(64, 32, 2, 16), 64, False, False),
                         (TensorCoreConfig(64, 16, 2, 16), 128, False, False), (TensorCoreConfig(64, 16, 2, 16), 40, True, True)]
