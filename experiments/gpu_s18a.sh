@@ -1,5 +1,5 @@
 # Session 18, device call 1: float32 k-step chains (config.TF32_CHAIN: k-steps of S and dP chained in the
-# tensor cores per float32 add; TF32_PV_CHAIN: the forward's P V within a key tile).
+# tensor cores per float32 add; TF32_PV_CHAIN: the products over a streamed tile: P V, dV, dK, dQ).
 # - one fp32_tensor_cores.py process per variant (VARIANTS="C,P ..."), N = 4096, head_dim 64 and 128, causal
 #   and not, each against SDPA EFFICIENT in its own process, errors against float64; the processes compile side
 #   by side and time (and check errors) one at a time under a lock;
@@ -14,7 +14,7 @@ python -c "import numba, numba_cuda, cupy, torch; print('numba', numba.__version
 'cupy', cupy.__version__, 'torch', torch.__version__); import numba_flash.tc_forward; \
 from numba_flash import compile_speed; print('compile_speed patches in place:', compile_speed.install())" >> $OUT/gpu.txt 2>&1
 L=/tmp/s18.lock; W=$OUT/runs; mkdir -p $W
-for v in ${VARIANTS:-1,1 2,1 4,1 1,2 2,2 4,2 16,1}; do
+for v in ${VARIANTS:-1,1 2,1 4,1 8,1 1,2 2,2 4,2 8,2}; do
   c=${v%,*}; p=${v#*,}
   timeout -s INT ${VAR_S:-330} python experiments/fp32_tensor_cores.py --defaults-only --no-math --shape 4,32,4096,64 \
     --shape 4,16,4096,128 --chain $c --pv-chain $p --lock $L --out $W/c${c}p${p} > $W/c${c}p${p}.log 2>&1 &

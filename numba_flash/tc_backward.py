@@ -49,6 +49,7 @@ import math
 from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
+from . import config as config_module
 from .config import TC_ELEMS, TF32_SUMS_KSTEPS, TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes, tf32_sums_bytes
 from .masking import band_columns, band_queries, in_band, key_span, query_span, sequence_bounds
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits,
@@ -56,7 +57,7 @@ from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_o
                   pack_bf16x2, pack_f16x2, red_add_f32x2, shared_address, split_tf32, st_global_f32x2,
                   st_global_u32, st_shared_f32, st_shared_u32)
 from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, chain_flags, keep_scale, masked, mma_3xtf32_add,
-                         mma_3xtf32_chain_x2, row_address, tc_jit, tile_copier)
+                         mma_3xtf32_chain, mma_3xtf32_chain_x2, row_address, tc_jit, tile_copier)
 from .unroll import static_range, unrolled
 
 POS_INF = float32(math.inf)
@@ -259,6 +260,9 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     DT = (ROW_B - 16) // (32 if TF32 else 16)  # 8-column n-tiles of dK, dV
     NT = BLOCK_M // 8  # 8-query n-tiles of S^T, dP^T
     S_REGS, O_REGS, P_REGS = NT * 4, DT * 4, NT * 2
+    # float32: dV, dK's k-steps over a query tile chained in the tensor cores (config.TF32_PV_CHAIN)
+    ACC_FIRST, ACC_LAST = chain_flags(NT, config_module.TF32_PV_CHAIN)
+    ACC_CHAINED, PT_REGS = TF32 and config_module.TF32_PV_CHAIN > 1, 8 * NT
     KV_REGS = kv_in_registers(D) and not TF32
     # K, V fragments: all k-steps' (16-bit, head_dim <= 64), else one k-step's (TF32: big and small parts)
     F_REGS = KSTEPS * 4 if KV_REGS else 8
@@ -484,7 +488,45 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                 # spilled 248 bytes with the GPU image's CUDA 13.0 against 304 for both in one pass, and ran
                 # the causal backward 5.2 % faster (session 15); at 64, 193 registers against 198 (before the
                 # two-level sums, which took it to 182).
-                for j in static_range(NT):
+                # Chained (config.TF32_PV_CHAIN): all of a product's A fragments first, then per n-tile its
+                # k-steps in a row, one float32 add per chain.
+                for _ in static_range(1 if ACC_CHAINED else 0):  # dV += P^T dO
+                    pall = cuda.local.array(PT_REGS, uint32)
+                    for j in static_range(NT):
+                        (pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4], pall[8 * j + 5],
+                         pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(st[4 * j], st[4 * j + 1], st[4 * j + 2],
+                                                                            st[4 * j + 3])
+                    for dt in static_range(DT):
+                        for j in static_range(NT):
+                            off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
+                            b0, c0 = split_tf32(ld_shared_f32(sdO + off))
+                            b1, c1 = split_tf32(ld_shared_f32(sdO + off + uint32(ROW_B)))
+                            o = 4 * dt
+                            (gst[0], gst[1], gst[2], gst[3], dv_acc[o], dv_acc[o + 1], dv_acc[o + 2],
+                             dv_acc[o + 3]) = mma_3xtf32_chain(
+                                pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4],
+                                pall[8 * j + 5], pall[8 * j + 6], pall[8 * j + 7], b0, b1, c0, c1, gst[0], gst[1],
+                                gst[2], gst[3], dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3], ACC_FIRST[j],
+                                ACC_LAST[j])
+                for _ in static_range(1 if ACC_CHAINED else 0):  # dK += dS^T Q
+                    pall = cuda.local.array(PT_REGS, uint32)
+                    for j in static_range(NT):
+                        (pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4], pall[8 * j + 5],
+                         pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2],
+                                                                            dpt[4 * j + 3])
+                    for dt in static_range(DT):
+                        for j in static_range(NT):
+                            off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
+                            b0, c0 = split_tf32(ld_shared_f32(sQ + off))
+                            b1, c1 = split_tf32(ld_shared_f32(sQ + off + uint32(ROW_B)))
+                            o = 4 * dt
+                            (gst[0], gst[1], gst[2], gst[3], dk_acc[o], dk_acc[o + 1], dk_acc[o + 2],
+                             dk_acc[o + 3]) = mma_3xtf32_chain(
+                                pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4],
+                                pall[8 * j + 5], pall[8 * j + 6], pall[8 * j + 7], b0, b1, c0, c1, gst[0], gst[1],
+                                gst[2], gst[3], dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3], ACC_FIRST[j],
+                                ACC_LAST[j])
+                for j in static_range(0 if ACC_CHAINED else NT):
                     pa = cuda.local.array(8, uint32)
                     (pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7]) = a_from_c_3xtf32(
                         st[4 * j], st[4 * j + 1], st[4 * j + 2], st[4 * j + 3])
@@ -496,7 +538,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3] = mma_3xtf32_add(
                             pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7], b0, b1, c0, c1,
                             dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3])
-                for j in static_range(NT):
+                for j in static_range(0 if ACC_CHAINED else NT):
                     da = cuda.local.array(8, uint32)
                     (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
                         dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2], dpt[4 * j + 3])
@@ -622,7 +664,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
                      TF32=TF32, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS, SUMS=SUMS,
-                     GSUMS=GSUMS, FLUSH=FLUSH, NUM_THREADS=NUM_THREADS)
+                     GSUMS=GSUMS, FLUSH=FLUSH, NUM_THREADS=NUM_THREADS, ACC_CHAINED=ACC_CHAINED)
     return tc_jit(config, "dkdv")(unrolled(kernel, constants))
 
 
@@ -641,6 +683,9 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
     FIRST, LAST = chain_flags(KSTEPS)  # float32: where the k-step chains of S and dP start and end
     DT = (ROW_B - 16) // (32 if TF32 else 16)
     NT = BLOCK_N // 8
+    # float32: dQ's k-steps over a key tile chained in the tensor cores (config.TF32_PV_CHAIN)
+    ACC_FIRST, ACC_LAST = chain_flags(NT, config_module.TF32_PV_CHAIN)
+    ACC_CHAINED, PT_REGS = TF32 and config_module.TF32_PV_CHAIN > 1, 8 * NT
     # Q and dO fragments: all k-steps' (16-bit), else one k-step's, re-read from shared memory for
     # every key tile, as the forward does (TF32: big and small parts; 16-bit with config.reread_q)
     REREAD = TF32 or config.reread_q
@@ -822,7 +867,25 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
 
             # dQ += dS K over this tile's keys.
             if TF32:  # 8 keys per k-step, C fragment keys 2t, 2t + 1 as k = t, t + 4 (see dkdv)
-                for j in static_range(NT):
+                for _ in static_range(1 if ACC_CHAINED else 0):  # chained as in dkdv (config.TF32_PV_CHAIN)
+                    pall = cuda.local.array(PT_REGS, uint32)
+                    for j in static_range(NT):
+                        (pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4], pall[8 * j + 5],
+                         pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(dpacc[4 * j], dpacc[4 * j + 1],
+                                                                            dpacc[4 * j + 2], dpacc[4 * j + 3])
+                    for dt in static_range(DT):
+                        for j in static_range(NT):
+                            off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
+                            b0, c0 = split_tf32(ld_shared_f32(sK + off))
+                            b1, c1 = split_tf32(ld_shared_f32(sK + off + uint32(ROW_B)))
+                            o = 4 * dt
+                            (gs[0], gs[1], gs[2], gs[3], dq_acc[o], dq_acc[o + 1], dq_acc[o + 2],
+                             dq_acc[o + 3]) = mma_3xtf32_chain(
+                                pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4],
+                                pall[8 * j + 5], pall[8 * j + 6], pall[8 * j + 7], b0, b1, c0, c1, gs[0], gs[1],
+                                gs[2], gs[3], dq_acc[o], dq_acc[o + 1], dq_acc[o + 2], dq_acc[o + 3], ACC_FIRST[j],
+                                ACC_LAST[j])
+                for j in static_range(0 if ACC_CHAINED else NT):
                     da = cuda.local.array(8, uint32)
                     (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
                         dpacc[4 * j], dpacc[4 * j + 1], dpacc[4 * j + 2], dpacc[4 * j + 3])
@@ -866,5 +929,5 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                                       pack(dq_acc[e] * scale, dq_acc[e + 1] * scale))
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
-                     TF32=TF32, REREAD=REREAD)
+                     TF32=TF32, REREAD=REREAD, ACC_CHAINED=ACC_CHAINED)
     return tc_jit(config, "dq")(unrolled(kernel, constants))

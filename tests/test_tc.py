@@ -284,7 +284,7 @@ print(json.dumps(out))
 def test_float32_chains_leave_their_adds_to_the_tensor_cores():
     """config.TF32_CHAIN and TF32_PV_CHAIN (set through their environment variables in a compile
     subprocess): head_dim 32 has 4 k-steps, and a 16-row tile 2. Chaining all of them keeps every mma
-    and drops exactly the float32 adds of the chained k-steps; chains of 1 are the kernels as before."""
+    and drops exactly the float32 adds of the chained k-steps."""
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     procs = {chains: subprocess.Popen([sys.executable, "-c", _CHAIN_SCRIPT], stdout=subprocess.PIPE, text=True,
@@ -294,9 +294,9 @@ def test_float32_chains_leave_their_adds_to_the_tensor_cores():
     out = {chains: json.loads(p.communicate(timeout=900)[0]) for chains, p in procs.items()}
     one, chained = out[(1, 1)], out[(4, 2)]
     # Per tile and warp (16 rows, 16-row tiles: 2 n-tiles of 8, 4 registers each): S (and dP) over
-    # 4 k-steps lose 3 of their 4 adds per n-tile; the forward's P V over the tile's 2 k-steps loses
-    # 1 of 2 per n-tile of O (head_dim 32: 4 of them).
-    dropped = {"forward": 3 * 4 * 2 + 1 * 4 * 4, "dq": 2 * 3 * 4 * 2, "dkdv": 2 * 3 * 4 * 2}
+    # 4 k-steps lose 3 of their 4 adds per n-tile; the products over the tile's 2 k-steps (P V; dQ;
+    # dV and dK) lose 1 of 2 per n-tile of their head_dim-wide sums (head_dim 32: 4 n-tiles).
+    dropped = {"forward": 3 * 4 * 2 + 1 * 4 * 4, "dq": 2 * 3 * 4 * 2 + 1 * 4 * 4, "dkdv": 2 * 3 * 4 * 2 + 2 * 1 * 4 * 4}
     for name in ("forward", "dq", "dkdv"):
         assert chained[name]["mma"] == one[name]["mma"] > 0, (name, one, chained)
         assert chained[name]["local"] == one[name]["local"] == 0, (name, one, chained)
