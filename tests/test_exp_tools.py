@@ -211,3 +211,47 @@ def test_ptx_identity_ignores_names_and_catches_code(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main(["dump", str(tmp_path), "--case", "no-such-kernel"])
     assert {c[0] for c in tool.CASES} >= {"dkdv-split-128", "dkdv-tf32-128", "dq-f16-128", "forward-f16-128"}
+
+
+def test_chain_error_model_grows_with_the_chain_and_checks_its_arguments(tmp_path, capsys):
+    """experiments/chain_error_model.py: the model's pieces do what the kernels do (TF32 split exact,
+    truncation toward zero), chains of 1 are as accurate as a float32 GEMM, longer chains are worse."""
+    model = load_experiment("chain_error_model")
+    x = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
+    big = model.tf32_round(x)
+    assert np.all(big.view(np.uint32) & 0x1FFF == 0) and np.array_equal(big + (x - big), x)
+    v = np.random.default_rng(2).standard_normal(1000) * 3
+    t = model.to_f32_toward_zero(v)
+    assert np.all(np.abs(t.astype(np.float64)) <= np.abs(v)) and np.all(np.abs(t - v) < np.abs(v) * 2.0 ** -23)
+    rows = model.run([32], [1, 4], queries=64, keys=128)
+    assert [r["chain"] for r in rows] == [1, 4] and rows[0]["max err / max|S|"] < 2 ** -21
+    assert rows[1]["rms vs chain 1"] > 1.5  # four k-steps' truncations add up
+    assert model.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "chain_error_model.json").exists()
+    with pytest.raises(SystemExit):
+        model.main(["--head-dims", "30", "--out", str(tmp_path)])
+    assert "--head-dims" in capsys.readouterr().err
+
+
+def test_compare_chains_picks_the_fastest_variant_within_the_error_margin(tmp_path):
+    """experiments/compare_chains.py reads fp32_tensor_cores.py runs and picks the fastest variant whose
+    error ratios all stay within the margin: a faster one over the margin loses."""
+    tool = load_experiment("compare_chains")
+
+    def run(chain, pv, fwd, err):
+        d = tmp_path / "runs" / f"c{chain}p{pv}"
+        d.mkdir(parents=True)
+        summary = [{"D": 128, "causal": c, "fwd nf (default)": 40.0, "fwd ratio": fwd, "fwd+bwd nf": 30.0,
+                    "fwd+bwd ratio": 0.7, "out err ratio": err, "dq err ratio": 0.3, "dk err ratio": 0.3,
+                    "dv err ratio": 0.4} for c in (False, True)]
+        (d / "fp32_tensor_cores.json").write_text(json.dumps({"args": {"tf32_chain": chain, "tf32_pv_chain": pv},
+                                                              "summary": summary}))
+
+    run(1, 1, 0.9, 0.6)
+    run(2, 1, 1.0, 0.8)
+    run(4, 1, 1.1, 1.2)  # fastest, but its error is over the margin
+    rows, scores, pick = tool.table(tool.variants(tmp_path / "runs"), 0.9)
+    assert (pick["chain"], pick["pv_chain"]) == (2, 1) and len(rows) == 6
+    assert [s["admissible"] for s in scores] == [True, True, False]
+    assert tool.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "chains.json").read_text())["pick"]["chain"] == 2
