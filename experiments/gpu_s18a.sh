@@ -20,10 +20,11 @@ for v in ${VARIANTS:-1,1 2,1 4,1 8,1 1,2 2,2 4,2 8,2}; do
     --shape 4,16,4096,128 --chain $c --pv-chain $p --lock $L --out $W/c${c}p${p} > $W/c${c}p${p}.log 2>&1 &
 done
 wait
-python experiments/compare_chains.py $W --out $OUT/chains > $OUT/chains.log 2>&1
+python experiments/compare_chains.py $W --out $W/chains > $OUT/chains.log 2>&1
 cat $OUT/chains.log
 read -r _ C P < <(tail -1 $OUT/chains.log)
-C=${FORCE_C:-${C:-1}}; P=${FORCE_P:-${P:-1}}
+[[ "$C" =~ ^[0-9]+$ && "$P" =~ ^[0-9]+$ ]] || { C=1; P=1; }
+C=${FORCE_C:-$C}; P=${FORCE_P:-$P}
 REST=$(( ${CALL_S:-575} - ($(date +%s) - START) ))
 echo "== float32 tests with chain $C, P V chain $P, $REST s left"
 grep -v '^#' experiments/gpu_s18_f32_tests.txt > /tmp/tests.txt
