@@ -16,8 +16,8 @@ from numba_flash import compile_speed; print('compile_speed patches in place:', 
 L=/tmp/s18.lock; W=$OUT/runs; mkdir -p $W
 for v in ${VARIANTS:-1,1 2,1 4,1 8,1 1,2 2,2 4,2 8,2}; do
   c=${v%,*}; p=${v#*,}
-  timeout -s INT ${VAR_S:-360} python experiments/fp32_tensor_cores.py --defaults-only --no-math --shape 4,32,4096,64 \
-    --shape 4,16,4096,128 --chain $c --pv-chain $p --lock $L --out $W/c${c}p${p} > $W/c${c}p${p}.log 2>&1 &
+  timeout -s INT ${VAR_S:-360} python experiments/fp32_tensor_cores.py --defaults-only --no-math \
+    ${SHAPES:---shape 4,32,4096,64 --shape 4,16,4096,128} --chain $c --pv-chain $p --lock $L --out $W/c${c}p${p} > $W/c${c}p${p}.log 2>&1 &
 done
 wait
 python experiments/compare_chains.py $W --out $W/chains > $OUT/chains.log 2>&1
