@@ -28,7 +28,8 @@ and V fragments from shared memory at each use instead of holding them: dK and d
 (2 x 64 registers at head_dim 128) leave no room for them.
 
 float32 (``elem="tf32"``): every product is 3xTF32 (:func:`numba_flash.tc_forward.mma_3xtf32`), each
-k-step's fragment added to its float32 sums outside the tensor cores (they truncate), with the
+k-step's fragment added to its float32 sums outside the tensor cores (they truncate; or each chain of
+config.TF32_CHAIN / TF32_PV_CHAIN k-steps, :func:`numba_flash.tc_forward.mma_3xtf32_chain`), with the
 forward's layout tricks: ldmatrix of 32-bit rows for every fragment read row-wise (K, V, Q, dO as
 A or B of S^T, dP^T, S, dP); a C fragment (P^T, dS^T, dS) becomes an A fragment by taking its
 columns 2t, 2t + 1 as k = t, t + 4, and the B operand's matching rows 2t, 2t + 1 are read with
