@@ -224,7 +224,7 @@ TF32_SUMS_KSTEPS = 32
 # in the tensor cores' accumulator before one float32 add into the scores. The tensor cores truncate
 # what they add into an accumulator, so each chained k-step adds a truncation relative to the partial
 # sum; float32 adds round to nearest. 1 = every k-step's product from zero, then a float32 add (4 adds
-# per 3 mma). Chaining all of head_dim 128's 16 k-steps ran the forward 12 % faster but put its output
+# per 3 mma). Chaining all of head_dim 128's 16 k-steps ran the forward 20 % faster but put its output
 # error at 2.2-2.7x SDPA-efficient's (session 7, fp32_tensor_cores-2026-11-24/call3_defaults).
 # TF32_PV_CHAIN: the same for the products over a streamed tile's rows (8 per k-step; a 16-row tile has 2):
 # the forward's O += P V, the backward's dV += P^T dO, dK += dS^T Q and dQ += dS K. Read when a kernel is built; the environment variables NUMBA_FLASH_TF32_CHAIN and
