@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from . import backend
+from . import config as config_module
 from .backward import delta_kernel, dkdv_kernel, dq_kernel
 from .config import BlockConfig, TensorCoreConfig, check_head_dim, default_config, default_tc_config, tc_elem
 from .forward import forward_kernel
@@ -442,7 +443,8 @@ def _call_key(pass_, arrays, options):
     (``(None, None)``: this call cannot be keyed).
 
     Arrays by type, shape, strides, dtype and whether all are 16-byte aligned (the tensor-core
-    kernels' condition); options by type and value (``causal=1`` must still fail its check)."""
+    kernels' condition); options by type and value (``causal=1`` must still fail its check); the float32
+    chains (config.TF32_CHAIN, TF32_PV_CHAIN), which pick the float32 kernels."""
     types = _fast_types()
     if not all(type(a) in types for a in arrays):
         return None, None
@@ -450,8 +452,8 @@ def _call_key(pass_, arrays, options):
     if backend.BACKEND == backend.GPU:  # the fast types: DeviceView, or CuPy's ndarray
         ptrs = [a.ptr if type(a) is DeviceView else a.data.ptr for a in arrays]
         aligned = not any(p & 15 for p in ptrs)
-    key = (pass_, backend.BACKEND, aligned, *((type(a), a.shape, a.strides, a.dtype) for a in arrays),
-           *option_key(options))
+    key = (pass_, backend.BACKEND, aligned, config_module.TF32_CHAIN, config_module.TF32_PV_CHAIN,
+           *((type(a), a.shape, a.strides, a.dtype) for a in arrays), *option_key(options))
     try:
         hash(key)
     except TypeError:  # an unhashable option (a list for window_size): take the checked path

@@ -57,8 +57,8 @@ from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_o
                   ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16,
                   pack_bf16x2, pack_f16x2, red_add_f32x2, shared_address, split_tf32, st_global_f32x2,
                   st_global_u32, st_shared_f32, st_shared_u32)
-from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, chain_flags, keep_scale, masked, mma_3xtf32_add,
-                         mma_3xtf32_chain, mma_3xtf32_chain_x2, row_address, tc_jit, tile_copier)
+from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, chain_flags, keep_scale, keyed_by_chains, masked,
+                         mma_3xtf32_add, mma_3xtf32_chain, mma_3xtf32_chain_x2, row_address, tc_jit, tile_copier)
 from .unroll import static_range, unrolled
 
 POS_INF = float32(math.inf)
@@ -237,7 +237,7 @@ def query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load
     return fetch, arrive
 
 
-@functools.lru_cache(maxsize=None)
+@keyed_by_chains
 def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                    elem: str = "f16"):
     """dK and dV on the tensor cores; launch with grid (cdiv(max Nk, config.block_m), H_kv, B),
@@ -669,7 +669,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     return tc_jit(config, "dkdv")(unrolled(kernel, constants))
 
 
-@functools.lru_cache(maxsize=None)
+@keyed_by_chains
 def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                  elem: str = "f16"):
     """dQ on the tensor cores; launch with grid (cdiv(max Nq, config.block_m), H, B),

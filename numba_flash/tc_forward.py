@@ -27,6 +27,7 @@ portable kernel): the last axis contiguous, 16-byte aligned rows, ``head_dim % 8
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 from numba import cuda
@@ -223,7 +224,26 @@ def a_from_c_3xtf32(c0, c1, c2, c3):
     return a0, a1, a2, a3, s0, s1, s2, s3
 
 
-@functools.lru_cache(maxsize=None)
+def keyed_by_chains(factory):
+    """``functools.lru_cache`` for a tensor-core kernel factory, keyed also by the float32 chains as they
+    stand when it is called (config.TF32_CHAIN, TF32_PV_CHAIN, which the factory reads): a kernel built
+    before they changed is not handed out after."""
+    signature = inspect.signature(factory)
+
+    @functools.lru_cache(maxsize=None)
+    def cached(chains, args):
+        return factory(*args)
+
+    @functools.wraps(factory)
+    def build(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)  # one key however the arguments are passed
+        bound.apply_defaults()
+        return cached((config_module.TF32_CHAIN, config_module.TF32_PV_CHAIN), tuple(bound.arguments.values()))
+
+    return build
+
+
+@keyed_by_chains
 def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, dropout: bool = False,
                       elem: str = "f16"):
     """The tensor-core forward kernel; launch with grid (cdiv(max Nq, BLOCK_M), H, B),

@@ -59,6 +59,24 @@ def test_each_kind_of_call_gets_its_own_plan(rng):
     assert len(api._PLANS) == before + 6
 
 
+def test_the_float32_chains_are_part_of_the_plan_key(rng, monkeypatch):
+    """config.TF32_CHAIN and TF32_PV_CHAIN pick different float32 kernels: a plan made before they change
+    is not reused after (the kernel factories are keyed by them too; tests/test_tc.py)."""
+    from numba_flash import config
+
+    q, k, v, _ = dev(*random_qkv(rng, 1, 1, 9, 9, 16, np.float32))
+    nf.flash_attention(q, k, v)
+    options = (False, None, (-1, -1), 0.0, True, None, False)
+    before, _ = api._call_key("forward", (q, k, v), options)
+    assert before is not None and api._PLANS.get(before) is not None
+    monkeypatch.setattr(config, "TF32_CHAIN", 2)
+    after, _ = api._call_key("forward", (q, k, v), options)
+    assert after != before and api._PLANS.get(after) is None
+    monkeypatch.setattr(config, "TF32_CHAIN", 1)
+    monkeypatch.setattr(config, "TF32_PV_CHAIN", 2)
+    assert api._call_key("forward", (q, k, v), options)[0] not in (before, after)
+
+
 @pytest.mark.parametrize("kw,exc,words", [
     ({"causal": 1}, TypeError, "causal"),
     ({"window_size": (-1.0, -1)}, TypeError, "window_size"),

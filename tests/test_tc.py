@@ -303,6 +303,36 @@ def test_float32_chains_leave_their_adds_to_the_tensor_cores():
         assert one[name]["adds"] - chained[name]["adds"] == dropped[name], (name, one, chained)
 
 
+_KEYED_SCRIPT = """
+import json
+from numba_flash import config
+from numba_flash.config import TensorCoreConfig
+from numba_flash.tc_backward import tc_dkdv_kernel, tc_dq_kernel
+from numba_flash.tc_forward import tc_forward_kernel
+cfg, out = TensorCoreConfig(64, 16, 2, 16), {}
+for factory in (tc_forward_kernel, tc_dq_kernel, tc_dkdv_kernel):
+    first = factory(cfg, 32, False, False, "tf32")
+    again = factory(cfg, 32, False, False, elem="tf32")
+    config.TF32_CHAIN = 2
+    chained = factory(cfg, 32, False, False, "tf32")
+    config.TF32_CHAIN = 1
+    out[factory.__name__] = [first is factory(cfg, 32, False, False, "tf32"), again is first, chained is first]
+print(json.dumps(out))
+"""
+
+
+def test_kernel_factories_are_keyed_by_the_float32_chains():
+    """The factories cache their kernels, keyed also by config.TF32_CHAIN / TF32_PV_CHAIN as they stand (they
+    build the kernels from them): the same kernel while they hold, another after a change, and the first one
+    again once they are back. (Factories only build; nothing compiles here. GPU backend: the simulator has no
+    forceinline device functions.)"""
+    env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    out = json.loads(subprocess.run([sys.executable, "-c", _KEYED_SCRIPT], capture_output=True, text=True, env=env,
+                                    check=True, timeout=600).stdout)
+    assert out == {name: [True, True, False] for name in ("tc_forward_kernel", "tc_dq_kernel", "tc_dkdv_kernel")}, out
+
+
 # float32 backward (3xTF32): the defaults at head_dim 64 and 128, and with varlen + dropout (head_dim 40).
 _TF32_BACKWARD_CASES = [(TensorCoreConfig(64, 32, 2, 16), 64, False, False),
                         (TensorCoreConfig(64, 16, 2, 16), 128, False, False), (TensorCoreConfig(64, 16, 2, 16), 40, True, True)]
