@@ -35,9 +35,10 @@ def variants(runs: Path) -> list[dict]:
     return out
 
 
-def table(runs: list[dict], max_error_ratio: float) -> tuple[list[dict], dict | None]:
-    """Rows (variant x shape/causal) and the pick: the admissible variant with the largest geometric mean
-    of its forward and forward+backward ratios over every shape and causal flag."""
+def table(runs: list[dict], max_error_ratio: float) -> tuple[list[dict], list[dict], dict | None]:
+    """Rows (variant x shape/causal), one score per variant (geometric mean of its forward and
+    forward+backward ratios over every shape and causal flag, worst error ratio, admissible or not), and
+    the pick: the admissible variant with the largest score (None if none is admissible)."""
     rows, scores = [], []
     for r in runs:
         ratios, worst = [], 0.0
