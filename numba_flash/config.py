@@ -227,10 +227,15 @@ TF32_SUMS_KSTEPS = 32
 # per 3 mma). Chaining all of head_dim 128's 16 k-steps ran the forward 20 % faster but put its output
 # error at 2.2-2.7x SDPA-efficient's (session 7, fp32_tensor_cores-2026-11-24/call3_defaults).
 # TF32_PV_CHAIN: the same for the products over a streamed tile's rows (8 per k-step; a 16-row tile has 2):
-# the forward's O += P V, the backward's dV += P^T dO, dK += dS^T Q and dQ += dS K. Read when a kernel is built; the environment variables NUMBA_FLASH_TF32_CHAIN and
-# NUMBA_FLASH_TF32_PV_CHAIN set them for a whole process (test workers included), for experiments.
-TF32_CHAIN = int(os.environ.get("NUMBA_FLASH_TF32_CHAIN", "") or 1)
-TF32_PV_CHAIN = int(os.environ.get("NUMBA_FLASH_TF32_PV_CHAIN", "") or 1)
+# the forward's O += P V, the backward's dV += P^T dO, dK += dS^T Q and dQ += dS K. Read when a kernel is
+# built; the environment variables NUMBA_FLASH_TF32_CHAIN and NUMBA_FLASH_TF32_PV_CHAIN set them for a whole
+# process (test workers included), for experiments.
+# Defaults 2 and 2, measured on the H100 (session 19, experiments/results/session19-2026-12-07): against
+# 1 and 1, the head_dim-128 forward 1.06-1.08x SDPA-efficient instead of 0.77, forward+backward at
+# head_dim 64 1.09-1.10x instead of 0.98, every error (out, dQ, dK, dV) at most 0.85x SDPA-efficient's.
+# 4 and 2 was faster still (forward 1.09-1.12x) but one error reached 0.96x; 8 put errors above SDPA's.
+TF32_CHAIN = int(os.environ.get("NUMBA_FLASH_TF32_CHAIN", "") or 2)
+TF32_PV_CHAIN = int(os.environ.get("NUMBA_FLASH_TF32_PV_CHAIN", "") or 2)
 
 
 def tf32_sums_bytes(head_dim: int, num_threads: int, elem: str) -> int:
