@@ -69,11 +69,12 @@ def test_the_float32_chains_are_part_of_the_plan_key(rng, monkeypatch):
     options = (False, None, (-1, -1), 0.0, True, None, False)
     before, _ = api._call_key("forward", (q, k, v), options)
     assert before is not None and api._PLANS.get(before) is not None
-    monkeypatch.setattr(config, "TF32_CHAIN", 2)
+    chain, pv_chain = config.TF32_CHAIN, config.TF32_PV_CHAIN
+    monkeypatch.setattr(config, "TF32_CHAIN", chain + 1)
     after, _ = api._call_key("forward", (q, k, v), options)
     assert after != before and api._PLANS.get(after) is None
-    monkeypatch.setattr(config, "TF32_CHAIN", 1)
-    monkeypatch.setattr(config, "TF32_PV_CHAIN", 2)
+    monkeypatch.setattr(config, "TF32_CHAIN", chain)
+    monkeypatch.setattr(config, "TF32_PV_CHAIN", pv_chain + 1)
     assert api._call_key("forward", (q, k, v), options)[0] not in (before, after)
 
 
