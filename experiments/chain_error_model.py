@@ -1,8 +1,8 @@
 """What chaining 3xTF32 k-steps in the tensor cores' accumulator costs in accuracy: a NumPy model.
 
-The float32 kernels multiply as 3xTF32 and, by default, add every k-step's product to their float32 sums
-outside the tensor cores (config.TF32_CHAIN = 1), because the tensor cores truncate what they add into an
-accumulator. This models S = Q K^T the way the kernels compute it, for chains of 1, 2, 4, ... k-steps:
+The float32 kernels multiply as 3xTF32 and add each chain of k-steps' product to their float32 sums outside
+the tensor cores (config.TF32_CHAIN k-steps per chain: 2 by default since session 19, 1 before), because the
+tensor cores truncate what they add into an accumulator. This models S = Q K^T the way the kernels compute it, for chains of 1, 2, 4, ... k-steps:
 
 * big = x rounded to TF32 (``ptx.split_tf32``), small = x - big, which the mma reads truncated to TF32;
 * one m16n8k8 mma: exact products and sum, then truncation toward zero to float32 (the accumulator);
