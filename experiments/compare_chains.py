@@ -31,7 +31,26 @@ def variants(runs: Path) -> list[dict]:
         data = json.loads(path.read_text())
         a = data.get("args", {})
         out.append({"run": path.parent.name, "chain": a.get("tf32_chain"), "pv_chain": a.get("tf32_pv_chain"),
-                    "summary": data["summary"]})
+                    "summary": data["summary"], "bwd": backward_ratios(data.get("rows", []))})
+    return out
+
+
+def backward_ratios(rows: list[dict]) -> dict:
+    """SDPA-efficient's backward time over numba_flash's, per (head_dim, causal): each backward is its
+    forward+backward time less its forward time, both measured in the run's process. (The forward+backward
+    ratio mixes the two passes; the chains change them by different amounts.)"""
+    ms = {(r["D"], r["causal"], r["pass"], r["impl"]): r["ms"] for r in rows if r.get("ms")}
+    out = {}
+    for (d, causal, pass_, impl) in ms:
+        if pass_ != "forward" or impl != "numba_flash":
+            continue
+        try:
+            ours = ms[(d, causal, "forward_backward", "numba_flash")] - ms[(d, causal, "forward", "numba_flash")]
+            theirs = ms[(d, causal, "forward_backward", "sdpa_efficient")] - ms[(d, causal, "forward", "sdpa_efficient")]
+        except KeyError:
+            continue
+        if ours > 0 and theirs > 0:
+            out[(d, causal)] = theirs / ours
     return out
 
 
@@ -50,6 +69,7 @@ def table(runs: list[dict], max_error_ratio: float) -> tuple[list[dict], list[di
             rows.append({"chain": r["chain"], "pv_chain": r["pv_chain"], "D": s["D"], "causal": s["causal"],
                          "fwd TFLOP/s": s.get("fwd nf (default)"), "fwd vs SDPA eff.": s.get("fwd ratio"),
                          "fwd+bwd TFLOP/s": s.get("fwd+bwd nf"), "fwd+bwd vs SDPA eff.": s.get("fwd+bwd ratio"),
+                         "bwd vs SDPA eff.": r.get("bwd", {}).get((s["D"], s["causal"])),
                          **{f"{e} err / SDPA's": s.get(f"{e} err ratio") for e in ERRORS}})
         if ratios and r["summary"]:
             score = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
@@ -58,6 +78,36 @@ def table(runs: list[dict], max_error_ratio: float) -> tuple[list[dict], list[di
     ok = [s for s in scores if s["admissible"]]
     pick = max(ok, key=lambda s: s["geomean ratio"]) if ok else None
     return rows, scores, pick
+
+
+def plot_variants(scores: list[dict], path: Path, max_error_ratio: float) -> Path | None:
+    """Each variant's geometric-mean speed ratio against its worst error ratio, labelled (C, P), with the
+    lines 1.0 (SDPA-efficient's error and speed) and the margin (dashed); admissible ones in blue. None
+    without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in scores:
+        ax.scatter(s["worst err ratio"], s["geomean ratio"], color="tab:blue" if s["admissible"] else "tab:gray")
+        ax.annotate(f"({s['chain']}, {s['pv_chain']})", (s["worst err ratio"], s["geomean ratio"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axvline(1.0, color="tab:red", lw=0.8)
+    ax.axvline(max_error_ratio, color="tab:blue", lw=0.8, ls="--")
+    ax.axhline(1.0, color="tab:red", lw=0.8)
+    ax.set_xlabel("worst error ratio (numba_flash / SDPA efficient)")
+    ax.set_ylabel("speed ratio (geometric mean)")
+    ax.set_title("float32 k-step chains (TF32_CHAIN, TF32_PV_CHAIN)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None) -> int:
@@ -84,6 +134,10 @@ def main(argv=None) -> int:
     save(args.out, "chains", {"rows": rows, "scores": scores, "pick": pick,
                               "max_error_ratio": args.max_error_ratio}, body,
          title="float32 k-step chains against SDPA EFFICIENT")
+    plot = plot_variants(scores, Path(args.out) / "chains.png", args.max_error_ratio)
+    if plot:
+        (Path(args.out) / "chains.md").write_text((Path(args.out) / "chains.md").read_text()
+                                                   + f"\n![speed against error per variant]({plot.name})\n")
     print(markdown_table(scores))
     print(markdown_table(rows))
     print(f"PICK {pick['chain']} {pick['pv_chain']}" if pick else "PICK 1 1")

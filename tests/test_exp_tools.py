@@ -244,8 +244,12 @@ def test_compare_chains_picks_the_fastest_variant_within_the_error_margin(tmp_pa
         summary = [{"D": 128, "causal": c, "fwd nf (default)": 40.0, "fwd ratio": fwd, "fwd+bwd nf": 30.0,
                     "fwd+bwd ratio": 0.7, "out err ratio": err, "dq err ratio": 0.3, "dk err ratio": 0.3,
                     "dv err ratio": 0.4} for c in (False, True)]
+        # forward 10 ms (SDPA 12), forward+backward 40 ms (SDPA 48): backward 30 against 36 ms, ratio 1.2
+        rows = [{"D": 128, "causal": c, "pass": p, "impl": i, "ms": ms * (1.2 if i == "sdpa_efficient" else 1.0)}
+                for c in (False, True) for p, ms in (("forward", 10.0), ("forward_backward", 40.0))
+                for i in ("numba_flash", "sdpa_efficient")]
         (d / "fp32_tensor_cores.json").write_text(json.dumps({"args": {"tf32_chain": chain, "tf32_pv_chain": pv},
-                                                              "summary": summary}))
+                                                              "summary": summary, "rows": rows}))
 
     run(1, 1, 0.9, 0.6)
     run(2, 1, 1.0, 0.8)
@@ -253,5 +257,7 @@ def test_compare_chains_picks_the_fastest_variant_within_the_error_margin(tmp_pa
     rows, scores, pick = tool.table(tool.variants(tmp_path / "runs"), 0.9)
     assert (pick["chain"], pick["pv_chain"]) == (2, 1) and len(rows) == 6
     assert [s["admissible"] for s in scores] == [True, True, False]
+    assert all(abs(r["bwd vs SDPA eff."] - 1.2) < 1e-12 for r in rows), rows
     assert tool.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "chains.json").read_text())["pick"]["chain"] == 2
+    assert (tmp_path / "out" / "chains.png").stat().st_size > 0  # matplotlib is in the test extra
