@@ -491,66 +491,38 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                 # two-level sums, which took it to 182).
                 # Chained (config.TF32_PV_CHAIN): all of a product's A fragments first, then per n-tile its
                 # k-steps in a row, one float32 add per chain.
-                for _ in static_range(1 if ACC_CHAINED else 0):  # dV += P^T dO
+                # w = 0: dV += P^T dO; w = 1: dK += dS^T Q (same shapes; a constant index picks the operands)
+                for w in static_range(2 if ACC_CHAINED else 0):
+                    a_src, s_b, acc = (st, dpt)[w], (sdO, sQ)[w], (dv_acc, dk_acc)[w]
                     pall = cuda.local.array(PT_REGS, uint32)
                     for j in static_range(NT):
                         (pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4], pall[8 * j + 5],
-                         pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(st[4 * j], st[4 * j + 1], st[4 * j + 2],
-                                                                            st[4 * j + 3])
+                         pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(a_src[4 * j], a_src[4 * j + 1],
+                                                                            a_src[4 * j + 2], a_src[4 * j + 3])
                     for dt in static_range(DT):
                         for j in static_range(NT):
                             off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
-                            b0, c0 = split_tf32(ld_shared_f32(sdO + off))
-                            b1, c1 = split_tf32(ld_shared_f32(sdO + off + uint32(ROW_B)))
+                            b0, c0 = split_tf32(ld_shared_f32(s_b + off))
+                            b1, c1 = split_tf32(ld_shared_f32(s_b + off + uint32(ROW_B)))
                             o = 4 * dt
-                            (gst[0], gst[1], gst[2], gst[3], dv_acc[o], dv_acc[o + 1], dv_acc[o + 2],
-                             dv_acc[o + 3]) = mma_3xtf32_chain(
+                            (gst[0], gst[1], gst[2], gst[3], acc[o], acc[o + 1], acc[o + 2], acc[o + 3]) = mma_3xtf32_chain(
                                 pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4],
                                 pall[8 * j + 5], pall[8 * j + 6], pall[8 * j + 7], b0, b1, c0, c1, gst[0], gst[1],
-                                gst[2], gst[3], dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3], ACC_FIRST[j],
-                                ACC_LAST[j])
-                for _ in static_range(1 if ACC_CHAINED else 0):  # dK += dS^T Q
-                    pall = cuda.local.array(PT_REGS, uint32)
+                                gst[2], gst[3], acc[o], acc[o + 1], acc[o + 2], acc[o + 3], ACC_FIRST[j], ACC_LAST[j])
+                for w in static_range(0 if ACC_CHAINED else 2):  # unchained: per k-step, a float32 add each
+                    a_src, s_b, acc = (st, dpt)[w], (sdO, sQ)[w], (dv_acc, dk_acc)[w]
                     for j in static_range(NT):
-                        (pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4], pall[8 * j + 5],
-                         pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2],
-                                                                            dpt[4 * j + 3])
-                    for dt in static_range(DT):
-                        for j in static_range(NT):
+                        pa = cuda.local.array(8, uint32)
+                        (pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7]) = a_from_c_3xtf32(
+                            a_src[4 * j], a_src[4 * j + 1], a_src[4 * j + 2], a_src[4 * j + 3])
+                        for dt in static_range(DT):
                             off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
-                            b0, c0 = split_tf32(ld_shared_f32(sQ + off))
-                            b1, c1 = split_tf32(ld_shared_f32(sQ + off + uint32(ROW_B)))
+                            b0, c0 = split_tf32(ld_shared_f32(s_b + off))
+                            b1, c1 = split_tf32(ld_shared_f32(s_b + off + uint32(ROW_B)))
                             o = 4 * dt
-                            (gst[0], gst[1], gst[2], gst[3], dk_acc[o], dk_acc[o + 1], dk_acc[o + 2],
-                             dk_acc[o + 3]) = mma_3xtf32_chain(
-                                pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4],
-                                pall[8 * j + 5], pall[8 * j + 6], pall[8 * j + 7], b0, b1, c0, c1, gst[0], gst[1],
-                                gst[2], gst[3], dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3], ACC_FIRST[j],
-                                ACC_LAST[j])
-                for j in static_range(0 if ACC_CHAINED else NT):
-                    pa = cuda.local.array(8, uint32)
-                    (pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7]) = a_from_c_3xtf32(
-                        st[4 * j], st[4 * j + 1], st[4 * j + 2], st[4 * j + 3])
-                    for dt in static_range(DT):
-                        off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
-                        b0, c0 = split_tf32(ld_shared_f32(sdO + off))
-                        b1, c1 = split_tf32(ld_shared_f32(sdO + off + uint32(ROW_B)))
-                        o = 4 * dt
-                        dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3] = mma_3xtf32_add(
-                            pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7], b0, b1, c0, c1,
-                            dv_acc[o], dv_acc[o + 1], dv_acc[o + 2], dv_acc[o + 3])
-                for j in static_range(0 if ACC_CHAINED else NT):
-                    da = cuda.local.array(8, uint32)
-                    (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
-                        dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2], dpt[4 * j + 3])
-                    for dt in static_range(DT):
-                        off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
-                        b0, c0 = split_tf32(ld_shared_f32(sQ + off))
-                        b1, c1 = split_tf32(ld_shared_f32(sQ + off + uint32(ROW_B)))
-                        o = 4 * dt
-                        dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3] = mma_3xtf32_add(
-                            da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7], b0, b1, c0, c1,
-                            dk_acc[o], dk_acc[o + 1], dk_acc[o + 2], dk_acc[o + 3])
+                            acc[o], acc[o + 1], acc[o + 2], acc[o + 3] = mma_3xtf32_add(
+                                pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7], b0, b1, c0, c1,
+                                acc[o], acc[o + 1], acc[o + 2], acc[o + 3])
             else:
                 for i in static_range(P_REGS):
                     pz[i] = pack(st[2 * i], st[2 * i + 1])
