@@ -261,3 +261,4 @@ def test_compare_chains_picks_the_fastest_variant_within_the_error_margin(tmp_pa
     assert tool.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "chains.json").read_text())["pick"]["chain"] == 2
     assert (tmp_path / "out" / "chains.png").stat().st_size > 0  # matplotlib is in the test extra
+    assert "(chains.png)" in (tmp_path / "out" / "chains.md").read_text()
