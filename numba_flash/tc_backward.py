@@ -95,6 +95,54 @@ def from_bf16(x):
     return f32_from_bits(uint32(x) << uint32(16))
 
 
+def tile_product_3xtf32(NT: int, DT: int, ROW_B: int, chain: int):
+    """``product(a_src, s_b, f_lane, acc, g)``: ``acc += A B`` over one streamed tile's rows in float32 (3xTF32),
+    the dK/dV kernel's dV += P^T dO and dK += dS^T Q and the dQ kernel's dQ += dS K.
+
+    ``a_src``: the C fragments of the tile's scores (NT 8-row n-tiles x 4 float32), which become A fragments by
+    taking their columns 2t, 2t + 1 as k = t, t + 4 (8 rows per k-step); ``s_b + f_lane``: the lane's word of
+    the B operand's first row in shared memory (rows 2t, 2t + 1 of each k-step, ROW_B bytes apart);
+    ``acc``: DT n-tiles x 4 float32 sums; ``g``: 4 float32 registers for a running chain.
+
+    ``chain`` (config.TF32_PV_CHAIN) k-steps go through the tensor cores' accumulator per float32 add: all
+    of the tile's A fragments first, then per n-tile its k-steps in a row. 1: one k-step's A fragment at a
+    time, every product added in float32."""
+    FIRST, LAST = chain_flags(NT, chain)
+    CHAINED, PT_REGS = chain > 1, 8 * NT
+
+    def product(a_src, s_b, f_lane, acc, g):
+        for _ in static_range(1 if CHAINED else 0):
+            pall = cuda.local.array(PT_REGS, uint32)
+            for j in static_range(NT):
+                (pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4], pall[8 * j + 5],
+                 pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(a_src[4 * j], a_src[4 * j + 1],
+                                                                    a_src[4 * j + 2], a_src[4 * j + 3])
+            for dt in static_range(DT):
+                for j in static_range(NT):
+                    off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
+                    b0, c0 = split_tf32(ld_shared_f32(s_b + off))
+                    b1, c1 = split_tf32(ld_shared_f32(s_b + off + uint32(ROW_B)))
+                    o = 4 * dt
+                    (g[0], g[1], g[2], g[3], acc[o], acc[o + 1], acc[o + 2], acc[o + 3]) = mma_3xtf32_chain(
+                        pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4],
+                        pall[8 * j + 5], pall[8 * j + 6], pall[8 * j + 7], b0, b1, c0, c1, g[0], g[1], g[2], g[3],
+                        acc[o], acc[o + 1], acc[o + 2], acc[o + 3], FIRST[j], LAST[j])
+        for j in static_range(0 if CHAINED else NT):
+            pa = cuda.local.array(8, uint32)
+            (pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7]) = a_from_c_3xtf32(
+                a_src[4 * j], a_src[4 * j + 1], a_src[4 * j + 2], a_src[4 * j + 3])
+            for dt in static_range(DT):
+                off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
+                b0, c0 = split_tf32(ld_shared_f32(s_b + off))
+                b1, c1 = split_tf32(ld_shared_f32(s_b + off + uint32(ROW_B)))
+                o = 4 * dt
+                acc[o], acc[o + 1], acc[o + 2], acc[o + 3] = mma_3xtf32_add(
+                    pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7], b0, b1, c0, c1,
+                    acc[o], acc[o + 1], acc[o + 2], acc[o + 3])
+
+    return cuda.jit(device=True, inline=True)(unrolled(product, dict(NT=NT, DT=DT, CHAINED=CHAINED, PT_REGS=PT_REGS)))
+
+
 @functools.lru_cache(maxsize=None)
 def tc_delta_kernel(head_dim: int, elem: str = "f16", zero_dq: bool = False):
     """``delta[b, h, i] = sum_d dout[b, h, i, d] * out[b, h, i, d]`` (inputs of ``elem``: 16-bit, or float32).
@@ -261,9 +309,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     DT = (ROW_B - 16) // (32 if TF32 else 16)  # 8-column n-tiles of dK, dV
     NT = BLOCK_M // 8  # 8-query n-tiles of S^T, dP^T
     S_REGS, O_REGS, P_REGS = NT * 4, DT * 4, NT * 2
-    # float32: dV, dK's k-steps over a query tile chained in the tensor cores (config.TF32_PV_CHAIN)
-    ACC_FIRST, ACC_LAST = chain_flags(NT, config_module.TF32_PV_CHAIN)
-    ACC_CHAINED, PT_REGS = TF32 and config_module.TF32_PV_CHAIN > 1, 8 * NT
+    # float32: dV += P^T dO, dK += dS^T Q over a query tile (k-steps chained per config.TF32_PV_CHAIN)
+    tile_product = tile_product_3xtf32(NT, DT, ROW_B, config_module.TF32_PV_CHAIN)
     KV_REGS = kv_in_registers(D) and not TF32
     # K, V fragments: all k-steps' (16-bit, head_dim <= 64), else one k-step's (TF32: big and small parts)
     F_REGS = KSTEPS * 4 if KV_REGS else 8
@@ -483,46 +530,13 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
 
             # dV += (Z P^T) dO and dK += dS^T Q over this tile's queries (the k dimension here).
             if TF32:
-                # 8 queries per k-step: the C fragments' queries 2t, 2t + 1 are k = t, t + 4 of the A
-                # fragments (as P in the forward's P V); dO's and Q's rows 2t, 2t + 1 the B fragments'.
+                # 8 queries per k-step (as P in the forward's P V; tile_product_3xtf32).
                 # dV's products first, then dK's: one split A fragment live at a time. At head_dim 128 this
                 # spilled 248 bytes with the GPU image's CUDA 13.0 against 304 for both in one pass, and ran
                 # the causal backward 5.2 % faster (session 15); at 64, 193 registers against 198 (before the
                 # two-level sums, which took it to 182).
-                # Chained (config.TF32_PV_CHAIN): all of a product's A fragments first, then per n-tile its
-                # k-steps in a row, one float32 add per chain.
-                # w = 0: dV += P^T dO; w = 1: dK += dS^T Q (same shapes; a constant index picks the operands)
-                for w in static_range(2 if ACC_CHAINED else 0):
-                    a_src, s_b, acc = (st, dpt)[w], (sdO, sQ)[w], (dv_acc, dk_acc)[w]
-                    pall = cuda.local.array(PT_REGS, uint32)
-                    for j in static_range(NT):
-                        (pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4], pall[8 * j + 5],
-                         pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(a_src[4 * j], a_src[4 * j + 1],
-                                                                            a_src[4 * j + 2], a_src[4 * j + 3])
-                    for dt in static_range(DT):
-                        for j in static_range(NT):
-                            off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
-                            b0, c0 = split_tf32(ld_shared_f32(s_b + off))
-                            b1, c1 = split_tf32(ld_shared_f32(s_b + off + uint32(ROW_B)))
-                            o = 4 * dt
-                            (gst[0], gst[1], gst[2], gst[3], acc[o], acc[o + 1], acc[o + 2], acc[o + 3]) = mma_3xtf32_chain(
-                                pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4],
-                                pall[8 * j + 5], pall[8 * j + 6], pall[8 * j + 7], b0, b1, c0, c1, gst[0], gst[1],
-                                gst[2], gst[3], acc[o], acc[o + 1], acc[o + 2], acc[o + 3], ACC_FIRST[j], ACC_LAST[j])
-                for w in static_range(0 if ACC_CHAINED else 2):  # unchained: per k-step, a float32 add each
-                    a_src, s_b, acc = (st, dpt)[w], (sdO, sQ)[w], (dv_acc, dk_acc)[w]
-                    for j in static_range(NT):
-                        pa = cuda.local.array(8, uint32)
-                        (pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7]) = a_from_c_3xtf32(
-                            a_src[4 * j], a_src[4 * j + 1], a_src[4 * j + 2], a_src[4 * j + 3])
-                        for dt in static_range(DT):
-                            off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
-                            b0, c0 = split_tf32(ld_shared_f32(s_b + off))
-                            b1, c1 = split_tf32(ld_shared_f32(s_b + off + uint32(ROW_B)))
-                            o = 4 * dt
-                            acc[o], acc[o + 1], acc[o + 2], acc[o + 3] = mma_3xtf32_add(
-                                pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7], b0, b1, c0, c1,
-                                acc[o], acc[o + 1], acc[o + 2], acc[o + 3])
+                tile_product(st, sdO, f_lane, dv_acc, gst)  # dV += P^T dO
+                tile_product(dpt, sQ, f_lane, dk_acc, gst)  # dK += dS^T Q
             else:
                 for i in static_range(P_REGS):
                     pz[i] = pack(st[2 * i], st[2 * i + 1])
@@ -637,7 +651,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
                      TF32=TF32, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS, SUMS=SUMS,
-                     GSUMS=GSUMS, FLUSH=FLUSH, NUM_THREADS=NUM_THREADS, ACC_CHAINED=ACC_CHAINED)
+                     GSUMS=GSUMS, FLUSH=FLUSH, NUM_THREADS=NUM_THREADS)
     return tc_jit(config, "dkdv")(unrolled(kernel, constants))
 
 
@@ -656,9 +670,8 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
     FIRST, LAST = chain_flags(KSTEPS)  # float32: where the k-step chains of S and dP start and end
     DT = (ROW_B - 16) // (32 if TF32 else 16)
     NT = BLOCK_N // 8
-    # float32: dQ's k-steps over a key tile chained in the tensor cores (config.TF32_PV_CHAIN)
-    ACC_FIRST, ACC_LAST = chain_flags(NT, config_module.TF32_PV_CHAIN)
-    ACC_CHAINED, PT_REGS = TF32 and config_module.TF32_PV_CHAIN > 1, 8 * NT
+    # float32: dQ += dS K over a key tile (k-steps chained per config.TF32_PV_CHAIN)
+    tile_product = tile_product_3xtf32(NT, DT, ROW_B, config_module.TF32_PV_CHAIN)
     # Q and dO fragments: all k-steps' (16-bit), else one k-step's, re-read from shared memory for
     # every key tile, as the forward does (TF32: big and small parts; 16-bit with config.reread_q)
     REREAD = TF32 or config.reread_q
@@ -840,36 +853,7 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
 
             # dQ += dS K over this tile's keys.
             if TF32:  # 8 keys per k-step, C fragment keys 2t, 2t + 1 as k = t, t + 4 (see dkdv)
-                for _ in static_range(1 if ACC_CHAINED else 0):  # chained as in dkdv (config.TF32_PV_CHAIN)
-                    pall = cuda.local.array(PT_REGS, uint32)
-                    for j in static_range(NT):
-                        (pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4], pall[8 * j + 5],
-                         pall[8 * j + 6], pall[8 * j + 7]) = a_from_c_3xtf32(dpacc[4 * j], dpacc[4 * j + 1],
-                                                                            dpacc[4 * j + 2], dpacc[4 * j + 3])
-                    for dt in static_range(DT):
-                        for j in static_range(NT):
-                            off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
-                            b0, c0 = split_tf32(ld_shared_f32(sK + off))
-                            b1, c1 = split_tf32(ld_shared_f32(sK + off + uint32(ROW_B)))
-                            o = 4 * dt
-                            (gs[0], gs[1], gs[2], gs[3], dq_acc[o], dq_acc[o + 1], dq_acc[o + 2],
-                             dq_acc[o + 3]) = mma_3xtf32_chain(
-                                pall[8 * j], pall[8 * j + 1], pall[8 * j + 2], pall[8 * j + 3], pall[8 * j + 4],
-                                pall[8 * j + 5], pall[8 * j + 6], pall[8 * j + 7], b0, b1, c0, c1, gs[0], gs[1],
-                                gs[2], gs[3], dq_acc[o], dq_acc[o + 1], dq_acc[o + 2], dq_acc[o + 3], ACC_FIRST[j],
-                                ACC_LAST[j])
-                for j in static_range(0 if ACC_CHAINED else NT):
-                    da = cuda.local.array(8, uint32)
-                    (da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7]) = a_from_c_3xtf32(
-                        dpacc[4 * j], dpacc[4 * j + 1], dpacc[4 * j + 2], dpacc[4 * j + 3])
-                    for dt in static_range(DT):
-                        off = uint32(f_lane + 8 * j * ROW_B + 32 * dt)
-                        b0, c0 = split_tf32(ld_shared_f32(sK + off))
-                        b1, c1 = split_tf32(ld_shared_f32(sK + off + uint32(ROW_B)))
-                        o = 4 * dt
-                        dq_acc[o], dq_acc[o + 1], dq_acc[o + 2], dq_acc[o + 3] = mma_3xtf32_add(
-                            da[0], da[1], da[2], da[3], da[4], da[5], da[6], da[7], b0, b1, c0, c1,
-                            dq_acc[o], dq_acc[o + 1], dq_acc[o + 2], dq_acc[o + 3])
+                tile_product(dpacc, sK, f_lane, dq_acc, gs)
             else:
                 for i in static_range(P_REGS):
                     ds16[i] = pack(dpacc[2 * i], dpacc[2 * i + 1])
@@ -902,5 +886,5 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
                                       pack(dq_acc[e] * scale, dq_acc[e + 1] * scale))
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
-                     TF32=TF32, REREAD=REREAD, ACC_CHAINED=ACC_CHAINED)
+                     TF32=TF32, REREAD=REREAD)
     return tc_jit(config, "dq")(unrolled(kernel, constants))
