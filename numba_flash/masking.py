@@ -5,6 +5,8 @@ aligned, as flash-attn): ``causal`` is ``right = 0``, a window ``(left, right)``
 ``-1`` (unbounded) becomes :data:`UNBOUNDED`. The kernels get ``left`` and ``right`` as two runtime
 integers, so causal, windowed and full attention share one compiled kernel, and whole tiles outside
 the band are skipped by :func:`key_span` / :func:`query_span` rather than masked element by element.
+Under a causal band blocks differ in length, so :func:`block_coords` also decides which block owns which
+rows (the order in which they start).
 """
 
 from __future__ import annotations
@@ -48,6 +50,32 @@ def packed_sequence(q, k, cu_q, cu_k, b):
 def sequence_bounds(varlen: bool):
     """The device function a kernel compiled for ``varlen`` (or not) uses to find sequence ``b``."""
     return packed_sequence if varlen else padded_sequence
+
+
+def block_coords(longest_first: bool, reverse: bool):
+    """``coords()``: this block's (row block, head, batch entry) in a grid (row blocks, heads, batch entries)
+    (TensorCoreConfig.longest_first). Blocks start in the order of their linear index, x fastest. As the
+    grid is laid out, row block x of head y, z: under a causal band the heads' blocks start head by head.
+    ``longest_first``: the row block is the slowest part of the linear index instead, so every head's
+    block of one length starts before any shorter one. ``reverse``: row block ``gridDim.x - 1 - x``
+    (query blocks: under a bottom-right band the last ones are the longest)."""
+    LONGEST, REVERSE = longest_first, reverse
+
+    def coords():
+        x, y, z = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z
+        if LONGEST:
+            ny = cuda.gridDim.y
+            pairs = ny * cuda.gridDim.z  # (head, batch entry) pairs per row block
+            lin = x + cuda.gridDim.x * (y + ny * z)
+            x = lin // pairs
+            rest = lin - x * pairs
+            y = rest % ny
+            z = rest // ny
+        if REVERSE:
+            x = cuda.gridDim.x - 1 - x
+        return x, y, z
+
+    return cuda.jit(device=True, **_INLINE)(coords)
 
 
 @cuda.jit(device=True, **_INLINE)

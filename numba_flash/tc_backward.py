@@ -52,7 +52,7 @@ from numba.cuda import float32, uint8, uint32, uint64
 
 from . import config as config_module
 from .config import TC_ELEMS, TF32_SUMS_KSTEPS, TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes, tf32_sums_bytes
-from .masking import band_columns, band_queries, in_band, key_span, query_span, sequence_bounds
+from .masking import band_columns, band_queries, block_coords, in_band, key_span, query_span, sequence_bounds
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits,
                   ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16,
                   pack_bf16x2, pack_f16x2, red_add_f32x2, shared_address, split_tf32, st_global_f32x2,
@@ -353,6 +353,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     SHARED_A = NP % UPW == 0 and UNITS % NW == 0  # a warp's units lie in one m-tile
     DROPOUT = dropout
     sequence = sequence_bounds(varlen)
+    coords = block_coords(config.longest_first, False)
     load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     KV_ITERS, Q_ITERS = tile_iters(BLOCK_N), tile_iters(BLOCK_M)
     if ATOMIC and TF32:
@@ -383,9 +384,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         lane = tid % 32
         g = lane // 4
         t = lane % 4
-        n0 = cuda.blockIdx.x * BLOCK_N
-        hk = cuda.blockIdx.y
-        b = cuda.blockIdx.z
+        nb, hk, b = coords()  # (key blocks: the first ones are the longest under a causal band)
+        n0 = nb * BLOCK_N
         ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
         if n0 >= n_k:
             return
@@ -683,6 +683,7 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
     SV = SK + STAGES * KV_BYTES
     DROPOUT = dropout
     sequence = sequence_bounds(varlen)
+    coords = block_coords(config.longest_first, True)
     load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     Q_ITERS, KV_ITERS = tile_iters(BLOCK_M), tile_iters(BLOCK_N)
 
@@ -706,9 +707,8 @@ def tc_dq_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False, 
         lane = tid % 32
         g = lane // 4
         t = lane % 4
-        m0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * BLOCK_M  # longest blocks first (see tc_forward)
-        h = cuda.blockIdx.y
-        b = cuda.blockIdx.z
+        mb, h, b = coords()  # longest blocks first (see tc_forward)
+        m0 = mb * BLOCK_M
         hk = h // group
         ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
         if m0 >= n_q:

@@ -28,7 +28,7 @@ from numba import cuda
 from numba.cuda import float32, uint8, uint32, uint64
 
 from .config import TensorCoreConfig, tc_ds_row_bytes, tc_row_bytes
-from .masking import band_queries, in_band, query_span, sequence_bounds
+from .masking import band_queries, block_coords, in_band, query_span, sequence_bounds
 from .ptx import (cp_async_commit, cp_async_wait_all, ex2, ld_shared_f32, ldmatrix_x4,
                   ldmatrix_x4_trans, shared_address, st_global_u32, st_shared_u32)
 from .tc_backward import _ops, lse2, query_tile_fetcher
@@ -66,6 +66,7 @@ def tc_dkdv_split_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool =
     SDS = SP + BLOCK_N * P_ROW
     DROPOUT = dropout
     sequence = sequence_bounds(varlen)
+    coords = block_coords(config.longest_first, False)
     load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     KV_ITERS, Q_ITERS = tile_iters(BLOCK_N), tile_iters(BLOCK_M)
     fetch, arrive = query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, True, load_tile, Q_ITERS, STAGES)
@@ -90,9 +91,8 @@ def tc_dkdv_split_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool =
         t = lane % 4
         pair = warp // 2  # the warp pair's 32 keys
         half = warp % 2  # its query half (step 1) and head_dim half (step 2)
-        n0 = cuda.blockIdx.x * BLOCK_N
-        hk = cuda.blockIdx.y
-        b = cuda.blockIdx.z
+        nb, hk, b = coords()  # (key blocks: the first ones are the longest under a causal band)
+        n0 = nb * BLOCK_N
         ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
         if n0 >= n_k:
             return

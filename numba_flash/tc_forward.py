@@ -36,7 +36,7 @@ from numba.cuda import float32, uint8, uint32, uint64
 from . import compile_speed
 from . import config as config_module
 from .config import TC_ELEMS, TensorCoreConfig, tc_row_bytes
-from .masking import NEG_INF, band_columns, in_band, key_span, sequence_bounds
+from .masking import NEG_INF, band_columns, block_coords, in_band, key_span, sequence_bounds
 from .philox import dropout_keep
 from .unroll import static_range, unrolled
 from .ptx import (cp_async16, cp_async16_whole, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2,
@@ -292,6 +292,7 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
     mma = mma_16816_bf16 if elem == "bf16" else mma_16816_f16
     pack = pack_bf16x2 if elem == "bf16" else pack_f16x2
     sequence = sequence_bounds(varlen)
+    coords = block_coords(config.longest_first, True)
 
     load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     Q_ITERS, KV_ITERS = tile_iters(BLOCK_M), tile_iters(BLOCK_N)
@@ -316,9 +317,8 @@ def tc_forward_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = Fa
         t = lane % 4
         # Query blocks in reverse: under a causal (bottom-right) band the last rows see the most keys,
         # and the blocks that start first should be the longest ones (fewer idle SMs at the end).
-        m0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * BLOCK_M
-        h = cuda.blockIdx.y
-        b = cuda.blockIdx.z
+        mb, h, b = coords()
+        m0 = mb * BLOCK_M
         hk = h // group
         ab, q_off, k_off, n_q, n_k = sequence(q, k, cu_q, cu_k, b)
         if m0 >= n_q:

@@ -41,8 +41,9 @@ small JSON file, ``~/.cache/numba_flash/tuning.json`` (``NUMBA_FLASH_TUNING_CACH
 ``NUMBA_FLASH_TUNING_CACHE=off`` disables it). The seqlen bucket is the power of two at or above
 ``max(seqlen_q, seqlen_k)``. Tensor-core entries have ``|tensor_core`` appended to their key (and
 ``"kind": "tensor_core"``, ``"config": [block_m, block_n, stages, rows_per_warp]``, followed by
-``atomic_dq, reread_q`` when either is on, min_blocks > 1 or split_d, then ``min_blocks`` when > 1 or
-split_d, then ``split_d`` when on), so a tuned
+``atomic_dq, reread_q`` when either is on, min_blocks > 1, split_d or longest_first, then ``min_blocks`` when
+> 1, split_d or longest_first, then ``split_d`` when it or longest_first is on, then ``longest_first`` when
+on), so a tuned
 BlockConfig and a tuned TensorCoreConfig coexist for the same problem; entries without a
 ``"kind"`` are BlockConfigs (files written before tensor-core tuning still load).
 
@@ -101,6 +102,8 @@ TC_MIN_BLOCKS = (1, 3)
 # backward only: the dK/dV kernel in FlashAttention-2's warp layout (not with atomic dQ; problems() keeps
 # it to 16-bit data and multiples of 32)
 TC_SPLIT_D = (False, True)
+# every kernel: the blocks' start order, longest first across heads (TensorCoreConfig.longest_first)
+TC_LONGEST_FIRST = (False, True)
 # A TensorCoreConfig as a list: its four tile sizes, then its flags in field order (cache entries, tuples)
 _TC_LENGTHS = tuple(range(4, len(dataclasses.fields(TensorCoreConfig)) + 1))
 # At most 8 warps per block: 16 warps of these kernels' 200-255 registers exceed an SM's 64K registers.
@@ -173,9 +176,11 @@ def _kind_of(config) -> str:
 
 def _config_list(config) -> list:
     if isinstance(config, TensorCoreConfig):
-        more = config.min_blocks > 1 or config.split_d  # a later flag needs the earlier ones written out
+        last = config.split_d or config.longest_first
+        more = config.min_blocks > 1 or last  # a later flag needs the earlier ones written out
         flags = (([config.atomic_dq, config.reread_q] if config.atomic_dq or config.reread_q or more else [])
-                 + ([config.min_blocks] if more else []) + ([config.split_d] if config.split_d else []))
+                 + ([config.min_blocks] if more else []) + ([config.split_d] if last else [])
+                 + ([True] if config.longest_first else []))
         return [config.block_m, config.block_n, config.stages, config.rows_per_warp, *flags]
     return [config.block_m, config.block_n, config.num_threads]
 
@@ -395,20 +400,22 @@ def _all_configs(block_sizes=BLOCK_SIZES, threads_per_row=THREADS_PER_ROW):
 
 def _all_tc_configs(pass_: str = "forward"):
     """Every TensorCoreConfig of the candidate grid (TC_BLOCK_M x TC_BLOCK_N x TC_STAGES x
-    TC_ROWS_PER_WARP x TC_REREAD_Q x TC_MIN_BLOCKS, and for the backward x TC_ATOMIC_DQ x TC_SPLIT_D,
+    TC_ROWS_PER_WARP x TC_REREAD_Q x TC_MIN_BLOCKS x TC_LONGEST_FIRST, and for the backward x TC_ATOMIC_DQ x
+    TC_SPLIT_D,
     where reread_q and min_blocks only go with the dQ kernel, not with atomic dQ, split_d not with
     atomic dQ either, and min_blocks > 1 only with 4 warps) the constructor accepts (rows_per_warp must
     divide block_m), of at most TC_MAX_WARPS warps."""
     out = []
     backward = pass_ == "backward"
-    flags = [(a, r, b, s) for a in (TC_ATOMIC_DQ if backward else (False,)) for r in TC_REREAD_Q
-             for b in TC_MIN_BLOCKS for s in (TC_SPLIT_D if backward else (False,)) if not (a and (r or b > 1 or s))]
-    for bm, bn, stages, rpw, (atomic, reread, blocks, split) in itertools.product(TC_BLOCK_M, TC_BLOCK_N, TC_STAGES,
-                                                                                  TC_ROWS_PER_WARP, flags):
+    flags = [(a, r, b, s, lf) for a in (TC_ATOMIC_DQ if backward else (False,)) for r in TC_REREAD_Q
+             for b in TC_MIN_BLOCKS for s in (TC_SPLIT_D if backward else (False,)) for lf in TC_LONGEST_FIRST
+             if not (a and (r or b > 1 or s))]
+    for bm, bn, stages, rpw, (atomic, reread, blocks, split, lf) in itertools.product(
+            TC_BLOCK_M, TC_BLOCK_N, TC_STAGES, TC_ROWS_PER_WARP, flags):
         if (blocks > 1 and bm // rpw != 4) or bm // rpw > TC_MAX_WARPS:
             continue
         try:
-            out.append(TensorCoreConfig(bm, bn, stages, rpw, atomic, reread, blocks, split))
+            out.append(TensorCoreConfig(bm, bn, stages, rpw, atomic, reread, blocks, split, lf))
         except ValueError:  # pragma: no cover - every rows_per_warp divides every block_m here
             continue
     return out
@@ -421,7 +428,7 @@ def enumerate_configs(head_dim: int, pass_: str = "forward", *, kind: str = "blo
     ``kind="block"`` (the default): BlockConfigs that fit in shared memory and split evenly. For the
     backward pass both kernels (dK/dV over key rows, dQ over query rows) use the config, so it
     must fit both. ``kind="tensor_core"``: TensorCoreConfigs of the grid TC_BLOCK_M x TC_BLOCK_N x
-    TC_STAGES x TC_ROWS_PER_WARP (x TC_ATOMIC_DQ x TC_SPLIT_D for the backward; ``block_sizes`` and
+    TC_STAGES x TC_ROWS_PER_WARP x TC_LONGEST_FIRST (x TC_ATOMIC_DQ x TC_SPLIT_D for the backward; ``block_sizes`` and
     ``threads_per_row`` do not apply) that pass
     ``TensorCoreConfig.problems``: dynamic shared memory, rows_per_warp=16 for the backward, head_dim
     <= 128 (so none at larger head_dim). These can be listed anywhere; only the GPU runs them.
@@ -466,8 +473,8 @@ def _tc_heuristic_order(configs):
 def _as_config(c):
     """A BlockConfig or TensorCoreConfig as is; a 3-tuple ``(block_m, block_n, num_threads)`` as a
     BlockConfig; a 4-tuple ``(block_m, block_n, stages, rows_per_warp)`` (or 5, with ``atomic_dq``,
-    6, with ``atomic_dq, reread_q``, 7, with ``atomic_dq, reread_q, min_blocks``, or 8, with ``split_d``
-    last) as a TensorCoreConfig."""
+    6, with ``atomic_dq, reread_q``, 7, with ``atomic_dq, reread_q, min_blocks``, 8, with ``split_d``, or 9,
+    with ``longest_first`` last) as a TensorCoreConfig."""
     if isinstance(c, (BlockConfig, TensorCoreConfig)):
         return c
     try:
@@ -480,7 +487,8 @@ def _as_config(c):
     if len(values) in _TC_LENGTHS:
         return TensorCoreConfig(*values)
     raise ValueError(f"config: expected (block_m, block_n, num_threads) for a BlockConfig or (block_m, block_n, "
-                     f"stages, rows_per_warp[, atomic_dq[, reread_q[, min_blocks[, split_d]]]]) for a TensorCoreConfig, "
+                     f"stages, rows_per_warp[, atomic_dq[, reread_q[, min_blocks[, split_d[, longest_first]]]]]) for a "
+                     f"TensorCoreConfig, "
                      f"got {c!r}")
 
 
@@ -680,14 +688,14 @@ class Trial:
         if isinstance(c, TensorCoreConfig):
             smem = (c.shared_memory_bytes(head_dim, elem) if pass_ == "forward"
                     else max(c.backward_shared_bytes(head_dim, k, elem) for k in kernels))
-            tpr, stages, rpw, atomic, reread, blocks, split = (None, c.stages, c.rows_per_warp, c.atomic_dq,
-                                                               c.reread_q, c.min_blocks, c.split_d)
+            tpr, stages, rpw, atomic, reread, blocks, split, lf = (None, c.stages, c.rows_per_warp, c.atomic_dq,
+                                                                   c.reread_q, c.min_blocks, c.split_d, c.longest_first)
         else:
             smem = max(c.shared_memory_bytes(head_dim, k) for k in kernels)
-            tpr, stages, rpw, atomic, reread, blocks, split = c.threads_per_row(c.block_m), *[None] * 6
+            tpr, stages, rpw, atomic, reread, blocks, split, lf = c.threads_per_row(c.block_m), *[None] * 7
         return {"kind": _kind_of(c), "block_m": c.block_m, "block_n": c.block_n, "num_threads": c.num_threads,
                 "threads_per_row": tpr, "stages": stages, "rows_per_warp": rpw, "atomic_dq": atomic, "reread_q": reread,
-                "min_blocks": blocks, "split_d": split, "smem_kib": smem / 1024,
+                "min_blocks": blocks, "split_d": split, "longest_first": lf, "smem_kib": smem / 1024,
                 "registers": self.registers, "median_ms": self.median_ms, "min_ms": self.min_ms,
                 "repeat": self.repeat, "tflops": self.tflops, "max_rel_err": self.max_rel_err,
                 "status": self.status, "reason": self.reason}
@@ -756,7 +764,7 @@ class TuneResult:
                  f"{' (tensor-core kernels)' if tc else ''}")
         t = Table(title=title)
         atomic_col = tc and self.pass_ == "backward"  # dQ: by atomic adds, or its own kernel; dK/dV's warp layout
-        shape_cols = ((("stages", "rows/warp", "Q", "blk/SM") + (("dQ", "dK/dV") if atomic_col else ())) if tc
+        shape_cols = ((("stages", "rows/warp", "Q", "blk/SM", "order") + (("dQ", "dK/dV") if atomic_col else ())) if tc
                       else ("thr/row",))
         for col in ("#", "BM", "BN", "thr", *shape_cols, "smem KiB", "regs", "ms", "TFLOP/s", "vs default",
                     "max err", "status"):
@@ -764,8 +772,9 @@ class TuneResult:
 
         def head(r):
             cells = (r["stages"], r["rows_per_warp"]) if tc else (r["threads_per_row"],)
-            # Q fragments: per key tile, or held; the launch bound (blocks per SM asked for)
-            q = ("re-read" if r["reread_q"] else "regs", _fmt(r.get("min_blocks") or 1, "d")) if tc else ()
+            # Q fragments: per key tile, or held; the launch bound (blocks per SM asked for); the blocks' order
+            q = ("re-read" if r["reread_q"] else "regs", _fmt(r.get("min_blocks") or 1, "d"),
+                 "longest" if r.get("longest_first") else "by head") if tc else ()
             dq = (("atomic" if r["atomic_dq"] else "kernel", "split" if r.get("split_d") else "16 keys") if atomic_col
                   else ())
             return (str(r["block_m"]), str(r["block_n"]), str(r["num_threads"]), *(_fmt(x, "d") for x in cells), *q, *dq,

@@ -261,8 +261,10 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
     four_warp = 2 * len(tune_mod.TC_BLOCK_N) * len(tune_mod.TC_STAGES) * len(tune_mod.TC_REREAD_Q)
     split = len(tune_mod.TC_SPLIT_D) if pass_ == "backward" else 1
     grid = tiles * (len(tune_mod.TC_REREAD_Q) * split + (1 if pass_ == "backward" else 0)) + four_warp * split
+    grid *= len(tune_mod.TC_LONGEST_FIRST)  # every one of them in both block orders
     assert tune_mod.TC_MIN_BLOCKS == (1, 3) and tune_mod.TC_SPLIT_D == (False, True)
-    assert len(ok) + len(skipped) == grid == (344 if pass_ == "backward" else 144)
+    assert tune_mod.TC_LONGEST_FIRST == (False, True)
+    assert len(ok) + len(skipped) == grid == (688 if pass_ == "backward" else 288)
     assert len(set(ok)) == len(ok) and not set(ok) & {c for c, _ in skipped}
     assert tune_mod.enumerate_configs(head_dim, pass_, kind="tensor_core") == ok
     for cfg in ok:
@@ -277,6 +279,13 @@ def test_enumerated_tc_configs_are_all_runnable(head_dim, pass_):
             assert dataclasses.replace(cfg, min_blocks=1) in ok
     for cfg, why in skipped:
         assert why and cfg.problems(head_dim, pass_) == why
+    # longest_first changes no resource: its configs are the others' twins, and the checks below take the others
+    twins = {c for c in ok if c.longest_first}
+    ok = [c for c in ok if not c.longest_first]
+    assert twins == {dataclasses.replace(c, longest_first=True) for c in ok}
+    assert {c for c, _ in skipped if c.longest_first} == {dataclasses.replace(c, longest_first=True)
+                                                          for c, _ in skipped if not c.longest_first}
+    skipped = [(c, why) for c, why in skipped if not c.longest_first]
     if head_dim > 128:
         assert ok == [] and all("head_dim must be at most 128" in " ".join(why) for _, why in skipped)
         return
@@ -497,7 +506,9 @@ def test_tc_trials_render(pass_):
     assert table.row_count == 3
     d = result.to_dict()
     assert d["kind"] == "tensor_core" and d["best"] == {"block_m": 64, "block_n": 64, "stages": 1, "rows_per_warp": 16,
-                                                   "atomic_dq": False, "reread_q": False, "min_blocks": 1, "split_d": False}
+                                                   "atomic_dq": False, "reread_q": False, "min_blocks": 1, "split_d": False,
+                                                   "longest_first": False}
+    assert "order" in headers
     block_row = tune_mod.Trial(BlockConfig(32, 16, 128)).row(64, pass_)
     assert block_row["kind"] == "block" and block_row["stages"] is None and block_row["rows_per_warp"] is None
     assert block_row["threads_per_row"] == 4

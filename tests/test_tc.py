@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 import pytest
+from numba import cuda  # (module level: the simulator swaps the kernels' global cuda)
 
 import numba_flash as nf
 from numba_flash import api, config
@@ -23,16 +24,19 @@ from test_compile import _have_toolchain
 from test_features import check_against_oracle
 from numba_flash.philox import reference_keep_mask
 
-# The defaults (plain and with varlen + dropout) and the smallest config, at three head dims. (The
-# head_dim-128 default, (128, 32, 2, 32, reread_q), is compiled on its own: it spills a little.)
+# The defaults (plain and with varlen + dropout) and the smallest config, at three head dims; the head_dim-40
+# one with longest_first (its blocks' other order). (The head_dim-128 default, (128, 32, 2, 32, reread_q), is
+# compiled on its own: it spills a little.)
 _CASES = [(TensorCoreConfig(128, 64, 2, 32), 64, False, False), (TensorCoreConfig(128, 32, 2, 32, reread_q=True), 96, False, False),
-          (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True),
-          (TensorCoreConfig(16, 16, 1), 128, True, True)]
-# The backward's defaults (plain and with varlen + dropout) and the smallest config. (The head_dim-128
-# default, split_d, is compiled in its own test. Each case is two compiles of 0.5-4 minutes on CI's
-# 2 cores, so the 16-key (64, 32) at head_dim 128, no longer a default, is left to the GPU tests.)
+          (TensorCoreConfig(64, 32, 2, 16, longest_first=True), 40, True, True),
+          (TensorCoreConfig(64, 16, 2, 16), 128, True, True), (TensorCoreConfig(16, 16, 1), 128, True, True)]
+# The backward's defaults (plain and with varlen + dropout) and the smallest config; head_dim 40 with
+# longest_first. (The head_dim-128 default, split_d, is compiled in its own test. Each case is two compiles
+# of 0.5-4 minutes on CI's 2 cores, so the 16-key (64, 32) at head_dim 128, no longer a default, is left to
+# the GPU tests.)
 _BACKWARD_CASES = [(TensorCoreConfig(64, 64, 2, 16, reread_q=True, min_blocks=3), 64, False, False),
-                   (TensorCoreConfig(64, 32, 2, 16), 40, True, True), (TensorCoreConfig(64, 16, 2, 16), 128, True, True)]
+                   (TensorCoreConfig(64, 32, 2, 16, longest_first=True), 40, True, True),
+                   (TensorCoreConfig(64, 16, 2, 16), 128, True, True)]
 _SCRIPT = r"""
 import json, sys, time
 from numba_flash.config import TensorCoreConfig
@@ -482,6 +486,62 @@ def test_tensor_core_config_split_d():
                               (TensorCoreConfig(64, 32, 2, 16, True, split_d=True), 64, "f16", "no atomic dQ")]:
         with pytest.raises(ValueError, match=why):
             bad.validate(d, "backward", elem)
+
+
+def test_tensor_core_config_longest_first():
+    """longest_first: a bool, 'longest' in the text form, last in the tuner's list form; it changes no
+    resource (shared memory, threads, launch bound, problems), only which block owns which rows."""
+    with pytest.raises(ValueError, match="longest_first: expected a bool"):
+        TensorCoreConfig(64, 32, 2, 16, longest_first=1)
+    plain = TensorCoreConfig(128, 64, 2, 16, split_d=True)
+    cfg = TensorCoreConfig(128, 64, 2, 16, split_d=True, longest_first=True)
+    assert cfg.label() == "128,64,2,16,split,longest" and TensorCoreConfig.parse(cfg.label()) == cfg
+    assert TensorCoreConfig.parse("64,32,2,16,longest_first") == TensorCoreConfig(64, 32, longest_first=True)
+    assert cfg != plain and cfg.num_threads == plain.num_threads and cfg.launch_bounds() == plain.launch_bounds()
+    for d, elem in [(64, "f16"), (128, "f16"), (128, "tf32")]:
+        assert cfg.backward_shared_bytes(d, "dkdv", elem) == plain.backward_shared_bytes(d, "dkdv", elem)
+        assert cfg.problems(d, "backward", elem) == plain.problems(d, "backward", elem)
+    from numba_flash import tune
+    for c in (cfg, TensorCoreConfig(64, 32, longest_first=True), TensorCoreConfig(64, 32, 2, 16, reread_q=True)):
+        values = tune._config_list(c)
+        assert tune._as_config(values) == c and (len(values) == 9) == c.longest_first, values
+    with pytest.raises(ValueError, match="unknown flag 'long'.*'longest'"):
+        TensorCoreConfig.parse("64,32,2,16,long")
+
+
+def test_block_coords_visit_every_block_once_longest_first():
+    """``block_coords`` on the simulator (it is plain device code): over a (5, 3, 2) grid each (row block,
+    head, batch entry) comes out exactly once; by default block (x, y, z) owns row block x (reversed:
+    gridDim.x - 1 - x); with longest_first the row blocks follow the linear index x + 5 (y + 3 z) slowest,
+    so the first 6 blocks to start own row block 0 (reversed: 4), one per (head, batch entry) pair."""
+    from numba_flash import backend
+    from numba_flash.masking import block_coords
+
+    if backend.BACKEND == backend.GPU:
+        pytest.skip("the simulator's twin of the GPU runs; on the GPU the kernels' tests cover the orders")
+    nx, ny, nz = 5, 3, 2
+    for longest in (False, True):
+        for reverse in (False, True):
+            coords = block_coords(longest, reverse)
+
+            @cuda.jit
+            def where(out):
+                x, y, z = coords()
+                lin = cuda.blockIdx.x + nx * (cuda.blockIdx.y + ny * cuda.blockIdx.z)
+                out[lin, 0], out[lin, 1], out[lin, 2] = x, y, z
+
+            out = np.full((nx * ny * nz, 3), -1, np.int64)
+            where[(nx, ny, nz), 1](out)
+            assert sorted(map(tuple, out)) == [(x, y, z) for x in range(nx) for y in range(ny) for z in range(nz)]
+            first = out[:ny * nz, 0]  # the row blocks of the first ny * nz blocks to start
+            want = (np.full(ny * nz, nx - 1 if reverse else 0) if longest
+                    else (nx - 1 - np.arange(ny * nz) % nx if reverse else np.arange(ny * nz) % nx))
+            assert (first == want).all(), (longest, reverse, out)
+            if longest:  # then heads fastest, batch entries slowest
+                assert [tuple(r[1:]) for r in out[:ny * nz]] == [(y, z) for z in range(nz) for y in range(ny)]
+            else:
+                assert [tuple(r) for r in out] == [((nx - 1 - x) if reverse else x, y, z)
+                                                   for z in range(nz) for y in range(ny) for x in range(nx)]
 
 
 def test_tensor_core_config_reread_q_and_its_text_form():
@@ -934,6 +994,46 @@ def test_head_dim_128_varlen_backward_default_is_split_d(rng, causal):
                      config=None))
     ran = {r["config"] for r in launch.occupancy() if r["kernel"] == "tc_dkdv"}
     assert want.label() in ran, ran
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype, head_dim", [(np.float16, 128), (np.float16, 64), (np.float32, 128)],
+                         ids=["float16-128", "float16-64", "float32-128"])
+def test_longest_first_gives_the_same_bits(rng, dtype, head_dim):
+    """longest_first only changes which block owns which rows, and every block sums the same terms in the
+    same order, so its outputs must equal the default order's bit for bit: the forward's out and lse and
+    the backward's dq, dk, dv, with the API's default configs (at head_dim 128 in 16 bits the split_d dK/dV
+    kernel, at 64 the 16-key one with the dQ kernel's launch bound, float32 3xTF32), causal and under a
+    window, GQA with a (head, batch entry) count that is no power of two (6 x 2 forward and dQ, 3 x 2 dK/dV),
+    ragged sizes, padded and varlen. Outputs are NaN-poisoned under NUMBA_FLASH_POISON=1 (the GPU runs),
+    and every element is checked finite, so a block that the new order skipped would fail either way."""
+    import dataclasses
+
+    B, H, H_kv, n_q, n_k, D = 2, 6, 3, 300, 517, head_dim
+    elem = "tf32" if dtype == np.float32 else "f16"
+    q, do = (rng.standard_normal((B, H, n_q, D)).astype(dtype) for _ in range(2))
+    k, v = (rng.standard_normal((B, H_kv, n_k, D)).astype(dtype) for _ in range(2))
+    dev = [to_device(a) for a in (q, k, v)]
+    ddo = to_device(do)
+    cu_q = np.array([0, 97, 300], np.int32)  # varlen: two sequences, 97 x 200 and 203 x 317
+    cu_k = np.array([0, 200, 517], np.int32)
+    pq, pk, pv, pdo = (to_device(np.ascontiguousarray(a[0].transpose(1, 0, 2))) for a in (q, k, v, do))
+    for causal, window in [(True, (-1, -1)), (False, (150, 40))]:
+        runs = {}
+        for longest in (False, True):
+            fwd = dataclasses.replace(default_tc_config(D, False, "forward", elem), longest_first=longest)
+            bwd = dataclasses.replace(default_tc_config(D, False, "backward", elem), longest_first=longest)
+            out, lse = nf.flash_attention(*dev, causal=causal, window_size=window, return_lse=True, config=fwd)
+            grads = nf.flash_attention_backward(ddo, *dev, out, lse, causal=causal, window_size=window, config=bwd)
+            vout, vlse = nf.flash_attention_varlen(pq, pk, pv, to_device(cu_q), to_device(cu_k), 203, 317,
+                                                   causal=causal, window_size=window, return_lse=True, config=fwd)
+            vgrads = nf.flash_attention_varlen_backward(pdo, pq, pk, pv, vout, vlse, to_device(cu_q), to_device(cu_k),
+                                                        203, 317, causal=causal, window_size=window, config=bwd)
+            runs[longest] = [to_host(a) for a in (out, lse, *grads, vout, vlse, *vgrads)]
+        names = ("out", "lse", "dq", "dk", "dv", "varlen out", "varlen lse", "varlen dq", "varlen dk", "varlen dv")
+        for name, a, b in zip(names, runs[False], runs[True]):
+            finite = np.isfinite(a) if "lse" not in name else ~np.isnan(a)  # (lse: -inf where a row sees no key)
+            assert finite.all() and np.array_equal(a, b), (name, causal, np.argwhere(a != b)[:5])
 
 
 @gpu_only
