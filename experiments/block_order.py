@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import heapq
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +70,42 @@ def model_rows(seqlen: int = 4096, tokens: int = 16384, hidden: int = 2048) -> l
     return rows
 
 
+_HEAD = re.compile(r"(\w+) B=(\d+) H=(\d+) N=(\d+) D=(\d+) causal=(True|False)")
+_LINE = re.compile(r"(forward|backward)\s+by head ([\d.]+) ms \(([\d.]+)x (\w+)\), longest first ([\d.]+) ms\s*"
+                   r"\(([\d.]+)x\), speedup ([\d.]+), outputs identical: (True|False), spread ([\d.]+)")
+
+
+def rows_from_log(text: str) -> list[dict]:
+    """The measured rows a run printed (its console log), for runs cut off before they saved their JSON;
+    rich may wrap a row's line, so the text is read with line breaks as spaces."""
+    rows = []
+    flat = " ".join(text.splitlines())
+    heads = [(m.start(), m) for m in _HEAD.finditer(flat)]
+    for m in _LINE.finditer(flat):
+        before = [h for pos, h in heads if pos < m.start()]
+        if not before:
+            continue
+        dtype, B, H, N, D, causal = before[-1].groups()
+        head = dict(dtype=dtype, B=int(B), H=int(H), N=int(N), D=int(D), causal=causal == "True")
+        pass_, by, by_r, sdpa, lf, lf_r, speed, same, spread = m.groups()
+        rows.append({**head, "pass_": pass_, "by_head_ms": float(by), "longest_first_ms": float(lf), "sdpa": sdpa,
+                     "by_head_vs_sdpa": float(by_r), "longest_first_vs_sdpa": float(lf_r),
+                     "longest_first_speedup": float(speed), "identical": same == "True", "spread": float(spread)})
+    return rows
+
+
+def tabulate(paths: list[Path]) -> list[dict]:
+    """Rows of block_order.json files and of console logs (``rows_from_log``), each with its source."""
+    rows = []
+    for path in paths:
+        if path.suffix == ".json":
+            found = json.loads(path.read_text())["rows"]
+        else:
+            found = rows_from_log(path.read_text())
+        rows += [{**r, "source": str(path)} for r in found]
+    return sorted(rows, key=lambda r: (r["pass_"], not r["causal"], r["D"], r["dtype"]))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="experiments/results/block_order")
@@ -80,6 +118,8 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=10, help="timed calls per round")
     p.add_argument("--lock", default=None, help="a file to lock around each timing")
     p.add_argument("--model-only", action="store_true", help="print the scheduling model and exit (no GPU)")
+    p.add_argument("--tabulate", nargs="+", type=Path, metavar="FILE",
+                   help="no measurement: one table of these block_order.json files and console logs, into --out")
     p.add_argument("--forward-config", action="append", default=[], metavar="BM,BN,STAGES,RPW[,flags]",
                    help="another forward config to time beside the two (TensorCoreConfig.parse; repeatable)")
     args = p.parse_args(argv)
@@ -126,9 +166,11 @@ def measure(args, torch, console) -> list[dict]:
                 elem = tc_elem(cq.dtype) if not bf16 else "bf16"
                 console.print(f"[bold]{dtype} B={B} H={H} N={N} D={D} causal={causal}[/bold]")
                 for pass_ in args.passes:
-                    cfg = default_tc_config(D, False, pass_, elem, unmasked=not causal)
+                    api_choice = default_tc_config(D, False, pass_, elem, unmasked=not causal, causal=causal)
+                    cfg = dataclasses.replace(api_choice, longest_first=False)
                     lf = dataclasses.replace(cfg, longest_first=True)
-                    base = dict(dtype=dtype, B=B, H=H, N=N, D=D, causal=causal, pass_=pass_, config=cfg.label())
+                    base = dict(dtype=dtype, B=B, H=H, N=N, D=D, causal=causal, pass_=pass_, config=cfg.label(),
+                                default=api_choice.label())
                     with shared(args.lock):
                         out, lse = nf.flash_attention(cq, ck, cv, causal=causal, return_lse=True, bfloat16=bf16)
 
@@ -197,6 +239,19 @@ def main(argv=None) -> int:
     from numba_flash import backend, results
 
     console = Console()
+    if args.tabulate:
+        rows = tabulate(args.tabulate)
+        cols = ["dtype", "D", "causal", "pass_", "by_head_vs_sdpa", "longest_first_vs_sdpa", "longest_first_speedup",
+                "spread", "identical", "source"]
+        body = ("Re-tabulated: the header's device is the machine that made this table; each row's source "
+                "(its run's log or JSON, and that call's gpu.txt) says where it was measured.\n\n"
+                + results.markdown_table(rows, cols))
+        paths = results.save(args.out, "block_order_all", {"args": {k: str(v) for k, v in vars(args).items()},
+                                                           "rows": rows}, body,
+                             title="Block order: the runs' rows in one table")
+        console.print(body)
+        console.print(f"wrote {paths[0]} and {paths[1]}")
+        return 0
     model = model_rows(args.seqlen)
     console.print(results.markdown_table(model, ["D", "block", "blocks_per_sm", "row_blocks", "pairs", "slots",
                                                  "by_head_over_ideal", "longest_first_over_ideal",

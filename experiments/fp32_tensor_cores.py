@@ -185,7 +185,7 @@ def run(args, torch, console) -> list[dict]:
                 return tf
 
             console.print(f"[bold]B={B} H={H} N={N} D={D} causal={causal}[/bold]")
-            tc = default_tc_config(D, False, "forward", "tf32")
+            tc = default_tc_config(D, False, "forward", "tf32", unmasked=not causal, causal=causal)  # the API's
             tc_bwd = default_tc_config(D, False, "backward", "tf32")
             portable_bwd = default_config(D, np.float32, "backward", simulator=False)
             timed("numba_flash", "forward", lambda: nf.flash_attention(cq, ck, cv, causal=causal, config=tc),

@@ -210,7 +210,7 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False,
     TensorCoreConfig :mod:`numba_flash.tune` stored for this problem (float16's entry serves
     bfloat16 too: same kernels, same instruction shapes; float32 has its own), else (and always
     with dropout: tuned configs are timed without it, and its random numbers need registers)
-    ``default_tc_config`` (``unmasked``: no band and no varlen, see there). Elsewhere the tuned
+    ``default_tc_config`` (``unmasked``: no band and no varlen; ``causal``; see there). Elsewhere the tuned
     BlockConfig, else ``default_config``. A TensorCoreConfig or a BlockConfig forces that kernel (an
     error, saying why, if the tensor-core one cannot run).
     """
@@ -224,7 +224,7 @@ def _pick(config, pass_, head_dim, dtype, causal, seqlen, arrays, dropout=False,
                            kind="tensor_core")
             if isinstance(tuned, TensorCoreConfig) and not tuned.problems(head_dim, pass_, elem):
                 return tuned
-        return default_tc_config(head_dim, dropout, pass_, elem, unmasked)
+        return default_tc_config(head_dim, dropout, pass_, elem, unmasked, bool(causal))
 
     if np.dtype(dtype) == _BF16_BITS:  # bfloat16: the tensor-core kernels are the only ones
         if config is not None and not isinstance(config, TensorCoreConfig):

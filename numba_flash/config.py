@@ -453,7 +453,7 @@ class TensorCoreConfig:
 
 
 def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forward", elem: str = "f16",
-                      unmasked: bool = False) -> TensorCoreConfig:
+                      unmasked: bool = False, causal: bool = False) -> TensorCoreConfig:
     """The tensor-core config used when ``config=None`` on the GPU: the fastest one measured
     (experiments/results/tc_sweep, reread-2026-11-24, session11-2026-11-25; N = 4096, float16). At D = 64
     (128, 64, 2, 32): 310 TFLOP/s (causal 290) against 272 (249) for (128, 32, 2, 32) on an H200, once
@@ -476,7 +476,15 @@ def default_tc_config(head_dim: int, dropout: bool = False, pass_: str = "forwar
     185 against 178; faster in every comparison, though by less than the run-to-run spread of one
     process; experiments/results/blocks-2026-11-24). At head_dim 128 the same was slower (198
     against 208). float32 (3xTF32) forward above head_dim 64: (64, 16, 2, 16) for 3 blocks per SM, 43
-    against 40 TFLOP/s for (64, 32, 2, 16) (whose shared memory allows 2)."""
+    against 40 TFLOP/s for (64, 32, 2, 16) (whose shared memory allows 2).
+    ``causal``: the forward without dropout starts its blocks longest first across heads (``longest_first``)
+    at head_dim > 64 and in float32, where that measured faster under the causal band (session 20, H200,
+    experiments/results/session20-2026-12-07: 16-bit head_dim 128 0.914x -> 0.983-0.989x of SDPA flash,
+    float32 1.03x at 128 and 1.07x at 64 over the default order); 16-bit at head_dim 64 measured 3-4 %
+    slower (fewer blocks of one head at a time share its K and V in L2), and so did every unmasked pass
+    (1-13 %). The backward keeps the default order (not measured under the causal band)."""
+    if pass_ == "forward" and causal and not dropout and (head_dim > 64 or elem == "tf32"):
+        return dataclasses.replace(default_tc_config(head_dim, dropout, pass_, elem, unmasked), longest_first=True)
     if pass_ == "backward":
         if elem == "tf32":  # float32 tiles hold twice the bytes, 3xTF32 needs split fragments: half the streamed rows
             return TensorCoreConfig(64, 32 if head_dim <= 64 and not dropout else 16, 2, 16)

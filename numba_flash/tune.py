@@ -906,7 +906,7 @@ def tune(batch: int, heads: int, seqlen_q: int, seqlen_k: int | None = None, hea
     seqlen = max(seqlen_q, seqlen_k)
     device = _current_device_name()
     if kind == "tensor_core":
-        default = default_tc_config(head_dim, False, pass_, elem, unmasked=not causal)  # what config=None runs
+        default = default_tc_config(head_dim, False, pass_, elem, unmasked=not causal, causal=causal)  # config=None's
     else:
         default = default_config(head_dim, dtype, pass_)
     cached = lookup(head_dim, dtype, causal, seqlen, pass_, kind=kind) if cache else None

@@ -262,3 +262,43 @@ def test_compare_chains_picks_the_fastest_variant_within_the_error_margin(tmp_pa
     assert json.loads((tmp_path / "out" / "chains.json").read_text())["pick"]["chain"] == 2
     assert (tmp_path / "out" / "chains.png").stat().st_size > 0  # matplotlib is in the test extra
     assert "(chains.png)" in (tmp_path / "out" / "chains.md").read_text()
+
+
+def test_block_order_model_and_tabulation(tmp_path, capsys):
+    """experiments/block_order.py: the scheduling model (greedy list scheduling) and the table of runs.
+
+    Model: with as many slots as (head, batch entry) pairs, longest first gives every slot one block of each
+    length, the ideal; by head, a slot takes a whole head, also the ideal (equal sums); with fewer slots than
+    blocks of one length the by-head order ends later; without a band (equal blocks) both orders tie. The
+    table reads a console log (rich wraps its lines) and a JSON file; without a GPU the script measures
+    nothing and says so."""
+    tool = load_experiment("block_order")
+    assert tool.makespan([3, 3, 2, 2], 2) == 5  # longest first: the ideal, 10 / 2
+    assert tool.makespan([3, 2, 2, 3], 2) == 6  # greedy, in order: a long block last ends later
+    assert tool.makespan([1, 1, 1, 3], 3) == 4
+    even = tool.schedule_model(4, 3, 3, overhead=0.0)
+    assert even["by_head_over_ideal"] == even["longest_first_over_ideal"] == 1.0
+    m = tool.schedule_model(32, 64, 264)
+    assert m["by_head_over_ideal"] > 1.1 > 1.02 > m["longest_first_over_ideal"] >= 1.0
+    flat = tool.schedule_model(32, 64, 264, causal=False)
+    assert flat["predicted_speedup"] == 1.0
+    log = ("float16 B=4 H=16 N=4096 D=128 causal=False\n"
+           "  forward   by head 1.708 ms (0.936x sdpa_flash), longest first 1.687 ms \n"
+           "(0.947x), speedup 1.012, outputs identical: True, spread 1.063\n"
+           "float16 B=4 H=16 N=4096 D=128 causal=True\n"
+           "  backward  by head 6.057 ms (0.792x sdpa_flash), longest first 6.270 ms (0.765x), speedup 0.966, "
+           "outputs identical: False, spread 1.038\nTraceback ...\n")
+    (tmp_path / "a.log").write_text(log)
+    (tmp_path / "b.json").write_text(json.dumps({"rows": [{"dtype": "bfloat16", "D": 64, "causal": True,
+                                                           "pass_": "forward", "longest_first_speedup": 1.5}]}))
+    rows = tool.tabulate([tmp_path / "a.log", tmp_path / "b.json"])
+    assert [(r["dtype"], r["causal"], r["pass_"]) for r in rows] == [
+        ("float16", True, "backward"), ("bfloat16", True, "forward"), ("float16", False, "forward")]
+    assert rows[0]["identical"] is False and rows[0]["by_head_ms"] == 6.057 and rows[0]["sdpa"] == "sdpa_flash"
+    assert rows[2]["longest_first_vs_sdpa"] == 0.947 and rows[2]["spread"] == 1.063 and rows[2]["D"] == 128
+    assert tool.main(["--tabulate", str(tmp_path / "a.log"), "--out", str(tmp_path / "out")]) == 0
+    assert "Re-tabulated" in (tmp_path / "out" / "block_order_all.md").read_text()
+    assert tool.main(["--out", str(tmp_path / "gpu")]) == 0  # the model, then no measurement off the GPU
+    assert "needs a CUDA GPU" in capsys.readouterr().out and not (tmp_path / "gpu").exists()
+    with pytest.raises(SystemExit):
+        tool.main(["--seqlen", "3000"])

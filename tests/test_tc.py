@@ -845,6 +845,23 @@ def test_default_forward_is_the_tensor_core_one_and_agrees_with_the_portable_one
     assert e_fast < 4e-3 and e_port < 4e-3, (e_fast, e_port)
 
 
+def test_causal_forward_default_starts_longest_first():
+    """Under the causal band the forward's default starts its blocks longest first across heads where that
+    measured faster (session 20): 16-bit above head_dim 64, float32 at every head_dim; not 16-bit at 64, not
+    with dropout, not the backward, not without the causal flag (a window alone, varlen); the same tiles."""
+    import dataclasses
+
+    for d, elem, want in [(128, "f16", True), (96, "bf16", True), (64, "f16", False), (32, "bf16", False),
+                          (64, "tf32", True), (128, "tf32", True), (8, "tf32", True)]:
+        plain = default_tc_config(d, elem=elem)
+        got = default_tc_config(d, elem=elem, causal=True)
+        assert got == dataclasses.replace(plain, longest_first=want) and not plain.longest_first, (d, elem)
+        assert default_tc_config(d, True, elem=elem, causal=True) == default_tc_config(d, True, elem=elem)
+        assert default_tc_config(d, pass_="backward", elem=elem, causal=True) == default_tc_config(
+            d, pass_="backward", elem=elem)
+    # (config=None hands the causal flag over: test_head_dim_128_forward_default_by_band_on_the_gpu)
+
+
 def test_head_dim_128_forward_default_follows_the_band():
     """Above head_dim 64 an unmasked 16-bit forward (no band, no varlen, no dropout) takes one block of
     8 warps with 64-key tiles; a band, dropout, float32 and head_dim <= 64 keep their defaults
@@ -880,8 +897,8 @@ def test_head_dim_128_forward_default_by_band_on_the_gpu(rng, monkeypatch, causa
     dev = [to_device(a) for a in (q, k, v)]
     out, lse = nf.flash_attention(*dev, causal=causal, window_size=window, return_lse=True)
     unmasked = not causal and window == (-1, -1)
-    assert used == [default_tc_config(D, unmasked=unmasked)]
-    assert (used[0].block_m == 256) == unmasked
+    assert used == [default_tc_config(D, unmasked=unmasked, causal=causal)]
+    assert (used[0].block_m == 256) == unmasked and used[0].longest_first == bool(causal)
     grads = nf.flash_attention_backward(to_device(do), *dev, out, lse, causal=causal, window_size=window)
     check_against_oracle(q, k, v, do, to_host(out), to_host(lse), [to_host(g) for g in grads], causal, window,
                          0.0, None)
