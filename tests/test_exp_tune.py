@@ -667,3 +667,16 @@ def test_tune_tensor_core_configs_on_the_gpu(pass_):
         assert t.registers is not None and t.registers > 0  # the dispatchers the API compiled
     assert result.best in (default, other) and not result.stored
     assert result.table().row_count == 2 and result.to_dict()["kind"] == "tensor_core"
+
+
+def test_tuning_without_the_band_skips_the_reorders():
+    """tune()'s grid: without the causal band the longest_first twins are skipped with the reason (nothing to
+    balance); under it they stay; BlockConfigs pass through either way."""
+    ok, skipped = tune_mod.enumerate_configs(128, "forward", kind="tensor_core", with_skipped=True)
+    kept, more = tune_mod._without_reorders(ok, skipped, causal=False)
+    assert kept == [c for c in ok if not c.longest_first] and len(kept) * 2 == len(ok)
+    assert more[:len(skipped)] == skipped and [c for c, _ in more[len(skipped):]] == [c for c in ok if c.longest_first]
+    assert all(why == [tune_mod.NO_BAND_NO_REORDER] for _, why in more[len(skipped):])
+    assert tune_mod._without_reorders(ok, skipped, causal=True) == (ok, skipped)
+    blocks = tune_mod.enumerate_configs(64, "forward")
+    assert tune_mod._without_reorders(blocks, [], causal=False) == (blocks, [])
