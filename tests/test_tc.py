@@ -1014,42 +1014,50 @@ def test_head_dim_128_varlen_backward_default_is_split_d(rng, causal):
 
 
 @gpu_only
+@pytest.mark.parametrize("varlen", [False, True], ids=["padded", "varlen"])
 @pytest.mark.parametrize("dtype, head_dim", [(np.float16, 128), (np.float16, 64), (np.float32, 128)],
                          ids=["float16-128", "float16-64", "float32-128"])
-def test_longest_first_gives_the_same_bits(rng, dtype, head_dim):
+def test_longest_first_gives_the_same_bits(rng, dtype, head_dim, varlen):
     """longest_first only changes which block owns which rows, and every block sums the same terms in the
     same order, so its outputs must equal the default order's bit for bit: the forward's out and lse and
     the backward's dq, dk, dv, with the API's default configs (at head_dim 128 in 16 bits the split_d dK/dV
     kernel, at 64 the 16-key one with the dQ kernel's launch bound, float32 3xTF32), causal and under a
     window, GQA with a (head, batch entry) count that is no power of two (6 x 2 forward and dQ, 3 x 2 dK/dV),
-    ragged sizes, padded and varlen. Outputs are NaN-poisoned under NUMBA_FLASH_POISON=1 (the GPU runs),
-    and every element is checked finite, so a block that the new order skipped would fail either way."""
+    ragged sizes; padded, or varlen (two sequences, 97 x 200 and 203 x 317 tokens). Outputs are NaN-poisoned
+    under NUMBA_FLASH_POISON=1 (the GPU runs), and every element is checked finite, so a block that the new
+    order skipped would fail either way. (padded and varlen are separate cases: each compiles 8 kernels,
+    30-70 s apiece on the device's CPUs; the float16-128 case with both took 548 s in session 20.)"""
     import dataclasses
 
     B, H, H_kv, n_q, n_k, D = 2, 6, 3, 300, 517, head_dim
     elem = "tf32" if dtype == np.float32 else "f16"
     q, do = (rng.standard_normal((B, H, n_q, D)).astype(dtype) for _ in range(2))
     k, v = (rng.standard_normal((B, H_kv, n_k, D)).astype(dtype) for _ in range(2))
-    dev = [to_device(a) for a in (q, k, v)]
-    ddo = to_device(do)
-    cu_q = np.array([0, 97, 300], np.int32)  # varlen: two sequences, 97 x 200 and 203 x 317
-    cu_k = np.array([0, 200, 517], np.int32)
-    pq, pk, pv, pdo = (to_device(np.ascontiguousarray(a[0].transpose(1, 0, 2))) for a in (q, k, v, do))
+    if varlen:
+        cu_q, cu_k = (to_device(np.array(c, np.int32)) for c in ([0, 97, 300], [0, 200, 517]))
+        pq, pk, pv, pdo = (to_device(np.ascontiguousarray(a[0].transpose(1, 0, 2))) for a in (q, k, v, do))
+
+        def both(causal, window, fwd, bwd):
+            kw = dict(causal=causal, window_size=window)
+            out, lse = nf.flash_attention_varlen(pq, pk, pv, cu_q, cu_k, 203, 317, return_lse=True, config=fwd, **kw)
+            return out, lse, *nf.flash_attention_varlen_backward(pdo, pq, pk, pv, out, lse, cu_q, cu_k, 203, 317,
+                                                                 config=bwd, **kw)
+    else:
+        dev = [to_device(a) for a in (q, k, v)]
+        ddo = to_device(do)
+
+        def both(causal, window, fwd, bwd):
+            out, lse = nf.flash_attention(*dev, causal=causal, window_size=window, return_lse=True, config=fwd)
+            return out, lse, *nf.flash_attention_backward(ddo, *dev, out, lse, causal=causal, window_size=window,
+                                                          config=bwd)
     for causal, window in [(True, (-1, -1)), (False, (150, 40))]:
         runs = {}
         for longest in (False, True):
             fwd = dataclasses.replace(default_tc_config(D, False, "forward", elem), longest_first=longest)
             bwd = dataclasses.replace(default_tc_config(D, False, "backward", elem), longest_first=longest)
-            out, lse = nf.flash_attention(*dev, causal=causal, window_size=window, return_lse=True, config=fwd)
-            grads = nf.flash_attention_backward(ddo, *dev, out, lse, causal=causal, window_size=window, config=bwd)
-            vout, vlse = nf.flash_attention_varlen(pq, pk, pv, to_device(cu_q), to_device(cu_k), 203, 317,
-                                                   causal=causal, window_size=window, return_lse=True, config=fwd)
-            vgrads = nf.flash_attention_varlen_backward(pdo, pq, pk, pv, vout, vlse, to_device(cu_q), to_device(cu_k),
-                                                        203, 317, causal=causal, window_size=window, config=bwd)
-            runs[longest] = [to_host(a) for a in (out, lse, *grads, vout, vlse, *vgrads)]
-        names = ("out", "lse", "dq", "dk", "dv", "varlen out", "varlen lse", "varlen dq", "varlen dk", "varlen dv")
-        for name, a, b in zip(names, runs[False], runs[True]):
-            finite = np.isfinite(a) if "lse" not in name else ~np.isnan(a)  # (lse: -inf where a row sees no key)
+            runs[longest] = [to_host(a) for a in both(causal, window, fwd, bwd)]
+        for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), runs[False], runs[True]):
+            finite = np.isfinite(a) if name != "lse" else ~np.isnan(a)  # (lse: -inf where a row sees no key)
             assert finite.all() and np.array_equal(a, b), (name, causal, np.argwhere(a != b)[:5])
 
 
