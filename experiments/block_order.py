@@ -12,7 +12,9 @@ makes the row block the slowest part of the index. Two halves:
   speed issue's shapes), forward and backward of the API's default config with and without
   ``longest_first`` and SDPA (FLASH_ATTENTION for 16-bit, EFFICIENT for float32) timed in rotating rounds
   (``timing.time_interleaved``); the two orders' outputs compared bit for bit (each block does the same
-  sums whichever order it starts in); the kernels' resident blocks per SM (``launch.occupancy``).
+  sums whichever order it starts in); the kernels' resident blocks per SM (``launch.occupancy``). The JSON and
+  Markdown are rewritten after every row, so a run cut off keeps what it measured (session 20's were cut while
+  compiling and left only their logs: ``--tabulate`` reads those).
 
     python experiments/block_order.py --model-only
     bash .gpu/env.sh python experiments/block_order.py --out $OUT/block_order --dtype float16 --head-dims 128
@@ -137,7 +139,8 @@ def parse_args(argv=None):
     return args
 
 
-def measure(args, torch, console) -> list[dict]:
+def measure(args, torch, console, on_row=None) -> list[dict]:
+    """The measured rows; ``on_row(rows)`` after each (the script saves them: a run cut off keeps what it had)."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -220,6 +223,8 @@ def measure(args, torch, console) -> list[dict]:
                            "blocks_per_sm": blocks,
                            "others_vs_sdpa": {c.label(): ms[sdpa_name] / ms[c.label()] for c in others}}
                     rows.append(row)
+                    if on_row is not None:
+                        on_row(rows)
                     console.print(f"  {pass_:9s} by head {ms['by_head']:.3f} ms ({row['by_head_vs_sdpa']:.3f}x "
                                   f"{sdpa_name}), longest first {ms['longest_first']:.3f} ms "
                                   f"({row['longest_first_vs_sdpa']:.3f}x), speedup {row['longest_first_speedup']:.3f}, "
@@ -266,13 +271,17 @@ def main(argv=None) -> int:
     except ImportError:
         print("skipped the measurement: needs PyTorch for SDPA")
         return 0
-    rows = measure(args, torch, console)
     cols = ["dtype", "D", "causal", "pass_", "config", "by_head_vs_sdpa", "longest_first_vs_sdpa",
             "longest_first_speedup", "spread", "identical", "blocks_per_sm", "others_vs_sdpa"]
-    body = ("## Measured\n\n" + results.markdown_table(rows, cols) + "\n\n## Model (greedy list scheduling)\n\n"
-            + results.markdown_table(model))
-    paths = results.save(args.out, "block_order", {"args": vars(args), "rows": rows, "model": model}, body,
-                         title="Block order: longest first across heads against by head")
+
+    def save(rows):  # after every row
+        body = ("## Measured\n\n" + results.markdown_table(rows, cols) + "\n\n## Model (greedy list scheduling)\n\n"
+                + results.markdown_table(model))
+        return results.save(args.out, "block_order", {"args": vars(args), "rows": rows, "model": model}, body,
+                            title="Block order: longest first across heads against by head")
+
+    rows = measure(args, torch, console, on_row=save)
+    paths = save(rows)
     console.print(f"wrote {paths[0]} and {paths[1]}")
     return 0 if all(r["identical"] for r in rows) else 1
 
