@@ -9,8 +9,8 @@ a float32 dQ in HBM, N / block_m atomic adds per dQ element, and dQ's sums in ar
 Per shape, dtype and causal flag, in one process on one GPU, CUDA events (median):
 
 * backward-only and forward+backward TFLOP/s of numba_flash with the deterministic default backward
-  config and each ``--bwd-config`` (``BM,BN,STAGES,16[,atomic][,reread][,bK]``, ``TensorCoreConfig.parse``), and of SDPA's FLASH_ATTENTION
-  backend (its backward: atomic dQ too);
+  config and each ``--bwd-config`` (``BM,BN,STAGES,16[,atomic][,reread][,split][,longest][,bK]``,
+  ``TensorCoreConfig.parse``), and of SDPA's FLASH_ATTENTION backend (its backward: atomic dQ too);
 * error of dq, dk, dv against float64 (torch's MATH backend on the first batch entry), max |x - ref|
   / max |ref|, for the deterministic default, each ``--bwd-config`` and SDPA flash, and the default's
   over SDPA's (``dq_ratio``...: <= 1 meets the speed issue's error target);
@@ -83,7 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", action="append", choices=("float16", "bfloat16", "float32"),
                    help="default float16; float32 runs the 3xTF32 kernels against SDPA's EFFICIENT backend")
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
-    p.add_argument("--bwd-config", action="append", type=_config, metavar="BM,BN,STAGES,16[,atomic][,reread][,bK]",
+    p.add_argument("--bwd-config", action="append", type=_config,
+                   metavar="BM,BN,STAGES,16[,atomic][,reread][,split][,longest][,bK]",
                    help=f"backward TensorCoreConfigs besides the default (default per head_dim: {DEFAULT_BWD_CONFIGS})")
     p.add_argument("--default-only", action="store_true",
                    help="without --bwd-config: only the default backward config against SDPA (fewer compiles)")

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--configs", nargs="*", default=None, type=_config,
-                        help="TensorCoreConfigs: BM,BN,STAGES,ROWS_PER_WARP[,reread][,bK] ...")
+                        help="TensorCoreConfigs: BM,BN,STAGES,ROWS_PER_WARP[,reread][,longest][,bK] ...")
     parser.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     parser.add_argument("--lock", default=None, help="a file to lock around each timing")
     parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")

@@ -1078,7 +1078,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check-seqlen", type=int, default=1024,
                         help="tokens of the reduced problem checked against the float64 oracle")
     parser.add_argument("--config", dest="configs", action="append", default=None,
-                        metavar="BM,BN,THREADS|BM,BN,STAGES,ROWS_PER_WARP[,atomic][,reread][,split][,bK]",
+                        metavar="BM,BN,THREADS|BM,BN,STAGES,ROWS_PER_WARP[,atomic][,reread][,split][,longest][,bK]",
                         help="try only these configs (repeatable): 3 numbers for a BlockConfig; 4 numbers and "
                              "any flags for a TensorCoreConfig (TensorCoreConfig.parse: e.g. 128,64,2,16,split)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the tuning cache")
