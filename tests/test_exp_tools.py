@@ -278,6 +278,8 @@ def test_block_order_model_and_tabulation(tmp_path, capsys):
     assert tool.makespan([1, 1, 1, 3], 3) == 4
     even = tool.schedule_model(4, 3, 3, overhead=0.0)
     assert even["by_head_over_ideal"] == even["longest_first_over_ideal"] == 1.0
+    assert even["paired_over_ideal"] == 1.0  # rows 0 + 3, 1 + 2: 5 tiles each, two waves of three
+    assert tool.schedule_model(5, 1, 3, overhead=0.0)["paired_over_ideal"] == 6 / 5  # 5 + 1, 4 + 2, 3 alone
     m = tool.schedule_model(32, 64, 264)
     assert m["by_head_over_ideal"] > 1.1 > 1.02 > m["longest_first_over_ideal"] >= 1.0
     flat = tool.schedule_model(32, 64, 264, causal=False)
