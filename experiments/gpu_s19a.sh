@@ -6,6 +6,7 @@
 #   poisoned, WORKERS processes, TEST_S seconds.
 # Run: bash .gpu/env.sh bash experiments/gpu_s19a.sh   ($OUT: the device tool's output folder)
 export PYTHONUNBUFFERED=1
+. experiments/gpu_parts.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv > $OUT/gpu.txt
 python -c "import numba, numba_cuda, cupy, torch; print('numba', numba.__version__, 'numba-cuda', numba_cuda.__version__, \
 'cupy', cupy.__version__, 'torch', torch.__version__); from numba_flash import config; \
@@ -13,17 +14,9 @@ print('chains', config.TF32_CHAIN, config.TF32_PV_CHAIN)" >> $OUT/gpu.txt 2>&1
 NUMBA_FLASH_COMPILE_REPORTS=$OUT/compile_gpu.jsonl timeout -s INT ${TEST_S:-540} python -m pytest -v -p no:cacheprovider \
   -p no:randomly -n 3 --tb=short -rf tests/test_tc.py -k "float32_tensor_core_backward_compiles or \
 float32_tensor_core_forward_compiles or chains_leave" > $OUT/compile.log 2>&1 &
-grep -v '^#' ${TESTS:-experiments/gpu_s19_f32_tests.txt} > /tmp/tests.txt
-IFS=$'\n'
-HYPOTHESIS_PROFILE=gpu NUMBA_FLASH_POISON=1 timeout -s INT ${TEST_S:-540} python -m pytest -v -p no:cacheprovider \
-  -p no:randomly -n ${WORKERS:-10} --tb=short -rf --junitxml=$OUT/junit.xml --durations=30 \
-  $(cat /tmp/tests.txt) > $OUT/tests.log 2>&1 &
-unset IFS
+gpu_tests ${TESTS:-experiments/gpu_s19_f32_tests.txt} ${TEST_S:-540} ${WORKERS:-10}
 wait
 nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw --format=csv,noheader >> $OUT/gpu.txt
 cat $OUT/gpu.txt
 echo "== compile"; grep -E "PASSED|FAILED|^E " $OUT/compile.log | cut -c1-250 | head -20; cat $OUT/compile_gpu.jsonl
-echo "== tests"
-grep -oE "(PASSED|FAILED|SKIPPED|ERROR) tests/[^ ]+" $OUT/tests.log | awk '{print $1}' | sort | uniq -c
-tail -2 $OUT/tests.log; grep -oE "FAILED tests/[^ ]+" $OUT/tests.log | sort -u | head -20
-grep -E "^E " $OUT/tests.log | head -30
+report_tests

@@ -11,6 +11,7 @@
 # head_dim 64 and 128, and the GPU tests of experiments/gpu_s19_f32_tests.txt (GPU profile, poisoned outputs).
 # Run: bash .gpu/env.sh bash experiments/gpu_s20b.sh   ($OUT: the device tool's output folder)
 export PYTHONUNBUFFERED=1
+. experiments/gpu_parts.sh
 START=$(date +%s); T=${TIME_S:-550}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv > $OUT/gpu.txt
 python -c "import numba, numba_cuda, cupy, torch; print('numba', numba.__version__, 'numba-cuda', numba_cuda.__version__, \
@@ -34,18 +35,8 @@ done
 wait $PIDS
 LEFT=$(( T - ($(date +%s) - START) )); echo "phase 2: $LEFT s left" >> $OUT/gpu.txt
 if [ $LEFT -gt 60 ]; then
-  for d in 64 128; do
-    timeout -s INT $LEFT compute-sanitizer --tool racecheck --racecheck-report all python \
-      experiments/sanitize_tc.py --float32-only --head-dim $d > $W/racecheck-$d.log 2>&1 &
-    timeout -s INT $LEFT compute-sanitizer --tool memcheck --report-api-errors no python \
-      experiments/sanitize_tc.py --float32-only --head-dim $d > $W/memcheck-$d.log 2>&1 &
-  done
-  grep -v '^#' experiments/gpu_s19_f32_tests.txt > /tmp/tests.txt
-  IFS=$'\n'
-  HYPOTHESIS_PROFILE=gpu NUMBA_FLASH_POISON=1 timeout -s INT $LEFT python -m pytest -v -p no:cacheprovider \
-    -p no:randomly -n 8 --tb=short -rf --junitxml=$OUT/junit.xml --durations=30 $(cat /tmp/tests.txt) \
-    > $OUT/tests.log 2>&1 &
-  unset IFS
+  sanitize_float32 $LEFT $W
+  gpu_tests experiments/gpu_s19_f32_tests.txt $LEFT 8
 fi
 wait
 nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw --format=csv,noheader >> $OUT/gpu.txt
@@ -53,6 +44,5 @@ cat $OUT/gpu.txt
 echo "== bits"; grep -E "PASSED|FAILED|ERROR|^E " $W/bits.log | cut -c1-250 | head -20; tail -1 $W/bits.log
 for f in $W/float*.log $W/bfloat*.log; do echo "== $f"; grep -vE "^\|" $f | grep -E "causal=|forward|backward|rror|differ" | cut -c1-260; done
 echo "== compile"; grep -E "PASSED|FAILED|^E " $W/compile.log | cut -c1-250 | head -20; cat $OUT/compile_gpu.jsonl | cut -c1-400
-for f in $W/racecheck-*.log $W/memcheck-*.log; do echo "== $f"; grep -E "float32|ERROR SUMMARY|RACECHECK SUMMARY|rror" $f | head -5; done
-echo "== tests"; grep -oE "(PASSED|FAILED|SKIPPED|ERROR) tests/[^ ]+" $OUT/tests.log | awk '{print $1}' | sort | uniq -c
-tail -2 $OUT/tests.log; grep -oE "FAILED tests/[^ ]+" $OUT/tests.log | sort -u | head -20; grep -E "^E " $OUT/tests.log | head -20
+report_sanitizer $W
+report_tests
