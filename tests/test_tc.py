@@ -510,15 +510,12 @@ def test_tensor_core_config_longest_first():
 
 
 def test_block_coords_visit_every_block_once_longest_first():
-    """``block_coords`` on the simulator (it is plain device code): over a (5, 3, 2) grid each (row block,
+    """``block_coords`` (plain device code: the simulator runs it too): over a (5, 3, 2) grid each (row block,
     head, batch entry) comes out exactly once; by default block (x, y, z) owns row block x (reversed:
     gridDim.x - 1 - x); with longest_first the row blocks follow the linear index x + 5 (y + 3 z) slowest,
     so the first 6 blocks to start own row block 0 (reversed: 4), one per (head, batch entry) pair."""
-    from numba_flash import backend
     from numba_flash.masking import block_coords
 
-    if backend.BACKEND == backend.GPU:
-        pytest.skip("the simulator's twin of the GPU runs; on the GPU the kernels' tests cover the orders")
     nx, ny, nz = 5, 3, 2
     for longest in (False, True):
         for reverse in (False, True):
@@ -530,8 +527,9 @@ def test_block_coords_visit_every_block_once_longest_first():
                 lin = cuda.blockIdx.x + nx * (cuda.blockIdx.y + ny * cuda.blockIdx.z)
                 out[lin, 0], out[lin, 1], out[lin, 2] = x, y, z
 
-            out = np.full((nx * ny * nz, 3), -1, np.int64)
-            where[(nx, ny, nz), 1](out)
+            dev = to_device(np.full((nx * ny * nz, 3), -1, np.int64))
+            where[(nx, ny, nz), 1](dev)
+            out = to_host(dev)
             assert sorted(map(tuple, out)) == [(x, y, z) for x in range(nx) for y in range(ny) for z in range(nz)]
             first = out[:ny * nz, 0]  # the row blocks of the first ny * nz blocks to start
             want = (np.full(ny * nz, nx - 1 if reverse else 0) if longest
@@ -1030,7 +1028,7 @@ def test_longest_first_gives_the_same_bits(rng, dtype, head_dim, varlen):
     import dataclasses
 
     B, H, H_kv, n_q, n_k, D = 2, 6, 3, 300, 517, head_dim
-    elem = "tf32" if dtype == np.float32 else "f16"
+    elem = config.tc_elem(dtype)
     q, do = (rng.standard_normal((B, H, n_q, D)).astype(dtype) for _ in range(2))
     k, v = (rng.standard_normal((B, H_kv, n_k, D)).astype(dtype) for _ in range(2))
     if varlen:
