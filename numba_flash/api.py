@@ -355,8 +355,9 @@ def _forward_plan(inputs, n_seq, max_q, varlen, group, scale, cfg, opts, lse_sha
 
 def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts, view) -> Plan:
     """The backward's plan; inputs ``(dout, q, k, v, out, lse)`` (+ ``cu_q, cu_k``); outputs delta
-    (the rows' dout . out, a scratch array), dq, dk, dv, and with ``atomic_dq`` the float32 dQ the
-    dK/dV kernel adds into (scratch, zeroed by the delta kernel, scaled into dq at the end)."""
+    (the rows' dout . out, a scratch array), dq, dk, dv, and with ``atomic_dq`` on 16-bit data the
+    float32 dQ the dK/dV kernel adds into (scratch, zeroed by the delta kernel, scaled into dq at the
+    end; float32 dq is itself that dQ: zeroed, and added into already scaled)."""
     p, seed, band_args = opts
     dout, q, k, v, out, lse = inputs[:6]
     plan = _new_plan(inputs, p, seed)
@@ -367,6 +368,7 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     dq, dk, dv = plan.output(q.shape, q.dtype), plan.output(k.shape, k.dtype), plan.output(v.shape, v.dtype)
     tc = isinstance(cfg, TensorCoreConfig)
     atomic = tc and cfg.atomic_dq
+    into_dq = False
     dout_, q_, k_, v_, out_, lse_ = (plan.inp(i, view) for i in range(6))
     dropout = p > 0.0
     if tc:
@@ -377,7 +379,9 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
         # dK/dV blocks own block_m keys, dQ blocks block_m queries (TensorCoreConfig's docstring). The
         # dK/dV kernel takes a float32 dQ to add into (a placeholder without atomic_dq).
         elem = tc_elem(q.dtype)
-        dq_acc = plan.out(plan.output(q.shape, np.float32), view) if atomic else _placeholder((1, 1, 1, 1), np.float32)
+        into_dq = atomic and elem == "tf32"
+        dq_acc = (plan.out(dq, view) if into_dq else plan.out(plan.output(q.shape, np.float32), view) if atomic
+                  else _placeholder((1, 1, 1, 1), np.float32))
         row_grid = (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B)
         plan.launch(tc_delta_kernel(D, elem, atomic), row_grid, 128, dout_, out_, plan.out(delta, view),
                     *((dq_acc,) if atomic else ()))
@@ -395,7 +399,7 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     tail = (np.float32(scale), group, *_tail(plan, p, band_args))
     plan.launch(dkdv, dkdv_grid, cfg.num_threads, *common, plan.out(dk, view), plan.out(dv, view),
                 *((dq_acc,) if tc else ()), *cu, *tail, shared=shared[0])
-    if atomic:  # dq = scale * dq_acc, in q's dtype
+    if atomic and not into_dq:  # dq = scale * dq_acc, in q's dtype
         plan.launch(tc_dq_convert_kernel(D, elem), row_grid, 128, dq_acc, plan.out(dq, view), np.float32(scale))
     else:
         plan.launch(dqk, (_cdiv(max_q, cfg.block_m), H, n_seq), cfg.num_threads, *common, plan.out(dq, view), *cu,

@@ -203,11 +203,13 @@ def tc_row_halves(head_dim: int) -> int:
     return -(-head_dim // 16) * 16 + 8
 
 
-def tc_ds_row_bytes(queries: int) -> int:
-    """Bytes per shared row of the atomic-dQ backward's 16-bit dS^T tile (a key's ``queries`` values):
+def tc_ds_row_bytes(queries: int, elem: str = "f16") -> int:
+    """Bytes per shared row of the atomic-dQ backward's dS^T tile (a key's ``queries`` values): 16-bit,
     + 16 bytes, so that the 8 rows an ldmatrix reads and the 8 rows a warp's stores hit fall in
-    different banks."""
-    return 2 * queries + 16
+    different banks. float32 (``"tf32"``): + 4 words, so that ``queries + 4`` words is 4 more than a
+    multiple of 16 and the 32 scalar reads of a dS A fragment (key rows 2t, 2t + 1, query columns g,
+    g + 8) fall in 32 different banks."""
+    return 4 * queries + 16 if elem == "tf32" else 2 * queries + 16
 
 
 # float32 (3xTF32) dK/dV at head_dim <= TF32_SUMS_MAX_D: two-level sums. A lane's dK and dV sums in
@@ -267,11 +269,12 @@ class TensorCoreConfig:
     only) every fragment read from shared memory feeds two mma instead of one (half the
     shared-memory traffic per flop) at the price of twice the accumulator registers.
 
-    ``atomic_dq`` (backward, 16-bit data): the dK/dV kernel also adds each tile's dS K into a
-    float32 dQ with atomic adds, as FlashAttention-2 does, instead of a separate dQ kernel that
-    recomputes S and dP: 5 matrix products instead of 7, but dQ's sums then run in whatever order
-    the blocks reach them, so repeated calls may differ in dQ's last bits (dK and dV stay
-    deterministic). The forward ignores it.
+    ``atomic_dq`` (backward): the dK/dV kernel also adds each tile's dS K into a float32 dQ with
+    atomic adds, as FlashAttention-2 does, instead of a separate dQ kernel that recomputes S and dP:
+    5 matrix products instead of 7, but dQ's sums then run in whatever order the blocks reach them,
+    so repeated calls may differ in dQ's last bits (dK and dV stay deterministic). 16-bit data: into
+    a float32 scratch dQ, rounded into dq by a last kernel; float32 (3xTF32, where each product costs
+    three mma and the float32 adds) straight into dq. The forward ignores it.
 
     ``reread_q`` (forward and dQ kernels, 16-bit data): read the owned queries' fragments (Q, and dO
     in dQ) from shared memory again for every key tile, as FlashAttention-2 does, instead of holding
@@ -366,11 +369,13 @@ class TensorCoreConfig:
         row = tc_row_bytes(head_dim, elem)
         if kernel == "dq":  # Q, dO | K, V stages
             return row * (2 * self.block_m + 2 * self.stages * self.block_n)
-        # lse, delta (float32) and Q, dO of each stage | K, V | with atomic_dq: a 16-bit dS^T tile; with
-        # split_d: 16-bit P^T and dS^T tiles; float32 at head_dim <= 64: the second-level dK, dV sums
+        # lse, delta (float32) and Q, dO of each stage | K, V | with atomic_dq: a dS^T tile of elem (16-bit,
+        # or float32); with split_d: 16-bit P^T and dS^T tiles; float32 at head_dim <= 64: the second-level
+        # dK, dV sums
         tiles = 2 if self.split_d else 1 if self.atomic_dq else 0
         return (self.stages * 8 * self.block_n + row * (2 * self.block_m + 2 * self.stages * self.block_n)
-                + tiles * self.block_m * tc_ds_row_bytes(self.block_n) + tf32_sums_bytes(head_dim, self.num_threads, elem))
+                + tiles * self.block_m * tc_ds_row_bytes(self.block_n, elem)
+                + tf32_sums_bytes(head_dim, self.num_threads, elem))
 
     def problems(self, head_dim: int, pass_: str = "forward", elem: str = "f16") -> list[str]:
         """What stops this config from running the tensor-core ``pass_`` at ``head_dim`` on ``elem``
@@ -381,8 +386,6 @@ class TensorCoreConfig:
                        f"head_dim must be at most {TC_MAX_HEAD_DIM}, got {head_dim}")
         if pass_ == "backward" and self.rows_per_warp != 16:
             out.append(f"the tensor-core backward takes rows_per_warp=16, got {self.rows_per_warp}")
-        if pass_ == "backward" and self.atomic_dq and elem == "tf32":
-            out.append("atomic_dq: the float32 (3xTF32) backward has no atomic dQ; pass atomic_dq=False")
         if pass_ == "backward" and self.split_d:
             if elem == "tf32":
                 out.append("split_d: the float32 (3xTF32) backward has no split_d layout; pass split_d=False")

@@ -270,6 +270,15 @@ def st_shared_f32(typingctx, addr, value):
 
 
 @intrinsic
+def st_shared_f32x2(typingctx, addr, lo, hi):
+    """Store two float32 at shared-window address ``addr`` (uint32, 8-byte aligned), ``lo`` first."""
+    if not _is((addr, lo, hi), [_U32, _F32, _F32]):
+        return None
+    return _asm(types.void, [_U32, _F32, _F32], "st.shared.v2.f32 [$0], {$1, $2};", "r,f,f", side_effect=True,
+                actual=(addr, lo, hi))
+
+
+@intrinsic
 def red_add_f32x2(typingctx, addr, lo, hi):
     """Atomically add two float32 to the two at global address ``addr`` (uint64, 8-byte aligned), ``lo``
     first: one vector reduction (``red.global.add.v2.f32``, sm_90), no value returned."""

@@ -15,10 +15,12 @@ fragment (16-bit data). Two kernels, each gradient owned by exactly one block (n
 * ``dq``: a block owns ``config.block_m`` queries and streams key tiles of ``config.block_n``:
   S = Q K^T, dP = dO V^T, dS = P (Z dP - delta), dQ += dS K.
 
-With ``config.atomic_dq`` (16-bit) the dkdv kernel also does dQ, as FlashAttention-2 does: dS^T goes to
+With ``config.atomic_dq`` the dkdv kernel also does dQ, as FlashAttention-2 does: dS^T goes to
 shared memory and the block's warps add dS K into a float32 dQ with vector atomics (5 products instead
-of 7; measured slower on the H100: README, experiments/results/atomic_dq-2026-11-24); the delta
-kernel zeroes that dQ and ``tc_dq_convert_kernel`` scales it into dq.
+of 7). 16-bit: measured slower on the H100 (README, experiments/results/atomic_dq-2026-11-24); the delta
+kernel zeroes a float32 scratch dQ and ``tc_dq_convert_kernel`` scales it into dq. float32 (3xTF32, where
+the two products saved cost three mma and the float32 adds each): the blocks add scale dS K straight into
+dq, which the delta kernel zeroes.
 
 ``lse`` and ``delta`` of a query tile travel with it (4-byte ``cp.async``); a query with
 ``lse = -inf`` (it saw no key) gets P = 0. Query rows past the sequence are zero-filled (Q, dO,
@@ -56,7 +58,7 @@ from .masking import band_columns, band_queries, block_coords, in_band, key_span
 from .ptx import (cp_async4, cp_async_commit, cp_async_wait_all, cp_async_wait_one, ex2, f32_from_bits,
                   ld_shared_f32, ldmatrix_x4, ldmatrix_x4_trans, mma_16816_bf16, mma_16816_f16,
                   pack_bf16x2, pack_f16x2, red_add_f32x2, shared_address, split_tf32, st_global_f32x2,
-                  st_global_u32, st_shared_f32, st_shared_u32)
+                  st_global_u32, st_shared_f32, st_shared_f32x2, st_shared_u32)
 from .tc_forward import (LOG2E, NEG_INF, a_from_c_3xtf32, chain_flags, keep_scale, keyed_by_chains, masked,
                          mma_3xtf32_add, mma_3xtf32_chain, mma_3xtf32_chain_x2, row_address, tc_jit, tile_copier)
 from .unroll import static_range, unrolled
@@ -293,7 +295,8 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     shared memory. Signature as :func:`numba_flash.backward.dkdv_kernel` (q, k, v, dout, dk, dv of
     ``elem``: 16-bit, or float32 multiplied as 3xTF32) with ``dq_acc`` after dv: with
     ``config.atomic_dq`` the float32 dQ (shaped as q, zeroed beforehand) that each block adds its
-    unscaled dS K to; otherwise unused (any float32 4-D array). With ``config.split_d``: the kernel
+    dS K to (16-bit: unscaled, into a scratch array; float32: times ``scale``, into dq itself);
+    otherwise unused (any float32 4-D array). With ``config.split_d``: the kernel
     of :mod:`numba_flash.tc_dkdv_split` (FlashAttention-2's warp layout)."""
     if config.split_d:
         from .tc_dkdv_split import tc_dkdv_split_kernel
@@ -325,12 +328,11 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     SK = STAGES * ROWS_BYTES  # byte offsets in shared memory: rows | K | V | Q stages | dO stages
     SQ = SK + 2 * KV_BYTES
     SDO = SQ + STAGES * TILE_BYTES
-    # atomic_dq: dS^T (16-bit, keys x queries) goes to shared memory at SDS, then the block's warps
-    # split dQ's tile (BLOCK_M queries x D) into units of 16 queries x 16 columns, UPW per warp,
-    # each a sum over the block's keys (one k-step per warp's 16 keys).
+    # atomic_dq: dS^T (keys x queries, of elem) goes to shared memory at SDS, then the block's warps
+    # split dQ's tile (BLOCK_M queries x D) into units of 16 queries x 16 columns (float32: x 8), UPW per
+    # warp, each a sum over the block's keys (16-bit: one k-step per warp's 16 keys; float32: 8 keys a k-step).
     ATOMIC = config.atomic_dq
-    DS_ROW = tc_ds_row_bytes(BLOCK_M)
-    SDS = SDO + STAGES * TILE_BYTES
+    DS_ROW = tc_ds_row_bytes(BLOCK_M, elem)
     # float32 at head_dim <= 64: two-level dK, dV sums (config.TF32_SUMS_KSTEPS): every FLUSH query tiles
     # each lane adds its register sums to its own float32 slots at SSUM (dV's O_REGS, then dK's, each
     # value's 32 lanes side by side: conflict-free, and no barrier since no lane reads another's) and
@@ -344,21 +346,21 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
     SUMS = tf32_sums_bytes(D, NUM_THREADS, elem) > 0
     GSUMS = TF32 and not SUMS
     FLUSH = max(TF32_SUMS_KSTEPS // (BLOCK_M // 8), 1)
-    SSUM = SDO + STAGES * TILE_BYTES  # (atomic dQ, whose tile would lie here, has no float32 kernel)
+    SSUM = SDO + STAGES * TILE_BYTES
+    SDS = SSUM + tf32_sums_bytes(D, NUM_THREADS, elem)  # (16-bit: no sums)
     NW = BLOCK_N // 16
-    NP = max(DT // 2, 1)  # (16-bit: DT is even; float32 at head_dim 8 has DT = 1, and no atomic dQ)
+    NP = DT if TF32 else DT // 2  # a 16-query row of dQ's units (16-bit: DT is even)
     UNITS = (BLOCK_M // 16) * NP
     UPW = -(-UNITS // NW)
-    ACC_REGS = 8 * UPW
+    ACC_REGS = (4 if TF32 else 8) * UPW
     SHARED_A = NP % UPW == 0 and UNITS % NW == 0  # a warp's units lie in one m-tile
+    KQ = BLOCK_N // 8  # float32: k-steps of dQ += dS K over the block's keys, chained per config.TF32_PV_CHAIN
+    QFIRST, QLAST = chain_flags(KQ, config_module.TF32_PV_CHAIN)
     DROPOUT = dropout
     sequence = sequence_bounds(varlen)
     coords = block_coords(config.longest_first, False)
     load_tile, tile_iters = tile_copier(D, NUM_THREADS, elem)
     KV_ITERS, Q_ITERS = tile_iters(BLOCK_N), tile_iters(BLOCK_M)
-    if ATOMIC and TF32:
-        raise ValueError("atomic_dq: the float32 (3xTF32) backward has no atomic dQ")
-
     fetch, arrive = query_tile_fetcher(BLOCK_M, NUM_THREADS, SQ, SDO, TILE_BYTES, COUNTERS, load_tile, Q_ITERS, STAGES)
 
     def kernel(q, k, v, dout, lse, delta, dk, dv, dq_acc, cu_q, cu_k, scale, group, left, right, seed_lo, seed_hi,
@@ -424,6 +426,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
         t_lane = ((lane % 8) + 8 * ((lane // 8) % 2)) * ROW_B + 16 * (lane // 16)
         f_lane = 2 * t * ROW_B + 4 * g
         ds_lane = ((lane % 8) + 8 * (lane // 16)) * DS_ROW + 16 * ((lane // 8) % 2)  # dS^T read as dS's A
+        ds_lane_t = 2 * t * DS_ROW + 4 * g  # float32: its key row 2t, query column g (k = t; 2t + 1 is k = t + 4)
 
         h = hk * group  # query head and first row of this tile
         m0 = m_start
@@ -528,6 +531,12 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                             dpt[e] = p * (dp - dl)
                             st[e] = p
 
+            if ATOMIC and TF32:  # dS^T for dQ below, as the 16-bit one (float32, 2 values per store)
+                for j in static_range(NT):
+                    for r in static_range(2):
+                        st_shared_f32x2(sdS + uint32((warp * 16 + g + 8 * r) * DS_ROW + (8 * j + 2 * t) * 4),
+                                        dpt[4 * j + 2 * r], dpt[4 * j + 2 * r + 1])
+
             # dV += (Z P^T) dO and dK += dS^T Q over this tile's queries (the k dimension here).
             if TF32:
                 # 8 queries per k-step (as P in the forward's P V; tile_product_3xtf32).
@@ -563,7 +572,43 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     dk_acc[j + 4], dk_acc[j + 5], dk_acc[j + 6], dk_acc[j + 7] = mma(
                         dst_[4 * kk], dst_[4 * kk + 1], dst_[4 * kk + 2], dst_[4 * kk + 3], b2, b3,
                         dk_acc[j + 4], dk_acc[j + 5], dk_acc[j + 6], dk_acc[j + 7])
-            if ATOMIC:
+            if ATOMIC and TF32:
+                # dQ[m0:, :] += scale dS K over this block's keys, 3xTF32, straight into dq (float32, zeroed by
+                # the delta kernel). A = dS: scalar reads of the dS^T tile that every warp wrote, its key
+                # rows 2t, 2t + 1 taken as k = t, t + 4 (conflict-free: tc_ds_row_bytes), to match B = K's rows
+                # 2t, 2t + 1 read as in dQ += dS K of the dQ kernel. Each unit (16 queries x 8 columns) is
+                # one chain of k-steps per config.TF32_PV_CHAIN; the warp's units advance together.
+                cuda.syncthreads()
+                dqa = row_address(dq_acc, ab, h, q_off + m0)
+                qacc = cuda.local.array(ACC_REGS, float32)
+                qg = cuda.local.array(ACC_REGS, float32)
+                for e in static_range(ACC_REGS):
+                    qacc[e] = float32(0.0)
+                for kk in static_range(KQ):
+                    for i in static_range(UPW):
+                        u = min(warp * UPW + i, UNITS - 1)
+                        if i == 0 or not SHARED_A:
+                            at = sdS + uint32(ds_lane_t + kk * 8 * DS_ROW + (u // NP) * 64)
+                            a0, s0 = split_tf32(ld_shared_f32(at))
+                            a1, s1 = split_tf32(ld_shared_f32(at + uint32(32)))
+                            a2, s2 = split_tf32(ld_shared_f32(at + uint32(DS_ROW)))
+                            a3, s3 = split_tf32(ld_shared_f32(at + uint32(DS_ROW + 32)))
+                        off = uint32(f_lane + kk * 8 * ROW_B + (u % NP) * 32)
+                        b0, c0 = split_tf32(ld_shared_f32(sK + off))
+                        b1, c1 = split_tf32(ld_shared_f32(sK + off + uint32(ROW_B)))
+                        o = 4 * i
+                        (qg[o], qg[o + 1], qg[o + 2], qg[o + 3], qacc[o], qacc[o + 1], qacc[o + 2],
+                         qacc[o + 3]) = mma_3xtf32_chain(
+                            a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, c0, c1, qg[o], qg[o + 1], qg[o + 2], qg[o + 3],
+                            qacc[o], qacc[o + 1], qacc[o + 2], qacc[o + 3], QFIRST[kk], QLAST[kk])
+                for i in static_range(UPW):
+                    u = warp * UPW + i
+                    for r in static_range(2):
+                        row = (u // NP) * 16 + g + 8 * r
+                        if u < UNITS and m0 + row < n_q:
+                            at = dqa + uint64(row * dq_acc.strides[2] + ((u % NP) * 8 + 2 * t) * 4)
+                            red_add_f32x2(at, qacc[4 * i + 2 * r] * scale, qacc[4 * i + 2 * r + 1] * scale)
+            if ATOMIC and not TF32:
                 # dQ[m0:, :] += dS K over this block's keys: A = dS (ldmatrix.trans of the dS^T tile that
                 # every warp wrote), B = K (as the dQ kernel reads it); each unit's 16 x 16 sums go to
                 # the float32 dQ by vector atomic adds (scaled when converted, tc_dq_convert_kernel).
@@ -650,7 +695,7 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                         st_global_u32(dv_base + uint64(key * dv.strides[2] + col), pack(dv_acc[e], dv_acc[e + 1]))
 
     constants = dict(KSTEPS=KSTEPS, NT=NT, DT=DT, S_REGS=S_REGS, O_REGS=O_REGS, P_REGS=P_REGS, D_TILES=D // 8,
-                     TF32=TF32, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS, SUMS=SUMS,
+                     TF32=TF32, ATOMIC=ATOMIC, UPW=UPW, NW=NW, ACC_REGS=ACC_REGS, KQ=KQ, SUMS=SUMS,
                      GSUMS=GSUMS, FLUSH=FLUSH, NUM_THREADS=NUM_THREADS)
     return tc_jit(config, "dkdv")(unrolled(kernel, constants))
 

@@ -3,6 +3,7 @@ in CI (tensor-core instructions present, nothing in local memory, no spills), ch
 float64 oracle on the GPU. The numerics of the default path are also covered by the Hypothesis suites
 (test_kernels, test_features), which draw TensorCoreConfigs on the GPU."""
 
+import dataclasses
 import json
 import os
 import queue
@@ -66,7 +67,8 @@ def _compile(cases, max_stack=0, max_spill=0, bounds=None):
     launch bound leaves."""
     env = dict(os.environ, NUMBA_FLASH_BACKEND="gpu")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
-    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q, c.min_blocks, c.split_d], d, vl,
+    args = [[kernel, [c.block_m, c.block_n, c.stages, c.rows_per_warp, c.atomic_dq, c.reread_q, c.min_blocks, c.split_d,
+             c.longest_first], d, vl,
              dr, elem] for kernel, c, d, vl, dr, elem in cases]
     n = max(1, min(4, os.cpu_count() or 1, len(args)))
     todo = queue.SimpleQueue()
@@ -429,6 +431,40 @@ def test_atomic_dq_backward_compiles_to_mma_and_vector_atomics_without_spills():
             2 * cfg.block_m + 2 * cfg.stages * cfg.block_n) + cfg.block_m * (2 * cfg.block_n + 16)), r
 
 
+# The float32 (3xTF32) atomic-dQ dK/dV kernel: the float32 defaults with atomic_dq at head_dim 64 and 128, and
+# with varlen + dropout at head_dim 40 (5 n-tiles of dQ over 4 warps: a warp past the last unit).
+_TF32_ATOMIC_CASES = [(TensorCoreConfig(64, 32, 2, 16, True), 64, False, False),
+                      (TensorCoreConfig(64, 16, 2, 16, True), 128, False, False),
+                      (TensorCoreConfig(64, 16, 2, 16, True), 40, True, True)]
+
+
+@pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
+def test_float32_atomic_dq_compiles_to_tf32_mma_and_vector_atomics():
+    """Per query tile, on top of the float32 dK/dV kernel's four products: dQ's units (16 queries x 8 columns
+    of the tile's dQ, over the block's keys: block_m / 8 k-steps of 3 mma) spread over the warps, and two
+    ``red.global.add.v2.f32`` per unit and lane (its rows g, g + 8). Not yet run on a GPU: the bounds are CI's
+    wheels' numbers (session 21). Every extra product spills here: a 368-byte stack, 484 bytes stored and 420
+    loaded at head_dim 128 (the two-kernel dK/dV: 96, 200, 144), 216, 212, 240 at 64 (24, 20, 28), 8, 4, 8 at 40;
+    the GPU image's CUDA 13.0 spilled far less than CI's wheels on the two-kernel one (16, 16, 24 at 128)."""
+    cases = [("dkdv", *case, "tf32") for case in _TF32_ATOMIC_CASES]
+    for cfg, d, _, _ in _TF32_ATOMIC_CASES[:2]:
+        assert cfg == dataclasses.replace(default_tc_config(d, pass_="backward", elem="tf32"), atomic_dq=True)
+    reports = _compile(cases, bounds={0: (216, 240), 1: (368, 484), 2: (8, 8)})
+    for (_, cfg, d, _, _, _), r in zip(cases, reports):
+        assert r["mma_kind"] == ["mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"], r
+        kt, nt = d // 8, cfg.block_n // 8
+        units = (cfg.block_n // 16) * kt
+        per_warp = -(-units // cfg.warps)
+        assert r["mma"] == 3 * (2 * kt * nt + 2 * nt * kt + (cfg.block_m // 8) * per_warp), r
+        # the dK, dV sums' second level in global memory above head_dim 64: zeroed, then a red.global.add per
+        # flush and in the epilogue, 2 per n-tile and row (dK, dV)
+        flushes = 2 * 2 * 2 * kt if d > 64 else 0
+        assert r["red"] == 2 * per_warp + flushes, r
+        sums = 4 * d * cfg.num_threads if d <= 64 else 0
+        assert r["expected_dynamic_smem"] == (8 * cfg.stages * cfg.block_n + 4 * (d + 4) * (
+            2 * cfg.block_m + 2 * cfg.stages * cfg.block_n) + sums + cfg.block_m * 4 * (cfg.block_n + 4)), r
+
+
 # The split_d dK/dV kernel (FlashAttention-2's warp layout): the head_dim-128 default, and with varlen +
 # dropout at 96 (smaller tiles: Philox's registers), bfloat16. (Each head_dim-128 compile of it takes
 # 2-5 minutes on CI's 2 cores; the GPU tests run it at 64 and 128 in both 16-bit types too.)
@@ -611,15 +647,21 @@ def test_tensor_core_config_is_checked():
     with pytest.raises(ValueError, match="shared memory"):  # 16-bit tiles of this size would fit
         TensorCoreConfig(128, 128, 2).validate(128, "backward", "tf32")
     assert TensorCoreConfig(128, 128, 2).validate(128, "backward", "f16")
-    # atomic_dq: a bool; the dK/dV kernel's shared memory grows by a 16-bit dS^T tile (keys x queries,
-    # rows padded by 16 bytes); float32's backward has none
+    # atomic_dq: a bool; the dK/dV kernel's shared memory grows by a dS^T tile (keys x queries, 16-bit rows
+    # padded by 16 bytes; float32 rows by 4 words, after the two-level sums' slots at head_dim <= 64)
     with pytest.raises(ValueError, match="atomic_dq: expected a bool"):
         TensorCoreConfig(64, 32, 2, 16, 1)
     atomic = TensorCoreConfig(64, 32, 2, 16, True)
     assert atomic.backward_shared_bytes(64, "dkdv") == TensorCoreConfig(64, 32).backward_shared_bytes(64, "dkdv") + 64 * 80
     assert atomic.problems(64, "backward") == atomic.problems(64, "forward") == []
-    with pytest.raises(ValueError, match="atomic_dq: the float32"):
-        atomic.validate(64, "backward", "tf32")
+    for d in (64, 128):
+        plain = TensorCoreConfig(64, 32).backward_shared_bytes(d, "dkdv", "tf32")
+        assert atomic.backward_shared_bytes(d, "dkdv", "tf32") == plain + 64 * 4 * (32 + 4)
+        assert atomic.validate(d, "backward", "tf32") is atomic
+    # the float32 defaults with atomic dQ still leave room for 2 blocks per SM (2 x 227 KB minus 1 KB each)
+    for d in (64, 128):
+        cfg = dataclasses.replace(default_tc_config(d, pass_="backward", elem="tf32"), atomic_dq=True)
+        assert 2 * (cfg.backward_shared_bytes(d, "dkdv", "tf32") + 1024) <= 228 * 1024, (d, cfg)
 
 
 @pytest.mark.skipif(ON_GPU, reason="checks the simulator's refusal; on the GPU the tensor-core path runs")
@@ -1087,3 +1129,47 @@ def test_atomic_dq_agrees_with_the_deterministic_backward(rng, dtype):
         np.testing.assert_array_equal(got[2], det[2])
         assert np.isfinite(got[0]).all()
         assert np.abs(got[0] - det[0]).max() <= ulp * np.abs(det[0]).max(), np.abs(got[0] - det[0]).max()
+
+
+@gpu_only
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_float32_atomic_dq_agrees_with_the_deterministic_backward_and_the_oracle(rng, head_dim, layout):
+    """float32 (3xTF32) with atomic dQ, GQA, causal, ragged sizes, outputs poisoned first (NUMBA_FLASH_POISON on
+    the GPU runs): dK and dV come from the same code in the same order as the two-kernel backward (bit-identical).
+    dQ sums other float32 terms in another order: per key block a chain of 3xTF32 k-steps, then one float32
+    atomic add per key block in arrival order. Each of its n_blocks = ceil(n_k / 64) adds rounds by at most
+    half a float32 ulp of the running sum, so against float64 its error may exceed the two-kernel dQ's by about
+    n_blocks / 2 ulps of max |dq| (x 4 for partial sums above the final value): atomic error <= 2 x the
+    deterministic one + that. Two atomic runs differ by at most twice that rounding."""
+    B, H, H_kv, n_q, n_k, D = 2, 4, 2, 1000, 1200, head_dim
+    q, do = (rng.standard_normal((B, H, n_q, D)).astype(np.float32) for _ in range(2))
+    k, v = (rng.standard_normal((B, H_kv, n_k, D)).astype(np.float32) for _ in range(2))
+    base = default_tc_config(D, pass_="backward", elem="tf32")
+    configs = (base, dataclasses.replace(base, atomic_dq=True), dataclasses.replace(base, atomic_dq=True))
+    if layout == "padded":
+        dev = [to_device(a) for a in (q, k, v)]
+        out, lse = nf.flash_attention(*dev, causal=True, return_lse=True)
+        runs = [[to_host(g).astype(np.float64) for g in nf.flash_attention_backward(
+            to_device(do), *dev, out, lse, causal=True, config=cfg)] for cfg in configs]
+        ref = [r.astype(np.float64) for r in nf.reference.attention_backward(do, q, k, v, causal=True)]
+    else:  # the batch's two sequences packed: (total, heads, D), cu_seqlens offsets
+        pack = lambda a: np.ascontiguousarray(np.concatenate(list(a.transpose(0, 2, 1, 3)), axis=0))
+        cu_q = to_device(np.array([0, n_q, 2 * n_q], np.int32))
+        cu_k = to_device(np.array([0, n_k, 2 * n_k], np.int32))
+        dev = [to_device(pack(a)) for a in (q, k, v)]
+        out, lse = nf.flash_attention_varlen(*dev, cu_q, cu_k, n_q, n_k, causal=True, return_lse=True)
+        runs = [[to_host(g).astype(np.float64) for g in nf.flash_attention_varlen_backward(
+            to_device(pack(do)), *dev, out, lse, cu_q, cu_k, n_q, n_k, causal=True, config=cfg)] for cfg in configs]
+        ref = [pack(r).astype(np.float64) for r in nf.reference.attention_backward(do, q, k, v, causal=True)]
+    det = runs[0]
+    top = np.abs(ref[0]).max()
+    rounding = 4 * (-(-n_k // base.block_m) / 2) * 2.0 ** -23 * top
+    det_err = np.abs(det[0] - ref[0]).max()
+    for got in runs[1:]:
+        np.testing.assert_array_equal(got[1], det[1])
+        np.testing.assert_array_equal(got[2], det[2])
+        assert np.isfinite(got[0]).all()
+        err = np.abs(got[0] - ref[0]).max()
+        assert err <= 2 * det_err + rounding, (err, det_err, rounding)
+    assert np.abs(runs[1][0] - runs[2][0]).max() <= 2 * rounding
