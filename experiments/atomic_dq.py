@@ -1,4 +1,4 @@
-"""The 16-bit backward with dQ by atomic adds (FlashAttention-2's layout) against the two-kernel one and SDPA.
+"""The backward with dQ by atomic adds (FlashAttention-2's layout) against the two-kernel one and SDPA.
 
 The two-kernel tensor-core backward (``TensorCoreConfig(..., atomic_dq=False)``, deterministic) does 7
 matrix products per tile pair: the dK/dV kernel S^T, dP^T, dV, dK; the dQ kernel S, dP again, dQ.
@@ -21,8 +21,12 @@ Per shape, dtype and causal flag, in one process on one GPU, CUDA events (median
     python experiments/atomic_dq.py --shape 2,8,1024,64 --causal no --bwd-config 64,32,2,16,1
     bash .gpu/env.sh python experiments/atomic_dq.py --dtype float32 --shape 4,32,4096,64 --interleave 3 --out $OUT/f32
 
-``--dtype float32`` runs the 3xTF32 backward (no atomic dQ there) against SDPA's EFFICIENT backend,
-since SDPA's flash backend takes no float32: the issue's float32 target, timed in rotating rounds.
+``--dtype float32`` runs the 3xTF32 backward against SDPA's EFFICIENT backend, since SDPA's flash backend
+takes no float32: the issue's float32 target, timed in rotating rounds. Its atomic-dQ configs (session 21)
+add scale dS K straight into the float32 dq (no scratch dQ, no conversion kernel):
+
+    bash .gpu/env.sh python experiments/atomic_dq.py --dtype float32 --shape 4,16,4096,128 --interleave 3 \
+        --bwd-config 64,16,2,16,atomic --bwd-config 128,16,2,16,atomic
 
 Needs the GPU backend and PyTorch with CUDA; elsewhere it says why and exits with status 0.
 ``--interleave ROUNDS``: time each pass's configs and SDPA in turns (``timing.time_interleaved``),

@@ -1,14 +1,16 @@
 # Parts the device scripts share (source it: . experiments/gpu_parts.sh). Each starts its work in the background;
 # the caller waits. $OUT: the device tool's output folder.
 
-# sanitize_float32 LIMIT DIR: compute-sanitizer racecheck and memcheck on the float32 (3xTF32) forward and
-# backward defaults, one process per tool and head_dim (64, 128), each LIMIT seconds, logs in DIR.
+# sanitize_float32 LIMIT DIR [--atomic]: compute-sanitizer racecheck and memcheck on the float32 (3xTF32) forward
+# and backward defaults (--atomic: the backward's with atomic dQ), one process per tool and head_dim (64, 128),
+# each LIMIT seconds, logs in DIR (racecheck-64.log ...; with --atomic racecheck-64-atomic.log ...).
 sanitize_float32() {
+  local tag=${3:+-${3#--}}
   for d in 64 128; do
     timeout -s INT $1 compute-sanitizer --tool racecheck --racecheck-report all python \
-      experiments/sanitize_tc.py --float32-only --head-dim $d > $2/racecheck-$d.log 2>&1 &
+      experiments/sanitize_tc.py --float32-only --head-dim $d $3 > $2/racecheck-$d$tag.log 2>&1 &
     timeout -s INT $1 compute-sanitizer --tool memcheck --report-api-errors no python \
-      experiments/sanitize_tc.py --float32-only --head-dim $d > $2/memcheck-$d.log 2>&1 &
+      experiments/sanitize_tc.py --float32-only --head-dim $d $3 > $2/memcheck-$d$tag.log 2>&1 &
   done
 }
 

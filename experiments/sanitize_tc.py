@@ -20,9 +20,11 @@ causal and not.
 tokens with GQA (4 query heads, 2 kv heads: 38 query tiles per key block), causal and not: enough tiles for the
 dK/dV kernel's second-level sums to be flushed twice (shared slots at 64, dK and dV in global memory at 128);
 ``--head-dim 64`` or ``--head-dim 128`` after it runs only that one (a process per head_dim, so that each
-compiles under the tool within a device call's limit).
+compiles under the tool within a device call's limit). ``--atomic`` with it: the float32 backward defaults
+with ``atomic_dq=True`` instead (dS^T through a float32 shared tile, dQ by ``red.global.add`` into dq).
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -67,11 +69,14 @@ def split() -> int:
     return 0
 
 
-def float32(head_dims=(64, 128)) -> int:
-    """The float32 defaults alone (see the module docstring)."""
+def float32(head_dims=(64, 128), atomic=False) -> int:
+    """The float32 defaults alone, or their backward with atomic dQ (see the module docstring)."""
     rng = np.random.default_rng(0)
     for d in head_dims:
-        _gqa_backward(f"float32 head_dim {d}", rng, np.float32, 300, 280, d)
+        cfg = None
+        if atomic:
+            cfg = dataclasses.replace(nf.config.default_tc_config(d, pass_="backward", elem="tf32"), atomic_dq=True)
+        _gqa_backward(f"float32 head_dim {d}" + (f" {cfg}" if atomic else ""), rng, np.float32, 300, 280, d, cfg)
     return 0
 
 
@@ -82,8 +87,8 @@ def main(argv=None) -> int:
             d = int(args[args.index("--head-dim") + 1])
             if d not in (64, 128):
                 raise SystemExit(f"--head-dim: expected 64 or 128, got {d}")
-            return float32((d,))
-        return float32()
+            return float32((d,), "--atomic" in args)
+        return float32(atomic="--atomic" in args)
     if "--wide-only" in args:
         return wide()
     if "--split-only" in args:
