@@ -21,8 +21,14 @@ def environment() -> dict:
 
     from . import __version__, backend
 
+    gpu = backend.BACKEND == backend.GPU
+    if gpu:
+        from numba import cuda
+
+        gpu = cuda.is_available()  # False where only compiling (NUMBA_FLASH_BACKEND=gpu without a driver)
+    device = backend.device_name() if gpu or backend.BACKEND != backend.GPU else "none: compiled only, no CUDA driver"
     env = {"numba_flash": __version__, "numba": numba.__version__, "numpy": np.__version__,
-           "python": platform.python_version(), "backend": backend.BACKEND, "device": backend.device_name(),
+           "python": platform.python_version(), "backend": backend.BACKEND, "device": device,
            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join(shlex.quote(a) for a in sys.argv)}
     try:
@@ -31,7 +37,7 @@ def environment() -> dict:
         env["numba-cuda"] = version("numba-cuda")
     except Exception:  # pragma: no cover
         pass
-    if backend.BACKEND == backend.GPU:
+    if gpu:
         import cupy
 
         env["cupy"] = cupy.__version__

@@ -304,3 +304,34 @@ def test_block_order_model_and_tabulation(tmp_path, capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().out and not (tmp_path / "gpu").exists()
     with pytest.raises(SystemExit):
         tool.main(["--seqlen", "3000"])
+
+
+def test_ptx_mix_counts_the_statements_of_inline_asm_blocks():
+    """experiments/ptx_mix.py's counts: one per statement, inside inline asm blocks too (several statements on
+    a line, a block's closing brace before the next instruction), without comments, directives and labels;
+    the 3xTF32 split by its mask; predicated statements counted."""
+    mix = load_experiment("ptx_mix")
+    ptx = """
+    // mma.sync in a comment
+    .reg .f32 %f<8>;
+    $L__BB0_1:
+    { .reg .b32 %t; add.s32 %t, %r1, 4096; and.b32 %r2, %t, -8192; sub.f32 %f1, %f2, %f3; }
+    mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%f1, %f2, %f3, %f4}, {%r1, %r2, %r3, %r4}, {%r5, %r6}, {%f1, %f2, %f3, %f4};
+    @%p1 red.global.add.v2.f32 [%rd1], {%f1, %f2};
+    $L__BB0_2: ld.shared.f32 %f5, [%r7];
+    fma.rn.f32 %f6, %f5, %f5, %f1;
+    bar.sync 0;
+    ret;
+    """
+    c = mix.count_classes(ptx)
+    assert {k: c[k] for k in ("mma", "split", "f32 add", "f32 mul/fma", "red", "ld.shared", "barrier", "local")} == {
+        "mma": 1, "split": 1, "f32 add": 1, "f32 mul/fma": 1, "red": 1, "ld.shared": 1, "barrier": 1, "local": 0}
+    assert c["total"] == 9  # add.s32, and.b32, sub.f32, mma, red, ld.shared, fma, bar, ret
+    kind, cfg, d, elem = mix.parse_pass("backward:64,16,2,16,atomic:128:tf32")
+    assert (kind, cfg.atomic_dq, cfg.block_n, d, elem) == ("backward", True, 16, 128, "tf32")
+    assert mix.kernels_of(kind, cfg) == ["dkdv"] and mix.kernels_of("backward", cfg.__class__()) == ["dkdv", "dq"]
+    assert mix.parse_pass("forward:128,32,2,32,reread:96")[3] == "f16"
+    for bad, why in [("sideways:64,16,2,16:128", "PASS"), ("backward:64,16,2,16:128:fp8", "ELEM"),
+                     ("backward:64,16:128", "expected"), ("backward:128,64,2,16,split:128:tf32", "split_d")]:
+        with pytest.raises(mix.argparse.ArgumentTypeError, match=why):
+            mix.parse_pass(bad)

@@ -432,10 +432,13 @@ def test_atomic_dq_backward_compiles_to_mma_and_vector_atomics_without_spills():
 
 
 # The float32 (3xTF32) atomic-dQ dK/dV kernel: the float32 defaults with atomic_dq at head_dim 64 and 128, and
-# with varlen + dropout at head_dim 40 (5 n-tiles of dQ over 4 warps: a warp past the last unit).
+# with varlen + dropout at head_dim 40 (5 n-tiles of dQ over 4 warps: a warp past the last unit); then 128 keys in
+# 8 warps at 64 and 128 (2 dQ units per warp instead of 4).
 _TF32_ATOMIC_CASES = [(TensorCoreConfig(64, 32, 2, 16, True), 64, False, False),
                       (TensorCoreConfig(64, 16, 2, 16, True), 128, False, False),
-                      (TensorCoreConfig(64, 16, 2, 16, True), 40, True, True)]
+                      (TensorCoreConfig(64, 16, 2, 16, True), 40, True, True),
+                      (TensorCoreConfig(128, 32, 2, 16, True), 64, False, False),
+                      (TensorCoreConfig(128, 16, 2, 16, True), 128, False, False)]
 
 
 @pytest.mark.skipif(not _have_toolchain(), reason="needs the CUDA 13 compiler wheels: pip install 'numba-cuda[cu13]'")
@@ -445,11 +448,12 @@ def test_float32_atomic_dq_compiles_to_tf32_mma_and_vector_atomics():
     ``red.global.add.v2.f32`` per unit and lane (its rows g, g + 8). Not yet run on a GPU: the bounds are CI's
     wheels' numbers (session 21). Every extra product spills here: a 368-byte stack, 484 bytes stored and 420
     loaded at head_dim 128 (the two-kernel dK/dV: 96, 200, 144), 216, 212, 240 at 64 (24, 20, 28), 8, 4, 8 at 40;
-    the GPU image's CUDA 13.0 spilled far less than CI's wheels on the two-kernel one (16, 16, 24 at 128)."""
+    the GPU image's CUDA 13.0 spilled far less than CI's wheels on the two-kernel one (16, 16, 24 at 128). With 128
+    keys in 8 warps: no spill at 64; 232, 232, 244 at 128. (experiments/ptx_mix.py counts what each pass issues.)"""
     cases = [("dkdv", *case, "tf32") for case in _TF32_ATOMIC_CASES]
     for cfg, d, _, _ in _TF32_ATOMIC_CASES[:2]:
         assert cfg == dataclasses.replace(default_tc_config(d, pass_="backward", elem="tf32"), atomic_dq=True)
-    reports = _compile(cases, bounds={0: (216, 240), 1: (368, 484), 2: (8, 8)})
+    reports = _compile(cases, bounds={0: (216, 240), 1: (368, 484), 2: (8, 8), 4: (232, 244)})
     for (_, cfg, d, _, _, _), r in zip(cases, reports):
         assert r["mma_kind"] == ["mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"], r
         kt, nt = d // 8, cfg.block_n // 8
