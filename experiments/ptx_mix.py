@@ -9,14 +9,17 @@ sm_90 as ``ptx_identity.py`` does (NVVM through the CUDA 13 wheels, no driver): 
 backward's dK/dV and dQ kernels (dK/dV alone with ``atomic``). Their PTX statements are counted by class
 (``mma``, ``ldmatrix``, shared loads and stores, the 3xTF32 splits, float32 adds, multiplies and FMAs,
 ``red.global``, ``cp.async``, barriers, local memory) and summed per pass, beside each kernel's registers
-and spilled bytes; ``vs first`` is a pass's total over the first pass's.
+and spilled bytes.
 
-The counts are static (each unrolled loop body once, with its prologue and epilogue) and per thread.
-Between configs whose warps own 16 rows and stream tiles of the same ``block_n`` (the same work per thread
-and loop trip, whatever ``block_m``) they predict how the issued instructions move: session 21 used it
-for the float32 backward with atomic dQ, whose one kernel issues 0.72x the two kernels' statements at
-head_dim 128. It says nothing of latency, bank conflicts, atomics' L2 traffic or spills' cost: a
-prediction to measure, not a measurement. Each kernel takes 15 s - 5 min to compile on a CPU.
+The counts are static (each unrolled loop body once, with its prologue and epilogue) and per thread. A
+thread's loop trip handles its warp's 16 (or 32) owned rows against ``block_n`` streamed rows, whatever
+``block_m``, so ``per 16 streamed`` (total x 16 / block_n) is comparable between configs, and ``vs first``
+is that over the first pass's: how the statements to issue move. Static statements are not time: they
+say nothing of latency, dependent chains, bank conflicts, atomics' L2 traffic, spills' cost or how many
+issue slots an instruction takes. Calibration (session 21): for the 16-bit atomic dQ against the two-kernel
+backward it gives 0.96x at head_dim 64 and 0.59x at 128, where the H100 measured 1.14x and 1.12x the
+time (session 8's kernels, README); for the float32 atomic dQ 0.76x and 0.72x, not measured yet. A count
+to reason with, not a prediction of speed. Each kernel takes 15 s - 5 min to compile on a CPU.
 """
 
 from __future__ import annotations
@@ -126,9 +129,11 @@ def main(argv=None) -> int:
     from numba_flash.results import markdown_table, save
 
     rows = [mix(*spec) for spec in track(args.passes, description="compiling", console=Console(stderr=True))]
+    for r, (_, cfg, _, _) in zip(rows, args.passes):
+        r["per 16 streamed"] = round(r["total"] * 16 / cfg.block_n)
     for r in rows:
-        r["vs first"] = r["total"] / rows[0]["total"]
-    columns = ["pass", "config", "head_dim", "elem", *CLASSES, "total", "vs first", "kernels"]
+        r["vs first"] = r["per 16 streamed"] / rows[0]["per 16 streamed"]
+    columns = ["pass", "config", "head_dim", "elem", *CLASSES, "total", "per 16 streamed", "vs first", "kernels"]
     table = markdown_table(rows, columns)
     print(table)
     save(args.out, "ptx_mix", {"rows": rows}, "Static PTX statements per thread, summed over each pass's kernels "

@@ -680,3 +680,17 @@ def test_tuning_without_the_band_skips_the_reorders():
     assert tune_mod._without_reorders(ok, skipped, causal=True) == (ok, skipped)
     blocks = tune_mod.enumerate_configs(64, "forward")
     assert tune_mod._without_reorders(blocks, [], causal=False) == (blocks, [])
+
+
+def test_float32_backward_grid_has_the_atomic_dq_candidates():
+    """float32 (3xTF32) tunings try atomic dQ too since session 21: every atomic candidate that fits is its
+    two-kernel twin with atomic_dq (its dS^T tile a little more shared memory); split_d stays 16-bit only."""
+    for d in (64, 128):
+        ok, skipped = tune_mod.enumerate_configs(d, "backward", kind="tensor_core", elem="tf32", with_skipped=True)
+        atomic = [c for c in ok if c.atomic_dq]
+        assert atomic and not any(c.split_d for c in ok), d
+        plain = set(ok) - set(atomic)
+        assert {dataclasses.replace(c, atomic_dq=False) for c in atomic} <= plain
+        assert all(any("split_d" in w for w in why) for c, why in skipped if c.split_d)
+        assert all(c.backward_shared_bytes(d, "dkdv", "tf32") > dataclasses.replace(c, atomic_dq=False)
+                   .backward_shared_bytes(d, "dkdv", "tf32") for c in atomic)
