@@ -34,6 +34,8 @@ CASES = [
     ("dkdv-tf32-64", "dkdv", "64,32,2,16", 64, False, False, "tf32"),
     ("dkdv-tf32-128", "dkdv", "64,16,2,16", 128, False, False, "tf32"),
     ("dkdv-atomic-64", "dkdv", "64,32,2,16,atomic", 64, False, False, "f16"),
+    ("dkdv-atomic-tf32-128", "dkdv", "64,16,2,16,atomic", 128, False, False, "tf32"),
+    ("dkdv-atomic-tf32-40-varlen-dropout", "dkdv", "64,16,2,16,atomic", 40, True, True, "tf32"),
     ("dkdv-f16-128-varlen-dropout", "dkdv", "64,16,2,16", 128, True, True, "f16"),
     ("dq-f16-128", "dq", "128,64,2,16,split", 128, False, False, "f16"),
     ("forward-f16-128", "forward", "256,64,2,32,reread", 128, False, False, "f16"),

@@ -572,74 +572,64 @@ def tc_dkdv_kernel(config: TensorCoreConfig, head_dim: int, varlen: bool = False
                     dk_acc[j + 4], dk_acc[j + 5], dk_acc[j + 6], dk_acc[j + 7] = mma(
                         dst_[4 * kk], dst_[4 * kk + 1], dst_[4 * kk + 2], dst_[4 * kk + 3], b2, b3,
                         dk_acc[j + 4], dk_acc[j + 5], dk_acc[j + 6], dk_acc[j + 7])
-            if ATOMIC and TF32:
-                # dQ[m0:, :] += scale dS K over this block's keys, 3xTF32, straight into dq (float32, zeroed by
-                # the delta kernel). A = dS: scalar reads of the dS^T tile that every warp wrote, its key
-                # rows 2t, 2t + 1 taken as k = t, t + 4 (conflict-free: tc_ds_row_bytes), to match B = K's rows
-                # 2t, 2t + 1 read as in dQ += dS K of the dQ kernel. Each unit (16 queries x 8 columns) is
-                # one chain of k-steps per config.TF32_PV_CHAIN; the warp's units advance together.
-                cuda.syncthreads()
-                dqa = row_address(dq_acc, ab, h, q_off + m0)
-                qacc = cuda.local.array(ACC_REGS, float32)
-                qg = cuda.local.array(ACC_REGS, float32)
-                for e in static_range(ACC_REGS):
-                    qacc[e] = float32(0.0)
-                for kk in static_range(KQ):
-                    for i in static_range(UPW):
-                        u = min(warp * UPW + i, UNITS - 1)
-                        if i == 0 or not SHARED_A:
-                            at = sdS + uint32(ds_lane_t + kk * 8 * DS_ROW + (u // NP) * 64)
-                            a0, s0 = split_tf32(ld_shared_f32(at))
-                            a1, s1 = split_tf32(ld_shared_f32(at + uint32(32)))
-                            a2, s2 = split_tf32(ld_shared_f32(at + uint32(DS_ROW)))
-                            a3, s3 = split_tf32(ld_shared_f32(at + uint32(DS_ROW + 32)))
-                        off = uint32(f_lane + kk * 8 * ROW_B + (u % NP) * 32)
-                        b0, c0 = split_tf32(ld_shared_f32(sK + off))
-                        b1, c1 = split_tf32(ld_shared_f32(sK + off + uint32(ROW_B)))
-                        o = 4 * i
-                        (qg[o], qg[o + 1], qg[o + 2], qg[o + 3], qacc[o], qacc[o + 1], qacc[o + 2],
-                         qacc[o + 3]) = mma_3xtf32_chain(
-                            a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, c0, c1, qg[o], qg[o + 1], qg[o + 2], qg[o + 3],
-                            qacc[o], qacc[o + 1], qacc[o + 2], qacc[o + 3], QFIRST[kk], QLAST[kk])
-                for i in static_range(UPW):
-                    u = warp * UPW + i
-                    for r in static_range(2):
-                        row = (u // NP) * 16 + g + 8 * r
-                        if u < UNITS and m0 + row < n_q:
-                            at = dqa + uint64(row * dq_acc.strides[2] + ((u % NP) * 8 + 2 * t) * 4)
-                            red_add_f32x2(at, qacc[4 * i + 2 * r] * scale, qacc[4 * i + 2 * r + 1] * scale)
-            if ATOMIC and not TF32:
-                # dQ[m0:, :] += dS K over this block's keys: A = dS (ldmatrix.trans of the dS^T tile that
-                # every warp wrote), B = K (as the dQ kernel reads it); each unit's 16 x 16 sums go to
-                # the float32 dQ by vector atomic adds (scaled when converted, tc_dq_convert_kernel).
-                # The warp's units advance k-step by k-step together (independent mma chains in flight
-                # instead of one unit after another), sharing one A fragment when they share the m-tile.
-                # A warp past the last unit (UNITS % NW != 0) recomputes the last one and adds nothing.
+            if ATOMIC:
+                # dQ[m0:, :] += dS K over this block's keys, A = dS from the dS^T tile that every warp wrote,
+                # B = K (as the dQ kernel reads it), each unit's sums added to the float32 dQ with vector atomics.
+                # 16-bit: units of 16 x 16, A by ldmatrix.trans, one 16-key k-step per warp's keys, unscaled
+                # (scaled when converted, tc_dq_convert_kernel). float32: units of 16 x 8, 3xTF32, A by scalar
+                # reads with its key rows 2t, 2t + 1 taken as k = t, t + 4 (conflict-free: tc_ds_row_bytes) to
+                # match K's rows 2t, 2t + 1, 8 keys a k-step chained per config.TF32_PV_CHAIN, scaled and added
+                # straight into dq (zeroed by the delta kernel). The warp's units advance k-step by k-step
+                # together (independent mma chains in flight instead of one unit after another), sharing one A
+                # fragment when they share the m-tile. A warp past the last unit (UNITS % NW != 0) recomputes
+                # the last one and adds nothing.
                 cuda.syncthreads()
                 dqa = row_address(dq_acc, ab, h, q_off + m0)
                 acc = cuda.local.array(ACC_REGS, float32)
+                qg = cuda.local.array(ACC_REGS, float32)  # float32: the running chains
                 for e in static_range(ACC_REGS):
                     acc[e] = float32(0.0)
-                for kk in static_range(NW):
+                for kk in static_range(KQ if TF32 else NW):
                     for i in static_range(UPW):
                         u = min(warp * UPW + i, UNITS - 1)
-                        if i == 0 or not SHARED_A:
-                            a0, a1, a2, a3 = ldmatrix_x4_trans(sdS + uint32(kk * 16 * DS_ROW + ds_lane + (u // NP) * 32))
-                        b0, b1, b2, b3 = ldmatrix_x4_trans(sK + uint32(kk * 16 * ROW_B + t_lane + (u % NP) * 32))
-                        acc[8 * i], acc[8 * i + 1], acc[8 * i + 2], acc[8 * i + 3] = mma(
-                            a0, a1, a2, a3, b0, b1, acc[8 * i], acc[8 * i + 1], acc[8 * i + 2], acc[8 * i + 3])
-                        acc[8 * i + 4], acc[8 * i + 5], acc[8 * i + 6], acc[8 * i + 7] = mma(
-                            a0, a1, a2, a3, b2, b3, acc[8 * i + 4], acc[8 * i + 5], acc[8 * i + 6], acc[8 * i + 7])
+                        if TF32:
+                            if i == 0 or not SHARED_A:
+                                at = sdS + uint32(ds_lane_t + kk * 8 * DS_ROW + (u // NP) * 64)
+                                a0, s0 = split_tf32(ld_shared_f32(at))
+                                a1, s1 = split_tf32(ld_shared_f32(at + uint32(32)))
+                                a2, s2 = split_tf32(ld_shared_f32(at + uint32(DS_ROW)))
+                                a3, s3 = split_tf32(ld_shared_f32(at + uint32(DS_ROW + 32)))
+                            off = uint32(f_lane + kk * 8 * ROW_B + (u % NP) * 32)
+                            b0, c0 = split_tf32(ld_shared_f32(sK + off))
+                            b1, c1 = split_tf32(ld_shared_f32(sK + off + uint32(ROW_B)))
+                            o = 4 * i
+                            (qg[o], qg[o + 1], qg[o + 2], qg[o + 3], acc[o], acc[o + 1], acc[o + 2],
+                             acc[o + 3]) = mma_3xtf32_chain(
+                                a0, a1, a2, a3, s0, s1, s2, s3, b0, b1, c0, c1, qg[o], qg[o + 1], qg[o + 2], qg[o + 3],
+                                acc[o], acc[o + 1], acc[o + 2], acc[o + 3], QFIRST[kk], QLAST[kk])
+                        else:
+                            if i == 0 or not SHARED_A:
+                                a0, a1, a2, a3 = ldmatrix_x4_trans(
+                                    sdS + uint32(kk * 16 * DS_ROW + ds_lane + (u // NP) * 32))
+                            b0, b1, b2, b3 = ldmatrix_x4_trans(sK + uint32(kk * 16 * ROW_B + t_lane + (u % NP) * 32))
+                            acc[8 * i], acc[8 * i + 1], acc[8 * i + 2], acc[8 * i + 3] = mma(
+                                a0, a1, a2, a3, b0, b1, acc[8 * i], acc[8 * i + 1], acc[8 * i + 2], acc[8 * i + 3])
+                            acc[8 * i + 4], acc[8 * i + 5], acc[8 * i + 6], acc[8 * i + 7] = mma(
+                                a0, a1, a2, a3, b2, b3, acc[8 * i + 4], acc[8 * i + 5], acc[8 * i + 6],
+                                acc[8 * i + 7])
                 for i in static_range(UPW):
                     u = warp * UPW + i
-                    col = (u % NP) * 16
+                    col = (u % NP) * (8 if TF32 else 16)
                     for r in static_range(2):
                         row = (u // NP) * 16 + g + 8 * r
                         if u < UNITS and m0 + row < n_q:
                             at = dqa + uint64(row * dq_acc.strides[2] + (col + 2 * t) * 4)
-                            red_add_f32x2(at, acc[8 * i + 2 * r], acc[8 * i + 2 * r + 1])
-                            if col + 8 < D:  # the pair's second n-tile may be row padding (D % 16 = 8)
-                                red_add_f32x2(at + uint64(32), acc[8 * i + 4 + 2 * r], acc[8 * i + 5 + 2 * r])
+                            if TF32:
+                                red_add_f32x2(at, acc[4 * i + 2 * r] * scale, acc[4 * i + 2 * r + 1] * scale)
+                            else:
+                                red_add_f32x2(at, acc[8 * i + 2 * r], acc[8 * i + 2 * r + 1])
+                                if col + 8 < D:  # the pair's second n-tile may be row padding (D % 16 = 8)
+                                    red_add_f32x2(at + uint64(32), acc[8 * i + 4 + 2 * r], acc[8 * i + 5 + 2 * r])
             if SUMS and it % FLUSH == FLUSH - 1:  # the second level of the float32 sums
                 for i in static_range(O_REGS):
                     at = s_sum + uint32(4 * NUM_THREADS * i)
