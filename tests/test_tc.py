@@ -1137,10 +1137,12 @@ def test_atomic_dq_agrees_with_the_deterministic_backward(rng, dtype):
 
 @gpu_only
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("layout", ["padded", "varlen"])
+@pytest.mark.parametrize("layout", ["padded", "varlen", "dropout-window"])
 def test_float32_atomic_dq_agrees_with_the_deterministic_backward_and_the_oracle(rng, head_dim, layout):
     """float32 (3xTF32) with atomic dQ, GQA, causal, ragged sizes, outputs poisoned first (NUMBA_FLASH_POISON on
-    the GPU runs): dK and dV come from the same code in the same order as the two-kernel backward (bit-identical).
+    the GPU runs); padded, varlen, or padded with a sliding window (not causal) and dropout (the dropout defaults'
+    smaller tiles, Z regenerated from the seed in both backward kernels and the oracle given the same mask).
+    dK and dV come from the same code in the same order as the two-kernel backward (bit-identical).
     dQ sums other float32 terms in another order: per key block a chain of 3xTF32 k-steps, then one float32
     atomic add per key block in arrival order. Each of its n_blocks = ceil(n_k / 64) adds rounds by at most
     half a float32 ulp of the running sum, so against float64 its error may exceed the two-kernel dQ's by about
@@ -1149,14 +1151,18 @@ def test_float32_atomic_dq_agrees_with_the_deterministic_backward_and_the_oracle
     B, H, H_kv, n_q, n_k, D = 2, 4, 2, 1000, 1200, head_dim
     q, do = (rng.standard_normal((B, H, n_q, D)).astype(np.float32) for _ in range(2))
     k, v = (rng.standard_normal((B, H_kv, n_k, D)).astype(np.float32) for _ in range(2))
-    base = default_tc_config(D, pass_="backward", elem="tf32")
+    dropout = layout == "dropout-window"
+    base = default_tc_config(D, dropout, pass_="backward", elem="tf32")
     configs = (base, dataclasses.replace(base, atomic_dq=True), dataclasses.replace(base, atomic_dq=True))
-    if layout == "padded":
+    if layout != "varlen":
+        kw = dict(window_size=(300, 40), dropout_p=0.15, seed=7) if dropout else dict(causal=True)
         dev = [to_device(a) for a in (q, k, v)]
-        out, lse = nf.flash_attention(*dev, causal=True, return_lse=True)
+        out, lse = nf.flash_attention(*dev, return_lse=True, **kw)
         runs = [[to_host(g).astype(np.float64) for g in nf.flash_attention_backward(
-            to_device(do), *dev, out, lse, causal=True, config=cfg)] for cfg in configs]
-        ref = [r.astype(np.float64) for r in nf.reference.attention_backward(do, q, k, v, causal=True)]
+            to_device(do), *dev, out, lse, config=cfg, **kw)] for cfg in configs]
+        if dropout:
+            kw = dict(window_size=(300, 40), dropout_p=0.15, dropout_mask=reference_keep_mask(7, 0.15, B, H, n_q, n_k))
+        ref = [r.astype(np.float64) for r in nf.reference.attention_backward(do, q, k, v, **kw)]
     else:  # the batch's two sequences packed: (total, heads, D), cu_seqlens offsets
         pack = lambda a: np.ascontiguousarray(np.concatenate(list(a.transpose(0, 2, 1, 3)), axis=0))
         cu_q = to_device(np.array([0, n_q, 2 * n_q], np.int32))
