@@ -78,18 +78,14 @@ def compare(before: Path, after: Path, out=sys.stdout) -> int:
 def dump(folder: Path, only=None) -> None:
     os.environ.setdefault("NUMBA_FLASH_BACKEND", "gpu")  # compile for sm_90; nothing is launched
     from numba_flash.config import TensorCoreConfig
-    from numba_flash.resources import compile_for, tc_signature
-    from numba_flash.tc_backward import tc_dkdv_kernel, tc_dq_kernel
-    from numba_flash.tc_forward import tc_forward_kernel
+    from numba_flash.resources import tc_ptx
 
-    factories = {"dkdv": tc_dkdv_kernel, "dq": tc_dq_kernel, "forward": tc_forward_kernel}
     folder.mkdir(parents=True, exist_ok=True)
     for name, kernel, text, head_dim, varlen, dropout, elem in CASES:
         if only and name not in only:
             continue
         start = time.perf_counter()
-        fn = factories[kernel](TensorCoreConfig.parse(text), head_dim, varlen, dropout, elem)
-        ptx, _ = compile_for(fn.py_func, tc_signature(kernel, elem), (9, 0), name, fn.targetoptions.get("launch_bounds"))
+        ptx, _ = tc_ptx(TensorCoreConfig.parse(text), head_dim, varlen, dropout, elem, kernel=kernel)
         (folder / f"{name}.ptx").write_text(ptx)
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
 

@@ -94,19 +94,13 @@ def kernels_of(pass_: str, config) -> list[str]:
 
 def mix(pass_: str, config, head_dim: int, elem: str) -> dict:
     """One pass's row: its kernels' class counts summed, and each kernel's registers and spills."""
-    from numba_flash.resources import compile_for, tc_signature
+    from numba_flash.resources import tc_ptx
 
-    from numba_flash.tc_backward import tc_dkdv_kernel, tc_dq_kernel
-    from numba_flash.tc_forward import tc_forward_kernel
-
-    factories = {"forward": tc_forward_kernel, "dkdv": tc_dkdv_kernel, "dq": tc_dq_kernel}
     row = {"pass": pass_, "config": config.label(), "head_dim": head_dim, "elem": elem,
            **{k: 0 for k in (*CLASSES, "total")}}
     resources = []
     for kernel in kernels_of(pass_, config):
-        fn = factories[kernel](config, head_dim, False, False, elem)
-        ptx, res = compile_for(fn.py_func, tc_signature(kernel, elem), (9, 0), f"tc_{kernel}",
-                               fn.targetoptions.get("launch_bounds"))
+        ptx, res = tc_ptx(config, head_dim, elem=elem, kernel=kernel)
         for k, v in count_classes(ptx).items():
             row[k] += v
         resources.append(f"{kernel} {res['registers']} regs, spill {res['spill_stores']}/{res['spill_loads']}")

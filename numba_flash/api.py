@@ -368,7 +368,7 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
     dq, dk, dv = plan.output(q.shape, q.dtype), plan.output(k.shape, k.dtype), plan.output(v.shape, v.dtype)
     tc = isinstance(cfg, TensorCoreConfig)
     atomic = tc and cfg.atomic_dq
-    into_dq = False
+    into_dq = atomic and tc_elem(q.dtype) == "tf32"  # float32: dq itself is the float32 dQ the atomics add into
     dout_, q_, k_, v_, out_, lse_ = (plan.inp(i, view) for i in range(6))
     dropout = p > 0.0
     if tc:
@@ -379,7 +379,6 @@ def _backward_plan(inputs, n_seq, max_q, max_k, varlen, group, scale, cfg, opts,
         # dK/dV blocks own block_m keys, dQ blocks block_m queries (TensorCoreConfig's docstring). The
         # dK/dV kernel takes a float32 dQ to add into (a placeholder without atomic_dq).
         elem = tc_elem(q.dtype)
-        into_dq = atomic and elem == "tf32"
         dq_acc = (plan.out(dq, view) if into_dq else plan.out(plan.output(q.shape, np.float32), view) if atomic
                   else _placeholder((1, 1, 1, 1), np.float32))
         row_grid = (_cdiv(qv.shape[2], tc_delta_rows(D)), H, B)

@@ -117,10 +117,10 @@ def tc_signature(kernel: str = "forward", elem: str = "f16"):
             "dkdv": (a4, a4, a4, a4, f3, f3, a4, a4, f4)}[kernel] + options
 
 
-def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="f16", cc=(9, 0),
-                      kernel: str = "forward") -> dict:
-    """Compile a tensor-core kernel for ``cc``: resources plus counts of the instructions that make
-    it fast (mma.sync, ldmatrix, cp.async, ex2) and of local-memory accesses (should be 0)."""
+def tc_ptx(config, head_dim: int, varlen=False, dropout=False, elem="f16", cc=(9, 0),
+           kernel: str = "forward") -> tuple[str, dict]:
+    """:func:`compile_for` of the tensor-core kernel ``kernel`` ("forward", "dq" or "dkdv") as the API
+    launches it: ``(ptx, resources)``."""
     if kernel == "forward":
         from .tc_forward import tc_forward_kernel as factory
     else:
@@ -128,7 +128,14 @@ def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="
 
         factory = {"dq": tc_dq_kernel, "dkdv": tc_dkdv_kernel}[kernel]
     fn = factory(config, head_dim, varlen, dropout, elem)
-    ptx, out = compile_for(fn.py_func, tc_signature(kernel, elem), cc, f"tc_{kernel}", fn.targetoptions.get("launch_bounds"))
+    return compile_for(fn.py_func, tc_signature(kernel, elem), cc, f"tc_{kernel}", fn.targetoptions.get("launch_bounds"))
+
+
+def tc_compile_report(config, head_dim: int, varlen=False, dropout=False, elem="f16", cc=(9, 0),
+                      kernel: str = "forward") -> dict:
+    """Compile a tensor-core kernel for ``cc``: resources plus counts of the instructions that make
+    it fast (mma.sync, ldmatrix, cp.async, ex2) and of local-memory accesses (should be 0)."""
+    ptx, out = tc_ptx(config, head_dim, varlen, dropout, elem, cc, kernel)
     smem = (config.shared_memory_bytes(head_dim, elem) if kernel == "forward"
             else config.backward_shared_bytes(head_dim, kernel, elem))
     out.update(kernel=f"tc_{kernel}", head_dim=head_dim, varlen=varlen, dropout=dropout, elem=elem,

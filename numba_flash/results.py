@@ -21,12 +21,12 @@ def environment() -> dict:
 
     from . import __version__, backend
 
-    gpu = backend.BACKEND == backend.GPU
-    if gpu:
+    compile_only = False  # NUMBA_FLASH_BACKEND=gpu without a driver: kernels compiled, none run
+    if backend.BACKEND == backend.GPU:
         from numba import cuda
 
-        gpu = cuda.is_available()  # False where only compiling (NUMBA_FLASH_BACKEND=gpu without a driver)
-    device = backend.device_name() if gpu or backend.BACKEND != backend.GPU else "none: compiled only, no CUDA driver"
+        compile_only = not cuda.is_available()
+    device = "none: compiled only, no CUDA driver" if compile_only else backend.device_name()
     env = {"numba_flash": __version__, "numba": numba.__version__, "numpy": np.__version__,
            "python": platform.python_version(), "backend": backend.BACKEND, "device": device,
            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -37,7 +37,7 @@ def environment() -> dict:
         env["numba-cuda"] = version("numba-cuda")
     except Exception:  # pragma: no cover
         pass
-    if gpu:
+    if backend.BACKEND == backend.GPU and not compile_only:
         import cupy
 
         env["cupy"] = cupy.__version__

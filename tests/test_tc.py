@@ -893,8 +893,6 @@ def test_causal_forward_default_starts_longest_first():
     """Under the causal band the forward's default starts its blocks longest first across heads where that
     measured faster (session 20): 16-bit above head_dim 64, float32 at every head_dim; not 16-bit at 64, not
     with dropout, not the backward, not without the causal flag (a window alone, varlen); the same tiles."""
-    import dataclasses
-
     for d, elem, want in [(128, "f16", True), (96, "bf16", True), (64, "f16", False), (32, "bf16", False),
                           (64, "tf32", True), (128, "tf32", True), (8, "tf32", True)]:
         plain = default_tc_config(d, elem=elem)
@@ -1071,8 +1069,6 @@ def test_longest_first_gives_the_same_bits(rng, dtype, head_dim, varlen):
     under NUMBA_FLASH_POISON=1 (the GPU runs), and every element is checked finite, so a block that the new
     order skipped would fail either way. (padded and varlen are separate cases: each compiles 8 kernels,
     30-70 s apiece on the device's CPUs; the float16-128 case with both took 548 s in session 20.)"""
-    import dataclasses
-
     B, H, H_kv, n_q, n_k, D = 2, 6, 3, 300, 517, head_dim
     elem = config.tc_elem(dtype)
     q, do = (rng.standard_normal((B, H, n_q, D)).astype(dtype) for _ in range(2))
@@ -1160,9 +1156,9 @@ def test_float32_atomic_dq_agrees_with_the_deterministic_backward_and_the_oracle
         out, lse = nf.flash_attention(*dev, return_lse=True, **kw)
         runs = [[to_host(g).astype(np.float64) for g in nf.flash_attention_backward(
             to_device(do), *dev, out, lse, config=cfg, **kw)] for cfg in configs]
-        if dropout:
-            kw = dict(window_size=(300, 40), dropout_p=0.15, dropout_mask=reference_keep_mask(7, 0.15, B, H, n_q, n_k))
-        ref = [r.astype(np.float64) for r in nf.reference.attention_backward(do, q, k, v, **kw)]
+        ref_kw = (dict(window_size=(300, 40), dropout_p=0.15, dropout_mask=reference_keep_mask(7, 0.15, B, H, n_q, n_k))
+                  if dropout else kw)
+        ref = [r.astype(np.float64) for r in nf.reference.attention_backward(do, q, k, v, **ref_kw)]
     else:  # the batch's two sequences packed: (total, heads, D), cu_seqlens offsets
         pack = lambda a: np.ascontiguousarray(np.concatenate(list(a.transpose(0, 2, 1, 3)), axis=0))
         cu_q = to_device(np.array([0, n_q, 2 * n_q], np.int32))
