@@ -5,6 +5,8 @@
 # process at a time under the lock; errors against float64 beside SDPA's, and two atomic runs' dq spread.
 # Configs: the default with atomic_dq (64 keys, 4 warps) and 128 keys in 8 warps (2 dQ units per warp instead of
 # 4: CI's wheels spill less, none at head_dim 64). Nothing else uses the GPU meanwhile.
+# HEAD_DIMS (default "128 64"; session 22: "128" alone for a short call, where the target is short), BWD (the
+# --bwd-config arguments, default the two above), TIME_S (each process's limit, default 540).
 # Run: bash .gpu/env.sh bash experiments/gpu_s21a.sh   ($OUT: the device tool's output folder)
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv > $OUT/gpu.txt
@@ -12,11 +14,16 @@ python -c "import numba, numba_cuda, cupy, torch; print('numba', numba.__version
 'cupy', cupy.__version__, 'torch', torch.__version__)" >> $OUT/gpu.txt 2>&1
 L=/tmp/s21a.lock; W=$OUT/runs; mkdir -p $W; touch $L; T=${TIME_S:-540}
 A="--dtype float32 --repeat 10 --interleave 3 --lock $L"
-for c in no yes; do
-  timeout -s INT $T python experiments/atomic_dq.py $A --shape 4,16,4096,128 --causal $c \
-    --bwd-config 64,16,2,16,atomic --bwd-config 128,16,2,16,atomic --out $W/d128-$c > $W/d128-$c.log 2>&1 &
-  timeout -s INT $T python experiments/atomic_dq.py $A --shape 4,32,4096,64 --causal $c \
-    --bwd-config 64,32,2,16,atomic --bwd-config 128,32,2,16,atomic --out $W/d64-$c > $W/d64-$c.log 2>&1 &
+for d in ${HEAD_DIMS:-128 64}; do
+  case $d in
+    128) shape=4,16,4096,128; n=16 ;;
+    64) shape=4,32,4096,64; n=32 ;;
+    *) echo "HEAD_DIMS: 64 or 128, got $d" >&2; exit 2 ;;
+  esac
+  for c in no yes; do
+    timeout -s INT $T python experiments/atomic_dq.py $A --shape $shape --causal $c \
+      ${BWD:---bwd-config 64,$n,2,16,atomic --bwd-config 128,$n,2,16,atomic} --out $W/d$d-$c > $W/d$d-$c.log 2>&1 &
+  done
 done
 wait
 nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw --format=csv,noheader >> $OUT/gpu.txt
